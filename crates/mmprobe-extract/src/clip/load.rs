@@ -1,0 +1,41 @@
+//! Loading a CLIP checkpoint folder onto a device.
+
+use std::path::Path;
+
+use tch::{Device, nn::VarStore};
+
+use super::{ClipConfig, ClipModel};
+use crate::error::{ExtractError, Result};
+use crate::family::{Family, ModelDir};
+use crate::runtime::DType;
+use crate::weights::Checkpoint;
+
+/// A CLIP model with the store that owns its parameters.
+pub struct LoadedClip {
+    pub model: ClipModel,
+    pub vs: VarStore,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl LoadedClip {
+    pub fn load(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
+        let md = ModelDir::open(dir)?;
+        if md.family != Family::Clip {
+            return Err(ExtractError::UnsupportedFamily {
+                path: md.config_path.clone(),
+                found: md.family.name().into(),
+                known: "clip".into(),
+            });
+        }
+        let config: ClipConfig = md.config()?;
+        let weights = Checkpoint::open(dir)?;
+        let mut vs = VarStore::new(device);
+        let model = ClipModel::new(vs.root(), &config);
+        // Cast before loading so each tensor is converted once, on the way in.
+        vs.set_kind(dtype.kind());
+        weights.load_into(&vs, str::to_string)?;
+        vs.freeze();
+        Ok(LoadedClip { model, vs, device, dtype })
+    }
+}

@@ -1,0 +1,9 @@
+//! The CLIP family (transformers' `CLIPModel`).
+
+pub mod config;
+pub mod load;
+pub mod model;
+
+pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+pub use load::LoadedClip;
+pub use model::ClipModel;

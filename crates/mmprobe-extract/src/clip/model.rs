@@ -1,0 +1,295 @@
+//! CLIP as transformers' `CLIPModel`: one struct per HF module, fields named
+//! after the checkpoint keys (note HF's `pre_layrnorm` spelling).
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+use super::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
+use crate::capture::{Captured, SiteRequest};
+
+fn linear(p: nn::Path, i: i64, o: i64, bias: bool) -> nn::Linear {
+    nn::linear(p, i, o, nn::LinearConfig { bias, ..Default::default() })
+}
+
+fn layer_norm(p: nn::Path, d: i64, eps: f64) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![d], nn::LayerNormConfig { eps, ..Default::default() })
+}
+
+pub struct ClipAttention {
+    pub q_proj: nn::Linear,
+    pub k_proj: nn::Linear,
+    pub v_proj: nn::Linear,
+    pub out_proj: nn::Linear,
+    num_heads: i64,
+    head_dim: i64,
+}
+
+impl ClipAttention {
+    fn new(p: nn::Path, d: i64, num_heads: i64) -> Self {
+        ClipAttention {
+            q_proj: linear(&p / "q_proj", d, d, true),
+            k_proj: linear(&p / "k_proj", d, d, true),
+            v_proj: linear(&p / "v_proj", d, d, true),
+            out_proj: linear(&p / "out_proj", d, d, true),
+            num_heads,
+            head_dim: d / num_heads,
+        }
+    }
+
+    /// `allowed`: boolean [B, 1, T, T] (true = may attend), or none for full attention.
+    fn forward(&self, x: &Tensor, allowed: Option<&Tensor>) -> Tensor {
+        let (b, t, d) = x.size3().expect("hidden states are [batch, tokens, width]");
+        let heads = |y: Tensor| y.view([b, t, self.num_heads, self.head_dim]).transpose(1, 2);
+        let q = heads(self.q_proj.forward(x));
+        let k = heads(self.k_proj.forward(x));
+        let v = heads(self.v_proj.forward(x));
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let y = Tensor::scaled_dot_product_attention(&q, &k, &v, allowed, 0.0, false, scale, false);
+        self.out_proj.forward(&y.transpose(1, 2).reshape([b, t, d]))
+    }
+}
+
+pub struct ClipMlp {
+    pub fc1: nn::Linear,
+    pub fc2: nn::Linear,
+    activation: Activation,
+}
+
+impl ClipMlp {
+    fn new(p: nn::Path, d: i64, inner: i64, activation: Activation) -> Self {
+        ClipMlp { fc1: linear(&p / "fc1", d, inner, true), fc2: linear(&p / "fc2", inner, d, true), activation }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.fc2.forward(&self.activation.apply(&self.fc1.forward(x)))
+    }
+}
+
+pub struct ClipEncoderLayer {
+    pub self_attn: ClipAttention,
+    pub layer_norm1: nn::LayerNorm,
+    pub mlp: ClipMlp,
+    pub layer_norm2: nn::LayerNorm,
+}
+
+/// One layer's outputs: the residual stream after it, and its two sublayers.
+struct LayerOut {
+    resid: Tensor,
+    attn: Tensor,
+    mlp: Tensor,
+}
+
+impl ClipEncoderLayer {
+    fn new(p: nn::Path, d: i64, inner: i64, heads: i64, act: Activation, eps: f64) -> Self {
+        ClipEncoderLayer {
+            self_attn: ClipAttention::new(&p / "self_attn", d, heads),
+            layer_norm1: layer_norm(&p / "layer_norm1", d, eps),
+            mlp: ClipMlp::new(&p / "mlp", d, inner, act),
+            layer_norm2: layer_norm(&p / "layer_norm2", d, eps),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, allowed: Option<&Tensor>) -> LayerOut {
+        let attn = self.self_attn.forward(&self.layer_norm1.forward(x), allowed);
+        let h = x + &attn;
+        let mlp = self.mlp.forward(&self.layer_norm2.forward(&h));
+        LayerOut { resid: &h + &mlp, attn, mlp }
+    }
+}
+
+pub struct ClipEncoder {
+    pub layers: Vec<ClipEncoderLayer>,
+}
+
+impl ClipEncoder {
+    #[allow(clippy::too_many_arguments)]
+    fn new(p: nn::Path, n: usize, d: i64, inner: i64, heads: i64, act: Activation, eps: f64) -> Self {
+        let p = &p / "layers";
+        ClipEncoder { layers: (0..n).map(|i| ClipEncoderLayer::new(&p / i, d, inner, heads, act, eps)).collect() }
+    }
+
+    /// Runs every layer, keeping the requested sites; returns the last hidden state.
+    fn forward(&self, x: Tensor, allowed: Option<&Tensor>, req: &SiteRequest, out: &mut Captured) -> Tensor {
+        out.keep_resid(req, 0, &x);
+        let mut h = x;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let l = i + 1;
+            let o = layer.forward(&h, allowed);
+            out.keep_sublayers(req, l, &o.attn, &o.mlp);
+            out.keep_resid(req, l, &o.resid);
+            h = o.resid;
+        }
+        h
+    }
+}
+
+pub struct ClipTextEmbeddings {
+    pub token_embedding: nn::Embedding,
+    pub position_embedding: nn::Embedding,
+}
+
+pub struct ClipTextTransformer {
+    pub embeddings: ClipTextEmbeddings,
+    pub encoder: ClipEncoder,
+    pub final_layer_norm: nn::LayerNorm,
+    config: ClipTextConfig,
+}
+
+impl ClipTextTransformer {
+    pub fn new(p: nn::Path, c: &ClipTextConfig) -> Self {
+        let e = &p / "embeddings";
+        ClipTextTransformer {
+            embeddings: ClipTextEmbeddings {
+                token_embedding: nn::embedding(&e / "token_embedding", c.vocab_size, c.hidden_size, Default::default()),
+                position_embedding: nn::embedding(
+                    &e / "position_embedding",
+                    c.max_position_embeddings,
+                    c.hidden_size,
+                    Default::default(),
+                ),
+            },
+            encoder: ClipEncoder::new(
+                &p / "encoder",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.hidden_act,
+                c.layer_norm_eps,
+            ),
+            final_layer_norm: layer_norm(&p / "final_layer_norm", c.hidden_size, c.layer_norm_eps),
+            config: c.clone(),
+        }
+    }
+
+    /// The position transformers pools each sequence at.
+    pub fn pool_positions(&self, input_ids: &Tensor) -> Tensor {
+        if self.config.legacy_eos_pooling() {
+            input_ids.to_kind(Kind::Int64).argmax(-1, false)
+        } else {
+            // First occurrence of the EOS id (argmax of a 0/1 mask returns the first 1).
+            input_ids.eq(self.config.eos_token_id).to_kind(Kind::Int).argmax(-1, false)
+        }
+    }
+
+    /// input_ids and attention_mask: [B, T] int64 (mask 1 = token, 0 = padding).
+    /// Returns the captured sites and the pooled output (after the final norm).
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, req: &SiteRequest) -> (Captured, Tensor) {
+        let (_b, t) = input_ids.size2().expect("input_ids are [batch, tokens]");
+        let device = input_ids.device();
+        let positions = Tensor::arange(t, (Kind::Int64, device));
+        let x = self.embeddings.token_embedding.forward(input_ids)
+            + self.embeddings.position_embedding.forward(&positions).unsqueeze(0);
+        // Causal and key-padding masks together: query q sees key k when k <= q and k is a token.
+        let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
+        let keys = attention_mask.ne(0).unsqueeze(1).unsqueeze(1);
+        let allowed = causal.unsqueeze(0).unsqueeze(0).logical_and(&keys);
+        let mut out = Captured::default();
+        let last = self.encoder.forward(x, Some(&allowed), req, &mut out);
+        let last = self.final_layer_norm.forward(&last);
+        let pos = self.pool_positions(input_ids);
+        let pooled = last.gather(1, &pos.view([-1, 1, 1]).expand([-1, 1, last.size()[2]], false), false).squeeze_dim(1);
+        out.pool_positions = Some(pos);
+        (out, pooled)
+    }
+}
+
+pub struct ClipVisionEmbeddings {
+    pub class_embedding: Tensor,
+    pub patch_embedding: nn::Conv2D,
+    pub position_embedding: nn::Embedding,
+}
+
+pub struct ClipVisionTransformer {
+    pub embeddings: ClipVisionEmbeddings,
+    pub pre_layrnorm: nn::LayerNorm,
+    pub encoder: ClipEncoder,
+    pub post_layernorm: nn::LayerNorm,
+}
+
+impl ClipVisionTransformer {
+    pub fn new(p: nn::Path, c: &ClipVisionConfig) -> Self {
+        let e = &p / "embeddings";
+        let conv = nn::ConvConfig { stride: c.patch_size, bias: false, ..Default::default() };
+        ClipVisionTransformer {
+            embeddings: ClipVisionEmbeddings {
+                class_embedding: e.var("class_embedding", &[c.hidden_size], nn::Init::Randn { mean: 0., stdev: 1. }),
+                patch_embedding: nn::conv2d(&e / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
+                position_embedding: nn::embedding(
+                    &e / "position_embedding",
+                    c.num_patches() + 1,
+                    c.hidden_size,
+                    Default::default(),
+                ),
+            },
+            pre_layrnorm: layer_norm(&p / "pre_layrnorm", c.hidden_size, c.layer_norm_eps),
+            encoder: ClipEncoder::new(
+                &p / "encoder",
+                c.num_hidden_layers,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_attention_heads,
+                c.hidden_act,
+                c.layer_norm_eps,
+            ),
+            post_layernorm: layer_norm(&p / "post_layernorm", c.hidden_size, c.layer_norm_eps),
+        }
+    }
+
+    /// pixel_values: [B, C, H, W] in the model's dtype. Returns the captured
+    /// sites and the pooled output (post-layernorm of the CLS state).
+    pub fn forward(&self, pixel_values: &Tensor, req: &SiteRequest) -> (Captured, Tensor) {
+        let b = pixel_values.size()[0];
+        let patches = self.embeddings.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
+        let d = patches.size()[2];
+        let cls = self.embeddings.class_embedding.view([1, 1, d]).expand([b, 1, d], false);
+        let x = Tensor::cat(&[cls, patches], 1) + self.embeddings.position_embedding.ws.unsqueeze(0);
+        let x = self.pre_layrnorm.forward(&x);
+        let mut out = Captured::default();
+        let last = self.encoder.forward(x, None, req, &mut out);
+        let pooled = self.post_layernorm.forward(&last.select(1, 0));
+        (out, pooled)
+    }
+}
+
+/// transformers' `CLIPModel`.
+pub struct ClipModel {
+    pub text_model: ClipTextTransformer,
+    pub vision_model: ClipVisionTransformer,
+    pub visual_projection: nn::Linear,
+    pub text_projection: nn::Linear,
+    pub logit_scale: Tensor,
+    pub config: ClipConfig,
+}
+
+impl ClipModel {
+    /// Declares every parameter under `p` (the checkpoint's root).
+    pub fn new(p: nn::Path, c: &ClipConfig) -> Self {
+        ClipModel {
+            text_model: ClipTextTransformer::new(&p / "text_model", &c.text_config),
+            vision_model: ClipVisionTransformer::new(&p / "vision_model", &c.vision_config),
+            visual_projection: linear(&p / "visual_projection", c.vision_config.hidden_size, c.projection_dim, false),
+            text_projection: linear(&p / "text_projection", c.text_config.hidden_size, c.projection_dim, false),
+            logit_scale: p.var("logit_scale", &[], nn::Init::Const(2.6592)),
+            config: c.clone(),
+        }
+    }
+
+    pub fn encode_text(&self, input_ids: &Tensor, attention_mask: &Tensor, req: &SiteRequest) -> Captured {
+        let (mut out, pooled) = self.text_model.forward(input_ids, attention_mask, req);
+        if req.embeds {
+            out.embeds = Some(self.text_projection.forward(&pooled));
+        }
+        out.pooled = Some(pooled);
+        out
+    }
+
+    pub fn encode_image(&self, pixel_values: &Tensor, req: &SiteRequest) -> Captured {
+        let (mut out, pooled) = self.vision_model.forward(pixel_values, req);
+        if req.embeds {
+            out.embeds = Some(self.visual_projection.forward(&pooled));
+        }
+        out.pooled = Some(pooled);
+        out
+    }
+}

@@ -1,0 +1,20 @@
+//! Model loading and hidden-state extraction through LibTorch (tch).
+//!
+//! Model code follows the Hugging Face module tree: one struct per HF module,
+//! field names equal to the checkpoint keys, configs deserialised from
+//! `config.json` and kept apart from run-time options ([`RunOptions`]).
+
+pub mod capture;
+pub mod clip;
+pub mod error;
+pub mod family;
+pub mod preprocess;
+pub mod runtime;
+pub mod tokenize;
+pub mod weights;
+
+pub use capture::{Captured, SiteRequest};
+pub use error::{ExtractError, Result};
+pub use family::{Family, ModelDir};
+pub use mmprobe_store::{Selector, Site, Tower};
+pub use runtime::{DType, DeviceChoice, LibtorchInfo, RunOptions};

@@ -1,0 +1,51 @@
+//! Decoding any image file to 8-bit RGB the way transformers' `load_image`
+//! does (what its pipelines use for paths): EXIF orientation applied, then
+//! Pillow's `convert("RGB")`, which drops alpha rather than compositing it,
+//! clamps 16-bit grey at 255 and keeps the high byte of 16-bit colour.
+
+use std::io::Cursor;
+
+use image::{DynamicImage, ImageDecoder, ImageReader};
+
+use super::resample::Rgb8;
+use crate::error::{ExtractError, Result};
+
+/// Decodes encoded image bytes; `name` is only used in error messages.
+pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<Rgb8> {
+    let err = |message: String| ExtractError::Image { path: name.to_string(), message };
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| err(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(err("not an image (unknown format)".into()));
+    }
+    let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let orientation = decoder.orientation().map_err(|e| err(e.to_string()))?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
+    img.apply_orientation(orientation);
+    Ok(to_rgb8(img))
+}
+
+pub fn open_rgb(path: &std::path::Path) -> Result<Rgb8> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| ExtractError::Image { path: path.display().to_string(), message: e.to_string() })?;
+    decode_rgb(&bytes, &path.display().to_string())
+}
+
+fn to_rgb8(img: DynamicImage) -> Rgb8 {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let data: Vec<u8> = match img {
+        DynamicImage::ImageRgb8(b) => b.into_raw(),
+        DynamicImage::ImageLuma8(b) => b.into_raw().into_iter().flat_map(|v| [v; 3]).collect(),
+        DynamicImage::ImageRgba8(b) => b.into_raw().chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        DynamicImage::ImageLumaA8(b) => b.into_raw().chunks_exact(2).flat_map(|p| [p[0]; 3]).collect(),
+        // Pillow opens 16-bit grey as "I;16", and its RGB conversion clamps at 255.
+        DynamicImage::ImageLuma16(b) => b.into_raw().into_iter().flat_map(|v| [v.min(255) as u8; 3]).collect(),
+        // Pillow reads 16-bit colour PNGs as 8-bit, keeping the high byte.
+        DynamicImage::ImageRgb16(b) => b.into_raw().into_iter().map(|v| (v >> 8) as u8).collect(),
+        DynamicImage::ImageRgba16(b) => {
+            b.into_raw().chunks_exact(4).flat_map(|p| [0, 1, 2].map(|i| (p[i] >> 8) as u8)).collect()
+        }
+        DynamicImage::ImageLumaA16(b) => b.into_raw().chunks_exact(2).flat_map(|p| [(p[0] >> 8) as u8; 3]).collect(),
+        other => other.to_rgb8().into_raw(),
+    };
+    Rgb8::new(w, h, data)
+}

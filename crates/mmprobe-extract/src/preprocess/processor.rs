@@ -1,0 +1,201 @@
+//! `preprocessor_config.json` and the CLIP image pipeline of transformers'
+//! PIL backend: resize (shortest edge), centre crop (zero-padded when the
+//! image is smaller), rescale, normalise; output CHW float32.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::resample::{Filter, Rgb8};
+use crate::error::{ExtractError, Result, read_file};
+
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct SizeSpec {
+    pub shortest_edge: Option<usize>,
+    pub height: Option<usize>,
+    pub width: Option<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ImageProcessorConfig {
+    #[serde(default = "yes")]
+    pub do_resize: bool,
+    #[serde(default)]
+    pub size: SizeSpec,
+    #[serde(default = "bicubic")]
+    pub resample: i64,
+    #[serde(default = "yes")]
+    pub do_center_crop: bool,
+    #[serde(default)]
+    pub crop_size: SizeSpec,
+    #[serde(default = "yes")]
+    pub do_rescale: bool,
+    #[serde(default = "rescale")]
+    pub rescale_factor: f64,
+    #[serde(default = "yes")]
+    pub do_normalize: bool,
+    #[serde(default = "clip_mean")]
+    pub image_mean: Vec<f32>,
+    #[serde(default = "clip_std")]
+    pub image_std: Vec<f32>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn bicubic() -> i64 {
+    3
+}
+fn rescale() -> f64 {
+    1.0 / 255.0
+}
+fn clip_mean() -> Vec<f32> {
+    vec![0.481_454_66, 0.457_827_5, 0.408_210_73]
+}
+fn clip_std() -> Vec<f32> {
+    vec![0.268_629_54, 0.261_302_6, 0.275_777_1]
+}
+
+/// A validated image pipeline.
+#[derive(Debug, Clone)]
+pub struct ImageProcessor {
+    pub config: ImageProcessorConfig,
+    filter: Filter,
+    crop: Option<(usize, usize)>,
+}
+
+impl ImageProcessor {
+    /// Reads `preprocessor_config.json` from a model folder.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("preprocessor_config.json");
+        let bytes = read_file(&path)?;
+        let config: ImageProcessorConfig = serde_json::from_slice(&bytes)
+            .map_err(|e| ExtractError::BadConfig { path: path.clone(), message: e.to_string() })?;
+        Self::new(config).map_err(|message| ExtractError::BadConfig { path, message })
+    }
+
+    pub fn new(config: ImageProcessorConfig) -> std::result::Result<Self, String> {
+        let filter = Filter::from_pil(config.resample)
+            .ok_or_else(|| format!("resample {} is not supported (2 bilinear, 3 bicubic)", config.resample))?;
+        if config.do_resize
+            && config.size.shortest_edge.is_none()
+            && (config.size.height.is_none() || config.size.width.is_none())
+        {
+            return Err("size needs shortest_edge or height and width".into());
+        }
+        let crop = if config.do_center_crop {
+            match (config.crop_size.height, config.crop_size.width) {
+                (Some(h), Some(w)) => Some((h, w)),
+                _ => return Err("crop_size needs height and width".into()),
+            }
+        } else {
+            None
+        };
+        if config.image_mean.len() != 3 || config.image_std.len() != 3 {
+            return Err("image_mean and image_std need 3 values".into());
+        }
+        Ok(ImageProcessor { config, filter, crop })
+    }
+
+    /// The output (height, width).
+    pub fn output_size(&self, input: (usize, usize)) -> (usize, usize) {
+        self.crop.unwrap_or_else(|| self.resized_size(input))
+    }
+
+    /// transformers' `get_resize_output_image_size(default_to_square=False)`.
+    fn resized_size(&self, (h, w): (usize, usize)) -> (usize, usize) {
+        if !self.config.do_resize {
+            return (h, w);
+        }
+        match self.config.size.shortest_edge {
+            Some(s) => {
+                let (short, long) = if w <= h { (w, h) } else { (h, w) };
+                let new_long = (s as f64 * long as f64 / short as f64) as usize;
+                if w <= h { (new_long, s) } else { (s, new_long) }
+            }
+            None => (self.config.size.height.unwrap_or(h), self.config.size.width.unwrap_or(w)),
+        }
+    }
+
+    /// Resize and crop: the 8-bit image the model's pixels come from.
+    pub fn resize_and_crop(&self, img: &Rgb8) -> Rgb8 {
+        let (h, w) = self.resized_size((img.height, img.width));
+        let img = img.resize(w, h, self.filter);
+        match self.crop {
+            Some((ch, cw)) => center_crop(&img, ch, cw),
+            None => img,
+        }
+    }
+
+    /// CHW float32 in [0, 1] (when rescaling), before normalisation.
+    pub fn unnormalised(&self, img: &Rgb8) -> Vec<f32> {
+        let img = self.resize_and_crop(img);
+        let scale = if self.config.do_rescale { self.config.rescale_factor } else { 1.0 };
+        let plane = img.width * img.height;
+        let mut out = vec![0f32; 3 * plane];
+        for (i, px) in img.data.chunks_exact(3).enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (px[c] as f64 * scale) as f32;
+            }
+        }
+        out
+    }
+
+    /// CHW float32 pixel values as the model takes them.
+    pub fn process(&self, img: &Rgb8) -> Vec<f32> {
+        let mut out = self.unnormalised(img);
+        if self.config.do_normalize {
+            let plane = out.len() / 3;
+            for c in 0..3 {
+                let (m, s) = (self.config.image_mean[c], self.config.image_std[c]);
+                for v in &mut out[c * plane..(c + 1) * plane] {
+                    *v = (*v - m) / s;
+                }
+            }
+        }
+        out
+    }
+}
+
+/// transformers' `center_crop`: a window at ((H - h) // 2, (W - w) // 2), on a
+/// zero canvas (image placed at the ceiling of half the shortfall) when the
+/// image is smaller than the crop.
+fn center_crop(img: &Rgb8, ch: usize, cw: usize) -> Rgb8 {
+    let (h, w) = (img.height as i64, img.width as i64);
+    let (ch_i, cw_i) = (ch as i64, cw as i64);
+    let top_pad = (ch_i - h).max(0).div_euclid(2) + (ch_i - h).max(0).rem_euclid(2);
+    let left_pad = (cw_i - w).max(0).div_euclid(2) + (cw_i - w).max(0).rem_euclid(2);
+    let top = (h - ch_i).div_euclid(2) + top_pad;
+    let left = (w - cw_i).div_euclid(2) + left_pad;
+    let mut out = vec![0u8; ch * cw * 3];
+    for y in 0..ch_i {
+        let sy = top + y - top_pad;
+        if sy < 0 || sy >= h {
+            continue;
+        }
+        for x in 0..cw_i {
+            let sx = left + x - left_pad;
+            if sx < 0 || sx >= w {
+                continue;
+            }
+            let s = ((sy * w + sx) * 3) as usize;
+            let d = ((y * cw_i + x) * 3) as usize;
+            out[d..d + 3].copy_from_slice(&img.data[s..s + 3]);
+        }
+    }
+    Rgb8::new(cw, ch, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crop_pads_small_images_centred() {
+        let img = Rgb8::new(1, 1, vec![9, 9, 9]);
+        let out = center_crop(&img, 3, 2);
+        // canvas 3x2, image at top_pad = ceil(2/2) = 1, left_pad = ceil(1/2) = 1
+        let nonzero: Vec<usize> = out.data.chunks(3).enumerate().filter(|(_, p)| p[0] != 0).map(|(i, _)| i).collect();
+        assert_eq!(nonzero, vec![3]);
+    }
+}

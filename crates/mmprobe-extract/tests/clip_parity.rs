@@ -1,0 +1,77 @@
+//! Every hidden state of both CLIP towers against transformers' CLIPModel.
+
+mod common;
+
+use common::{assert_close, clip_dir, reference};
+use mmprobe_extract::clip::LoadedClip;
+use mmprobe_extract::{DType, SiteRequest};
+use tch::Device;
+
+const TOL: f64 = 1e-4;
+
+fn check_model(name: &str) {
+    let dir = clip_dir(name);
+    let r = reference(&dir);
+    let clip = LoadedClip::load(&dir, Device::Cpu, DType::F32).unwrap();
+    let m = &clip.model;
+    let ids = r.tensor("input_ids").unwrap();
+    let mask = r.tensor("attention_mask").unwrap();
+    let pixels = r.tensor("pixel_values").unwrap();
+
+    let n_text = m.config.text_config.num_hidden_layers;
+    let n_vision = m.config.vision_config.num_hidden_layers;
+    let text = tch::no_grad(|| m.encode_text(&ids, &mask, &SiteRequest::everything(n_text)));
+    let vision = tch::no_grad(|| m.encode_image(&pixels, &SiteRequest::everything(n_vision)));
+
+    for (tower, got, n) in [("text", &text, n_text), ("vision", &vision, n_vision)] {
+        assert_eq!(got.resid.len(), n + 1);
+        for (l, h) in &got.resid {
+            assert_close(
+                &format!("{name} {tower} resid {l}"),
+                h,
+                &r.tensor(&format!("{tower}.resid.{l}")).unwrap(),
+                TOL,
+            );
+        }
+        for l in 1..=n {
+            assert_close(
+                &format!("{name} {tower} attn {l}"),
+                &got.attn[&l],
+                &r.tensor(&format!("{tower}.attn.{l}")).unwrap(),
+                TOL,
+            );
+            assert_close(
+                &format!("{name} {tower} mlp {l}"),
+                &got.mlp[&l],
+                &r.tensor(&format!("{tower}.mlp.{l}")).unwrap(),
+                TOL,
+            );
+        }
+        let pooled = got.pooled.as_ref().unwrap();
+        assert_close(&format!("{name} {tower} pooled"), pooled, &r.tensor(&format!("{tower}.pooled")).unwrap(), TOL);
+        let embeds = got.embeds.as_ref().unwrap();
+        assert_close(&format!("{name} {tower} embeds"), embeds, &r.tensor(&format!("{tower}.embeds")).unwrap(), TOL);
+    }
+}
+
+#[test]
+fn tiny_a_matches_transformers() {
+    check_model("tiny-a");
+}
+
+#[test]
+fn tiny_b_bf16_sharded_legacy_eos_matches_transformers() {
+    check_model("tiny-b");
+}
+
+#[test]
+fn only_requested_sites_are_kept() {
+    let dir = clip_dir("tiny-a");
+    let r = reference(&dir);
+    let clip = LoadedClip::load(&dir, Device::Cpu, DType::F32).unwrap();
+    let req = SiteRequest { resid: [2].into(), mlp: [1].into(), ..Default::default() };
+    let got = tch::no_grad(|| clip.model.encode_image(&r.tensor("pixel_values").unwrap(), &req));
+    assert_eq!(got.resid.keys().copied().collect::<Vec<_>>(), vec![2]);
+    assert_eq!(got.mlp.keys().copied().collect::<Vec<_>>(), vec![1]);
+    assert!(got.attn.is_empty() && got.embeds.is_none());
+}

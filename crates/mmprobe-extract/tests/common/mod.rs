@@ -1,0 +1,31 @@
+//! Helpers shared by the parity tests: fixture paths and tensor comparison.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use mmprobe_extract::weights::Checkpoint;
+use tch::Tensor;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures")
+}
+
+pub fn clip_dir(name: &str) -> PathBuf {
+    fixtures().join("clip").join(name)
+}
+
+/// The transformers outputs that scripts/fixtures/make_clip.py saved.
+pub fn reference(dir: &std::path::Path) -> Checkpoint {
+    Checkpoint::open_files(dir, [dir.join("reference.safetensors")]).expect("reference outputs")
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.size(), b.size(), "shapes differ");
+    (a.to_kind(tch::Kind::Float) - b.to_kind(tch::Kind::Float)).abs().max().double_value(&[])
+}
+
+#[track_caller]
+pub fn assert_close(name: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    let d = max_abs_diff(got, want);
+    assert!(d <= tol, "{name}: max |diff| = {d:e} > {tol:e}");
+}

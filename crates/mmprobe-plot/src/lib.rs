@@ -1,0 +1,1 @@
+//! Figures (PNG and SVG) and the self-contained HTML report.
