@@ -30,6 +30,8 @@ pub enum ExtractError {
     #[error("bad input: {0}")]
     Input(String),
     #[error(transparent)]
+    Store(#[from] mmprobe_store::StoreError),
+    #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),

@@ -6,15 +6,22 @@
 
 pub mod capture;
 pub mod clip;
+pub mod describe;
 pub mod error;
 pub mod family;
+pub mod plan;
 pub mod preprocess;
+pub mod run;
 pub mod runtime;
+pub mod select;
 pub mod tokenize;
 pub mod weights;
 
 pub use capture::{Captured, SiteRequest};
+pub use describe::{ModelInfo, TowerInfo};
 pub use error::{ExtractError, Result};
 pub use family::{Family, ModelDir};
 pub use mmprobe_store::{Selector, Site, Tower};
+pub use plan::{ExtractionPlan, LayerSpec};
+pub use run::{ExtractOptions, ExtractSummary, ProgressSink, Quiet, extract};
 pub use runtime::{DType, DeviceChoice, LibtorchInfo, RunOptions};

@@ -61,6 +61,15 @@ impl fmt::Display for DeviceChoice {
     }
 }
 
+/// A device as the command line spells it: `cpu`, `cuda:0`.
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
 /// The dtype the model's weights and activations are computed in.
 /// Stored activations are always f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -21,12 +21,22 @@ struct Cli {
 enum Command {
     /// Report the libtorch in use: version, library folder, CUDA devices, threads.
     Doctor,
+    /// Describe a checkpoint folder: family, towers, layers, widths, sites.
+    Inspect {
+        /// A Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json...).
+        #[arg(long)]
+        model: std::path::PathBuf,
+    },
+    /// Run a model over a dataset and store every requested layer's hidden states as Parquet.
+    Extract(Box<cmd::extract::ExtractArgs>),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Doctor => cmd::doctor::run(),
+        Command::Inspect { model } => cmd::inspect::run(&model),
+        Command::Extract(args) => cmd::extract::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,1 +1,3 @@
 pub mod doctor;
+pub mod extract;
+pub mod inspect;

@@ -1,0 +1,158 @@
+//! Turning `--towers/--sites/--layers/--select` into the exact partitions a
+//! run writes, validated against the model before anything runs.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use mmprobe_store::manifest::ExtractionSpec;
+use mmprobe_store::{Partition, Selector, Site, Tower};
+
+use crate::describe::ModelInfo;
+use crate::error::{ExtractError, Result};
+
+/// `--layers`: every layer, or indices where negatives count from the end (-1 = last).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LayerSpec {
+    #[default]
+    All,
+    Indices(Vec<i64>),
+}
+
+impl FromStr for LayerSpec {
+    type Err = ExtractError;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.trim() == "all" {
+            return Ok(LayerSpec::All);
+        }
+        s.split(',')
+            .map(|x| {
+                x.trim()
+                    .parse::<i64>()
+                    .map_err(|_| ExtractError::Input(format!("--layers: '{x}' is not a layer index")))
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(LayerSpec::Indices)
+    }
+}
+
+impl LayerSpec {
+    /// The layers of `site` in an `n`-layer tower (resid 0..=n, so -1 = n).
+    fn resolve(&self, site: Site, n: usize) -> Vec<usize> {
+        let range = site.layers(n);
+        if site == Site::Embeds {
+            return vec![0];
+        }
+        let mut out: Vec<usize> = match self {
+            LayerSpec::All => range.collect(),
+            LayerSpec::Indices(ix) => ix
+                .iter()
+                .filter_map(|&i| {
+                    let l = if i < 0 { n as i64 + 1 + i } else { i };
+                    (l >= 0 && range.contains(&(l as usize))).then_some(l as usize)
+                })
+                .collect(),
+        };
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// What one run extracts: per tower, per site, the layers; and the selectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtractionPlan {
+    pub sites: BTreeMap<Tower, BTreeMap<Site, Vec<usize>>>,
+    pub selectors: Vec<Selector>,
+}
+
+impl ExtractionPlan {
+    pub fn new(
+        info: &ModelInfo,
+        towers: Option<&[Tower]>,
+        sites: &[Site],
+        layers: &LayerSpec,
+        selectors: &[Selector],
+    ) -> Result<Self> {
+        let available: Vec<Tower> = info.towers.iter().map(|t| t.tower).collect();
+        let towers = towers.map(<[Tower]>::to_vec).unwrap_or_else(|| available.clone());
+        let names = |v: &[Tower]| v.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ");
+        let mut plan = BTreeMap::new();
+        for &tower in &towers {
+            let Some(t) = info.tower(tower) else {
+                return Err(ExtractError::Input(format!(
+                    "--towers: this {} model has no {tower} tower (it has: {})",
+                    info.family.name(),
+                    names(&available)
+                )));
+            };
+            let offered = info.sites(tower);
+            let mut per_site = BTreeMap::new();
+            for &site in sites {
+                if !offered.contains(&site) {
+                    continue;
+                }
+                let l = layers.resolve(site, t.layers);
+                if !l.is_empty() {
+                    per_site.insert(site, l);
+                }
+            }
+            if per_site.is_empty() {
+                return Err(ExtractError::Input(format!(
+                    "no requested site and layer exists in the {tower} tower ({} layers; sites {})",
+                    t.layers,
+                    offered.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+            plan.insert(tower, per_site);
+        }
+        for &sel in selectors {
+            let fits = plan.iter().any(|(t, s)| s.keys().any(|site| sel.fits(*t, *site)));
+            if !fits {
+                return Err(ExtractError::Input(format!(
+                    "--select: '{sel}' fits none of the requested towers and sites"
+                )));
+            }
+        }
+        Ok(ExtractionPlan { sites: plan, selectors: selectors.to_vec() })
+    }
+
+    pub fn towers(&self) -> impl Iterator<Item = Tower> + '_ {
+        self.sites.keys().copied()
+    }
+
+    /// Every partition the run writes.
+    pub fn partitions(&self) -> Vec<Partition> {
+        let mut out = Vec::new();
+        for (&tower, sites) in &self.sites {
+            for (&site, layers) in sites {
+                for &layer in layers {
+                    for &selector in &self.selectors {
+                        if selector.fits(tower, site) {
+                            out.push(Partition { tower, site, layer, selector });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn wants(&self, tower: Tower, selector: Selector) -> bool {
+        self.sites.get(&tower).is_some_and(|s| s.keys().any(|site| selector.fits(tower, *site)))
+            && self.selectors.contains(&selector)
+    }
+
+    /// The manifest's record of this plan.
+    pub fn spec(&self, chunk_size: usize) -> ExtractionSpec {
+        ExtractionSpec {
+            sites: self
+                .sites
+                .iter()
+                .map(|(t, s)| (t.to_string(), s.iter().map(|(site, l)| (site.to_string(), l.clone())).collect()))
+                .collect(),
+            selectors: self.selectors.iter().map(|s| s.to_string()).collect(),
+            chunk_size,
+            logit_lens: None,
+        }
+    }
+}

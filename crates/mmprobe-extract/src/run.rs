@@ -1,0 +1,599 @@
+//! `mmprobe extract`: a dataset through a model into an activation store.
+//!
+//! Three stages run at once: a loader thread decodes and preprocesses inputs
+//! (images in parallel), the calling thread runs the model, and a writer
+//! thread streams rows into part files. Channels between them are bounded, so
+//! memory does not grow with the dataset. Samples are grouped in fixed chunks;
+//! a chunk's part files appear together (renamed into place) and are then
+//! recorded in the shard's progress file, so a killed run resumes at the first
+//! unfinished chunk and ends with the same store as an uninterrupted one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::{Duration, Instant};
+
+use mmprobe_store::layout::{self, Partition, TOKENS};
+use mmprobe_store::manifest::{DatasetProvenance, Manifest, ModelProvenance, ShardsDone, sha256_bytes, sha256_file};
+use mmprobe_store::progress::{FailedInput, ShardProgress, write_errors};
+use mmprobe_store::store::write_parquet;
+use mmprobe_store::tokens::{TokenRow, write_tokens};
+use mmprobe_store::{Dataset, PartRows, PartWriter, Selector, Site, Tower};
+use rayon::prelude::*;
+use tch::{Device, Tensor};
+
+use crate::capture::{Captured, SiteRequest};
+use crate::clip::LoadedClip;
+use crate::describe::ModelInfo;
+use crate::error::{ExtractError, Result};
+use crate::family::{Family, ModelDir};
+use crate::plan::{ExtractionPlan, LayerSpec};
+use crate::preprocess::{ImageProcessor, open_rgb};
+use crate::runtime::{RunOptions, device_name};
+use crate::select::{Rows, SequenceLayout, pooled, select};
+use crate::tokenize::TextTokenizer;
+use crate::weights::Checkpoint;
+
+/// Everything `mmprobe extract` takes.
+#[derive(Debug, Clone)]
+pub struct ExtractOptions {
+    pub model: PathBuf,
+    pub data: PathBuf,
+    pub out: PathBuf,
+    /// `None`: every tower of the model.
+    pub towers: Option<Vec<Tower>>,
+    pub sites: Vec<Site>,
+    pub layers: LayerSpec,
+    pub selectors: Vec<Selector>,
+    pub run: RunOptions,
+    /// (I, N): this process extracts chunks c with c % N == I.
+    pub shard: (usize, usize),
+    pub skip_bad: bool,
+    pub force: bool,
+    /// Samples per chunk (the unit of resumption); fixed for the life of a store.
+    pub chunk_size: usize,
+}
+
+/// Told about progress as batches finish (the binary draws a bar).
+pub trait ProgressSink: Sync {
+    fn start(&self, total: usize, done_before: usize);
+    fn advance(&self, samples: usize);
+}
+
+/// A sink that reports nothing.
+pub struct Quiet;
+impl ProgressSink for Quiet {
+    fn start(&self, _: usize, _: usize) {}
+    fn advance(&self, _: usize) {}
+}
+
+#[derive(Debug, Clone)]
+pub struct ExtractSummary {
+    pub store: PathBuf,
+    pub device: String,
+    pub samples_run: usize,
+    pub samples_resumed: usize,
+    pub failed: usize,
+    pub partitions: usize,
+    pub rows_written: usize,
+    pub parts_written: usize,
+    pub elapsed: Duration,
+    /// Every shard of the store is complete.
+    pub store_complete: bool,
+}
+
+/// One batch, ready for the model.
+struct Prepared {
+    chunk: usize,
+    samples: Vec<u32>,
+    pixels: Option<Tensor>,
+    text: Option<(Tensor, Tensor)>,
+    failures: Vec<FailedInput>,
+    chunk_end: bool,
+    seen: usize,
+}
+
+enum ToWriter {
+    Rows(usize, Partition, PartRows),
+    ChunkDone(usize, Vec<FailedInput>),
+}
+
+/// The loaded model, by family.
+enum Model {
+    Clip(LoadedClip),
+}
+
+pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<ExtractSummary> {
+    let t0 = Instant::now();
+    let (shard, shards) = opts.shard;
+    if shards == 0 || shard >= shards {
+        return Err(ExtractError::Input(format!("--shard {shard}/{shards}: need 0 <= I < N")));
+    }
+    if opts.chunk_size == 0 {
+        return Err(ExtractError::Input("chunk size must be at least 1".into()));
+    }
+    let info = ModelInfo::from_dir(&opts.model)?;
+    let plan = ExtractionPlan::new(&info, opts.towers.as_deref(), &opts.sites, &opts.layers, &opts.selectors)?;
+    let dataset = Dataset::open(&opts.data)?;
+    check_inputs(&plan, &dataset)?;
+    let device = opts.run.apply()?;
+
+    let md = ModelDir::open(&opts.model)?;
+    let model = match md.family {
+        Family::Clip => Model::Clip(LoadedClip::load(&opts.model, device, opts.run.dtype)?),
+    };
+    let manifest = provenance(opts, &md, &dataset, &plan, device)?;
+    prepare_store(&opts.out, &manifest, opts.force)?;
+
+    let root = opts.out.as_path();
+    if !root.join(layout::SAMPLES).exists() {
+        write_parquet(&root.join(layout::SAMPLES), &mut dataset.frame.clone())?;
+    }
+    let tokenizer = match plan.sites.contains_key(&Tower::Text) {
+        true => Some(text_tokenizer(&opts.model, &md)?),
+        false => None,
+    };
+    let processor = match plan.sites.contains_key(&Tower::Vision) {
+        true => Some(ImageProcessor::from_dir(&opts.model)?),
+        false => None,
+    };
+    if plan.selectors.contains(&Selector::All) && !root.join(TOKENS).exists() {
+        let rows = token_rows(&plan, &info, &dataset, tokenizer.as_ref())?;
+        write_tokens(root, &rows)?;
+    }
+
+    let n_chunks = dataset.len().div_ceil(opts.chunk_size);
+    let mut status = ShardProgress::load(root, shard, shards)?.unwrap_or_default();
+    status.shard = shard;
+    status.shards = shards;
+    status.chunks_total = (0..n_chunks).filter(|c| c % shards == shard).count();
+    status.device = device_name(device);
+    let pending: Vec<usize> =
+        (0..n_chunks).filter(|c| c % shards == shard && !status.chunks_done.contains(c)).collect();
+    let chunk_len = |c: usize| (dataset.len() - c * opts.chunk_size).min(opts.chunk_size);
+    let total: usize = (0..n_chunks).filter(|c| c % shards == shard).map(chunk_len).sum();
+    let todo: usize = pending.iter().map(|&c| chunk_len(c)).sum();
+    progress.start(total, total - todo);
+    remove_stale_temporaries(root, &plan.partitions());
+
+    let inputs =
+        Inputs { dataset: &dataset, tokenizer: tokenizer.as_ref(), processor: processor.as_ref(), opts, plan: &plan };
+    let (batch_tx, batch_rx) = sync_channel::<Result<Prepared>>(2);
+    let (write_tx, write_rx) = sync_channel::<ToWriter>(256);
+    let mut rows_written = 0usize;
+    let mut failed = 0usize;
+    let (model_result, writer_result) = std::thread::scope(|s| {
+        s.spawn(|| inputs.produce(&pending, batch_tx));
+        let writer = s.spawn(|| write_parts(root, status, write_rx));
+        let r = run_batches(&model, &plan, device, batch_rx, &write_tx, progress, &mut rows_written, &mut failed);
+        drop(write_tx);
+        (r, writer.join().expect("writer thread does not panic"))
+    });
+    let (status, parts_written) = writer_result?;
+    model_result?;
+
+    let all = ShardProgress::all(root)?;
+    let errors: Vec<FailedInput> = all.iter().flat_map(|p| p.errors.iter().cloned()).collect();
+    write_errors(root, &errors)?;
+    let completed: Vec<usize> = all.iter().filter(|p| p.shards == shards && p.complete()).map(|p| p.shard).collect();
+    let store_complete = completed.len() == shards;
+    let mut manifest = Manifest::read(root)?.unwrap_or(manifest);
+    manifest.shards = Some(ShardsDone { count: shards, completed });
+    manifest.write(root)?;
+
+    Ok(ExtractSummary {
+        store: opts.out.clone(),
+        device: status.device.clone(),
+        samples_run: todo,
+        samples_resumed: total - todo,
+        failed,
+        partitions: plan.partitions().len(),
+        rows_written,
+        parts_written,
+        elapsed: t0.elapsed(),
+        store_complete,
+    })
+}
+
+/// Every requested tower needs its input column.
+fn check_inputs(plan: &ExtractionPlan, dataset: &Dataset) -> Result<()> {
+    for tower in plan.towers() {
+        let (ok, column) = match tower {
+            Tower::Vision => (dataset.images.is_some(), "image"),
+            Tower::Text => (dataset.texts.is_some(), "text"),
+            Tower::Decoder => (dataset.prompts.is_some() || dataset.texts.is_some(), "prompt"),
+        };
+        if !ok {
+            return Err(ExtractError::Input(format!(
+                "the {tower} tower needs a '{column}' column, which {} lacks (use --towers to pick others)",
+                dataset.path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn text_tokenizer(dir: &Path, md: &ModelDir) -> Result<TextTokenizer> {
+    match md.family {
+        Family::Clip => {
+            let c: crate::clip::ClipConfig = md.config()?;
+            let t = &c.text_config;
+            TextTokenizer::from_dir(dir, t.max_position_embeddings as usize, t.pad_token_id as u32)
+        }
+    }
+}
+
+fn provenance(
+    opts: &ExtractOptions,
+    md: &ModelDir,
+    dataset: &Dataset,
+    plan: &ExtractionPlan,
+    device: Device,
+) -> Result<Manifest> {
+    let weights = Checkpoint::open(&opts.model)?;
+    let mut hashes = BTreeMap::new();
+    for f in weights.files() {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        hashes.insert(name, sha256_file(f)?);
+    }
+    let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+    Ok(Manifest {
+        format_version: mmprobe_store::manifest::FORMAT_VERSION,
+        mmprobe_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        created: Some(mmprobe_store::manifest::now_rfc3339()),
+        model: Some(ModelProvenance {
+            path: abs(&opts.model),
+            family: md.family.name().to_string(),
+            config_sha256: sha256_bytes(&md.config_bytes),
+            weights: hashes,
+            dtype: opts.run.dtype.to_string(),
+            device: device_name(device),
+        }),
+        dataset: Some(DatasetProvenance { path: abs(&opts.data), sha256: dataset.sha256.clone(), rows: dataset.len() }),
+        extraction: Some(plan.spec(opts.chunk_size)),
+        shards: None,
+    })
+}
+
+/// Makes `root` ready: new stores get a manifest; existing ones must come
+/// from the same model, dataset and plan unless `force` empties them first.
+fn prepare_store(root: &Path, manifest: &Manifest, force: bool) -> Result<()> {
+    let existing = Manifest::read(root)?;
+    let has_content = root.join(layout::ACTS).exists() || root.join(layout::SAMPLES).exists();
+    if force {
+        for name in [layout::ACTS, layout::PROGRESS] {
+            let p = root.join(name);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|source| ExtractError::Io { path: p.clone(), source })?;
+            }
+        }
+        for name in [layout::MANIFEST, layout::SAMPLES, layout::TOKENS, layout::ERRORS, layout::LOGIT_LENS] {
+            let p = root.join(name);
+            if p.exists() {
+                std::fs::remove_file(&p).map_err(|source| ExtractError::Io { path: p.clone(), source })?;
+            }
+        }
+    } else if let Some(old) = existing {
+        old.same_origin(manifest).map_err(|why| {
+            ExtractError::Input(format!(
+                "{} already holds a store and {why}; use --force to replace it",
+                root.display()
+            ))
+        })?;
+        return Ok(());
+    } else if has_content {
+        return Err(ExtractError::Input(format!(
+            "{} holds files but no manifest.json; use --force to replace them",
+            root.display()
+        )));
+    }
+    std::fs::create_dir_all(root).map_err(|source| ExtractError::Io { path: root.to_path_buf(), source })?;
+    Ok(manifest.write(root)?)
+}
+
+/// Temporaries of dead processes (a killed run) are removed; live ones
+/// belong to another shard and stay.
+fn remove_stale_temporaries(root: &Path, partitions: &[Partition]) {
+    for p in partitions {
+        let Ok(entries) = std::fs::read_dir(p.dir(root)) else { continue };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.rsplit_once(".tmp-").and_then(|(_, pid)| pid.parse::<u32>().ok()) else { continue };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// tokens.parquet rows for every tower that keeps `all` rows: vision
+/// positions are `<cls>` and `<patch r,c>`, text positions the tokenizer's tokens.
+fn token_rows(
+    plan: &ExtractionPlan,
+    info: &ModelInfo,
+    dataset: &Dataset,
+    tokenizer: Option<&TextTokenizer>,
+) -> Result<Vec<TokenRow>> {
+    let mut rows = Vec::new();
+    if plan.wants(Tower::Vision, Selector::All)
+        && let Some(t) = info.tower(Tower::Vision)
+    {
+        let grid = ((t.max_tokens - 1) as f64).sqrt() as i64;
+        for sample in 0..dataset.len() as u32 {
+            for pos in 0..t.max_tokens {
+                let token = if pos == 0 {
+                    "<cls>".to_string()
+                } else {
+                    format!("<patch {},{}>", (pos - 1) / grid, (pos - 1) % grid)
+                };
+                rows.push(TokenRow {
+                    sample,
+                    tower: Tower::Vision,
+                    pos: pos as i32,
+                    token_id: None,
+                    token,
+                    modality: "image",
+                });
+            }
+        }
+    }
+    if plan.wants(Tower::Text, Selector::All)
+        && let Some(tok) = tokenizer
+    {
+        let texts: Vec<(usize, &str)> = (0..dataset.len()).filter_map(|i| dataset.text(i).map(|t| (i, t))).collect();
+        for batch in texts.chunks(256) {
+            let enc = tok.encode_batch(&batch.iter().map(|(_, t)| *t).collect::<Vec<_>>())?;
+            for ((i, _), toks) in batch.iter().zip(enc.tokens) {
+                for (pos, (id, token)) in toks.into_iter().enumerate() {
+                    rows.push(TokenRow {
+                        sample: *i as u32,
+                        tower: Tower::Text,
+                        pos: pos as i32,
+                        token_id: Some(id as i64),
+                        token,
+                        modality: "text",
+                    });
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+struct Inputs<'a> {
+    dataset: &'a Dataset,
+    tokenizer: Option<&'a TextTokenizer>,
+    processor: Option<&'a ImageProcessor>,
+    opts: &'a ExtractOptions,
+    plan: &'a ExtractionPlan,
+}
+
+impl Inputs<'_> {
+    /// Loader thread: prepares every batch of the pending chunks, in order.
+    fn produce(&self, pending: &[usize], tx: SyncSender<Result<Prepared>>) {
+        let batch = self.opts.run.batch_size.max(1);
+        for &chunk in pending {
+            let start = chunk * self.opts.chunk_size;
+            let end = (start + self.opts.chunk_size).min(self.dataset.len());
+            let mut failures = Vec::new();
+            let mut b0 = start;
+            while b0 < end {
+                let b1 = (b0 + batch).min(end);
+                let prepared = self.prepare(chunk, b0..b1, b1 == end, &mut failures);
+                let stop = prepared.is_err();
+                if tx.send(prepared).is_err() || stop {
+                    return;
+                }
+                b0 = b1;
+            }
+        }
+    }
+
+    fn prepare(
+        &self,
+        chunk: usize,
+        rows: std::ops::Range<usize>,
+        chunk_end: bool,
+        failures: &mut Vec<FailedInput>,
+    ) -> Result<Prepared> {
+        let seen = rows.len();
+        let mut ok: Vec<usize> = Vec::with_capacity(rows.len());
+        let mut fail = |i: usize, stage: &str, message: String| -> Result<()> {
+            if self.opts.skip_bad {
+                failures.push(FailedInput {
+                    sample: i as u32,
+                    id: self.dataset.ids[i].clone(),
+                    stage: stage.into(),
+                    message,
+                });
+                Ok(())
+            } else {
+                Err(ExtractError::Input(format!(
+                    "row {i} (id '{}'): {message} (use --skip-bad to record it and go on)",
+                    self.dataset.ids[i]
+                )))
+            }
+        };
+        let wants_text = self.plan.sites.contains_key(&Tower::Text);
+        let images: Vec<(usize, std::result::Result<Vec<f32>, String>)> = match self.processor {
+            Some(proc) => rows
+                .clone()
+                .into_par_iter()
+                .map(|i| {
+                    let r = match self.dataset.image_path(i) {
+                        None => Err("no image".to_string()),
+                        Some(p) => open_rgb(&p).map(|img| proc.process(&img)).map_err(|e| e.to_string()),
+                    };
+                    (i, r)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let mut pixels: HashMap<usize, Vec<f32>> = HashMap::new();
+        for (i, r) in images {
+            match r {
+                Ok(px) => {
+                    pixels.insert(i, px);
+                }
+                Err(m) => fail(i, "image", m)?,
+            }
+        }
+        for i in rows {
+            if self.processor.is_some() && !pixels.contains_key(&i) {
+                continue;
+            }
+            if wants_text && self.dataset.text(i).is_none_or(|t| t.trim().is_empty()) {
+                fail(i, "text", "empty text".into())?;
+                continue;
+            }
+            ok.push(i);
+        }
+        let pixels = match self.processor {
+            Some(proc) if !ok.is_empty() => {
+                let (h, w) = proc.output_size((0, 0));
+                let flat: Vec<f32> = ok.iter().flat_map(|i| pixels.remove(i).expect("decoded")).collect();
+                Some(Tensor::from_slice(&flat).view([ok.len() as i64, 3, h as i64, w as i64]))
+            }
+            _ => None,
+        };
+        let text = match self.tokenizer {
+            Some(tok) if !ok.is_empty() => {
+                let texts: Vec<&str> = ok.iter().map(|&i| self.dataset.text(i).unwrap_or("")).collect();
+                let b = tok.encode_batch(&texts)?;
+                Some((b.input_ids, b.attention_mask))
+            }
+            _ => None,
+        };
+        let failures = if chunk_end { std::mem::take(failures) } else { Vec::new() };
+        Ok(Prepared { chunk, samples: ok.iter().map(|&i| i as u32).collect(), pixels, text, failures, chunk_end, seen })
+    }
+}
+
+/// Model thread: forward passes, selectors, rows to the writer.
+#[allow(clippy::too_many_arguments)]
+fn run_batches(
+    model: &Model,
+    plan: &ExtractionPlan,
+    device: Device,
+    rx: Receiver<Result<Prepared>>,
+    tx: &SyncSender<ToWriter>,
+    progress: &dyn ProgressSink,
+    rows_written: &mut usize,
+    failed: &mut usize,
+) -> Result<()> {
+    let partitions = plan.partitions();
+    for prepared in rx {
+        let b = prepared?;
+        *failed += if b.chunk_end { b.failures.len() } else { 0 };
+        if !b.samples.is_empty() {
+            let rows = tch::no_grad(|| forward(model, plan, &partitions, &b, device));
+            for (partition, r) in rows {
+                let part = PartRows {
+                    width: r.width,
+                    sample: r.batch_index.iter().map(|&i| b.samples[i as usize]).collect(),
+                    pos: r.pos,
+                    data: r.data,
+                };
+                *rows_written += part.len();
+                if tx.send(ToWriter::Rows(b.chunk, partition, part)).is_err() {
+                    return Ok(()); // the writer stopped; its error is reported
+                }
+            }
+        }
+        if b.chunk_end && tx.send(ToWriter::ChunkDone(b.chunk, b.failures)).is_err() {
+            return Ok(());
+        }
+        progress.advance(b.seen);
+    }
+    Ok(())
+}
+
+fn request(plan: &ExtractionPlan, tower: Tower) -> SiteRequest {
+    let mut req = SiteRequest::default();
+    if let Some(sites) = plan.sites.get(&tower) {
+        for (site, layers) in sites {
+            match site {
+                Site::Resid => req.resid.extend(layers),
+                Site::Attn => req.attn.extend(layers),
+                Site::Mlp => req.mlp.extend(layers),
+                Site::Embeds => req.embeds = true,
+            }
+        }
+    }
+    req
+}
+
+fn forward(
+    model: &Model,
+    plan: &ExtractionPlan,
+    partitions: &[Partition],
+    b: &Prepared,
+    device: Device,
+) -> Vec<(Partition, Rows)> {
+    let mut out = Vec::new();
+    let Model::Clip(clip) = model;
+    let kind = clip.dtype.kind();
+    let mut towers: Vec<(Tower, Captured, SequenceLayout)> = Vec::new();
+    if let Some(px) = &b.pixels {
+        let px = px.to_device(device).to_kind(kind);
+        let cap = clip.model.encode_image(&px, &request(plan, Tower::Vision));
+        let (n, t) = (px.size()[0], clip.model.config.vision_config.num_patches() + 1);
+        towers.push((Tower::Vision, cap, SequenceLayout::vision(n, t, device)));
+    }
+    if let Some((ids, mask)) = &b.text {
+        let (ids, mask) = (ids.to_device(device), mask.to_device(device));
+        let mut cap = clip.model.encode_text(&ids, &mask, &request(plan, Tower::Text));
+        let eos = cap.pool_positions.take().expect("text towers pool");
+        towers.push((Tower::Text, cap, SequenceLayout::text(&mask, eos)));
+    }
+    for (tower, cap, layout) in &towers {
+        for p in partitions.iter().filter(|p| p.tower == *tower) {
+            let rows = match p.site {
+                Site::Embeds => cap.embeds.as_ref().map(pooled),
+                Site::Resid => cap.resid.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
+                Site::Attn => cap.attn.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
+                Site::Mlp => cap.mlp.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
+            };
+            if let Some(r) = rows {
+                out.push((*p, r));
+            }
+        }
+    }
+    out
+}
+
+/// Writer thread: one part file per partition and chunk, streamed batch by
+/// batch; when a chunk is done its parts are renamed into place and the
+/// shard's progress is saved.
+fn write_parts(root: &Path, mut status: ShardProgress, rx: Receiver<ToWriter>) -> Result<(ShardProgress, usize)> {
+    let mut open: BTreeMap<Partition, PartWriter> = BTreeMap::new();
+    let mut parts = 0usize;
+    for msg in rx {
+        match msg {
+            ToWriter::Rows(chunk, partition, rows) => {
+                let w = match open.entry(partition) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(PartWriter::create(partition.part(root, status.shard, chunk), rows.width)?)
+                    }
+                };
+                w.write(&rows)?;
+            }
+            ToWriter::ChunkDone(chunk, failures) => {
+                for (_, w) in std::mem::take(&mut open) {
+                    w.finish()?;
+                    parts += 1;
+                }
+                status.errors.retain(|e| !failures.iter().any(|f| f.sample == e.sample));
+                status.errors.extend(failures);
+                status.chunks_done.insert(chunk);
+                status.save(root)?;
+            }
+        }
+    }
+    // Unfinished parts (an error upstream) are discarded, never renamed.
+    for (_, w) in open {
+        w.abandon();
+    }
+    Ok((status, parts))
+}

@@ -1,0 +1,97 @@
+//! Bad input gives a one-line error that names the cause, never a panic.
+
+mod common;
+
+use std::fs;
+
+use common::{clip_dir, fixtures};
+use mmprobe_extract::clip::LoadedClip;
+use mmprobe_extract::preprocess::open_rgb;
+use mmprobe_extract::{DType, ExtractError, ModelInfo};
+use tch::Device;
+
+fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(clip_dir(name)).unwrap() {
+        let p = entry.unwrap().path();
+        fs::copy(&p, tmp.path().join(p.file_name().unwrap())).unwrap();
+    }
+    tmp
+}
+
+fn load_err(dir: &std::path::Path) -> String {
+    match LoadedClip::load(dir, Device::Cpu, DType::F32) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => {
+            let s = e.to_string();
+            assert!(!s.contains('\n'), "not one line: {s}");
+            s
+        }
+    }
+}
+
+#[test]
+fn folder_without_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let msg = load_err(tmp.path());
+    assert!(msg.contains("is not a model folder: it has no config.json"), "{msg}");
+}
+
+#[test]
+fn config_of_another_family() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("config.json"), r#"{"model_type": "bert", "hidden_size": 8}"#).unwrap();
+    let msg = load_err(tmp.path());
+    assert!(msg.contains("model_type 'bert' is not supported") && msg.contains("clip"), "{msg}");
+    assert!(matches!(ModelInfo::from_dir(tmp.path()), Err(ExtractError::UnsupportedFamily { .. })));
+}
+
+#[test]
+fn config_that_is_not_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::write(tmp.path().join("config.json"), "model_type = clip").unwrap();
+    let msg = load_err(tmp.path());
+    assert!(msg.contains("config.json is not a valid config"), "{msg}");
+}
+
+#[test]
+fn truncated_safetensors() {
+    let tmp = copy_fixture("tiny-a");
+    let f = tmp.path().join("model.safetensors");
+    let len = fs::metadata(&f).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+    let msg = load_err(tmp.path());
+    assert!(msg.contains("model.safetensors is not a readable safetensors file"), "{msg}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let tmp = copy_fixture("tiny-b");
+    // Drop the shard that holds the text projection from the index.
+    let index_path = tmp.path().join("model.safetensors.index.json");
+    let mut index: serde_json::Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    index["weight_map"].as_object_mut().unwrap().retain(|_, file| file != "model-00002-of-00002.safetensors");
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+    let msg = load_err(tmp.path());
+    assert!(msg.starts_with("tensor '") && msg.contains("is missing from the checkpoint"), "{msg}");
+}
+
+#[test]
+fn shape_mismatch_names_tensor_and_both_shapes() {
+    let tmp = copy_fixture("tiny-a");
+    let cfg_path = tmp.path().join("config.json");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&fs::read(&cfg_path).unwrap()).unwrap();
+    cfg["projection_dim"] = 21.into();
+    fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let msg = load_err(tmp.path());
+    assert!(msg.contains("'text_projection.weight' has shape [20, 24]") && msg.contains("implies [21, 24]"), "{msg}");
+}
+
+#[test]
+fn image_that_is_not_an_image() {
+    let path = fixtures().join("images/not_an_image.png");
+    let msg = open_rgb(&path).unwrap_err().to_string();
+    assert!(msg.contains("not_an_image.png") && !msg.contains('\n'), "{msg}");
+    let msg = open_rgb(&fixtures().join("images/no_such_file.png")).unwrap_err().to_string();
+    assert!(msg.contains("no_such_file.png"), "{msg}");
+}

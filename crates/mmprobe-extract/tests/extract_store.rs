@@ -1,0 +1,303 @@
+//! Extraction into a store, read back and compared with transformers'
+//! hidden states (scripts/fixtures/make_clip.py's reference outputs).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use common::{assert_close, clip_dir, fixtures, reference};
+use mmprobe_extract::{
+    DType, DeviceChoice, ExtractError, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract,
+};
+use mmprobe_store::{Partition, Store};
+use tch::Tensor;
+
+const TOL: f64 = 1e-4;
+
+/// A CSV of the fixture images and texts (row i = reference batch row i) with labels of every type.
+fn dataset(dir: &Path, rows: usize) -> std::path::PathBuf {
+    let meta: serde_json::Value =
+        serde_json::from_slice(&fs::read(clip_dir("tiny-a").join("reference.json")).unwrap()).unwrap();
+    let images = meta["images"].as_array().unwrap();
+    let texts = meta["texts"].as_array().unwrap();
+    let mut csv = String::from("id,image,text,colour,count,flag,score\n");
+    for i in 0..rows {
+        let img = fixtures().join("images").join(images[i % images.len()].as_str().unwrap());
+        let text = texts[i % texts.len()].as_str().unwrap().replace('"', "\"\"");
+        let score = if i % 3 == 0 { String::new() } else { format!("{:.1}", i as f64 / 2.0) };
+        csv += &format!(
+            "s{i},{},\"{text}\",{},{},{},{score}\n",
+            img.display(),
+            ["red", "green"][i % 2],
+            i * 10,
+            i % 2 == 0
+        );
+    }
+    let path = dir.join("data.csv");
+    fs::write(&path, csv).unwrap();
+    path
+}
+
+fn options(model: &str, data: &Path, out: &Path) -> ExtractOptions {
+    ExtractOptions {
+        model: clip_dir(model),
+        data: data.to_path_buf(),
+        out: out.to_path_buf(),
+        towers: None,
+        sites: vec![Site::Resid, Site::Attn, Site::Mlp, Site::Embeds],
+        layers: LayerSpec::All,
+        selectors: vec![Selector::Cls, Selector::Eos, Selector::Last, Selector::Mean, Selector::All, Selector::Pooled],
+        run: RunOptions { device: DeviceChoice::Cpu, dtype: DType::F32, batch_size: 2, threads: None },
+        shard: (0, 1),
+        skip_bad: false,
+        force: false,
+        chunk_size: 3,
+    }
+}
+
+fn matrix(store: &Store, p: Partition) -> (Vec<u32>, Vec<i32>, Tensor) {
+    let a = store.load(p).unwrap();
+    let (n, d) = a.matrix.dim();
+    (a.sample, a.pos, Tensor::from_slice(a.matrix.as_slice().unwrap()).view([n as i64, d as i64]))
+}
+
+#[test]
+fn every_site_and_selector_matches_transformers() {
+    for model in ["tiny-a", "tiny-b"] {
+        let tmp = tempfile::tempdir().unwrap();
+        // The reference batch holds 5 texts and the first 5 images.
+        let data = dataset(tmp.path(), 5);
+        let out = tmp.path().join("store");
+        let s = extract(&options(model, &data, &out), &Quiet).unwrap();
+        assert!(s.store_complete && s.failed == 0);
+
+        let store = Store::open(&out).unwrap();
+        let r = reference(&clip_dir(model));
+        let ids = r.tensor("input_ids").unwrap();
+        let lens: Vec<i64> =
+            Vec::try_from(r.tensor("attention_mask").unwrap().sum_dim_intlist(1, false, tch::Kind::Int64)).unwrap();
+        let parts = store.partitions().unwrap();
+        let mut checked = 0;
+        for p in &parts {
+            let (sample, pos, got) = matrix(&store, *p);
+            let name = format!("{model} {p}");
+            let want = match p.site {
+                Site::Embeds => r.tensor(&format!("{}.embeds", p.tower)).unwrap().narrow(0, 0, 5),
+                site => {
+                    let full = r.tensor(&format!("{}.{}.{}", p.tower, site, p.layer)).unwrap().narrow(0, 0, 5);
+                    match (p.tower, p.selector) {
+                        (Tower::Vision, Selector::Cls) => full.select(1, 0),
+                        (Tower::Vision, Selector::Mean) => {
+                            full.narrow(1, 1, full.size()[1] - 1).mean_dim(1, false, tch::Kind::Float)
+                        }
+                        (Tower::Vision, Selector::All) => full.reshape([-1, full.size()[2]]),
+                        (Tower::Text, Selector::Eos) => {
+                            let eos: Vec<i64> = (0..5)
+                                .map(|i| {
+                                    let row = ids.get(i);
+                                    if model == "tiny-b" {
+                                        row.argmax(0, false).int64_value(&[])
+                                    } else {
+                                        row.eq(49407).to_kind(tch::Kind::Int).argmax(0, false).int64_value(&[])
+                                    }
+                                })
+                                .collect();
+                            assert_eq!(pos, eos.iter().map(|&e| e as i32).collect::<Vec<_>>(), "{name}: eos positions");
+                            Tensor::stack(&(0..5).map(|i| full.get(i).get(eos[i as usize])).collect::<Vec<_>>(), 0)
+                        }
+                        (Tower::Text, Selector::Last) => {
+                            Tensor::stack(&(0..5).map(|i| full.get(i).get(lens[i as usize] - 1)).collect::<Vec<_>>(), 0)
+                        }
+                        (Tower::Text, Selector::Mean) => Tensor::stack(
+                            &(0..5)
+                                .map(|i| {
+                                    full.get(i).narrow(0, 0, lens[i as usize]).mean_dim(0, false, tch::Kind::Float)
+                                })
+                                .collect::<Vec<_>>(),
+                            0,
+                        ),
+                        (Tower::Text, Selector::All) => Tensor::cat(
+                            &(0..5).map(|i| full.get(i).narrow(0, 0, lens[i as usize])).collect::<Vec<_>>(),
+                            0,
+                        ),
+                        other => panic!("{name}: unexpected partition {other:?}"),
+                    }
+                }
+            };
+            assert_close(&name, &got, &want, TOL);
+            assert!(sample.windows(2).all(|w| w[0] <= w[1]), "{name}: rows sorted by sample");
+            checked += 1;
+        }
+        // vision: (resid N+1, attn N, mlp N) x (cls, mean, all) + embeds; text: same x (eos, last, mean, all) + embeds
+        let info = mmprobe_extract::ModelInfo::from_dir(&clip_dir(model)).unwrap();
+        let (nv, nt) = (info.towers[0].layers, info.towers[1].layers);
+        assert_eq!(checked, (3 * nv + 1) * 3 + 1 + (3 * nt + 1) * 4 + 1, "{model}: partitions");
+    }
+}
+
+#[test]
+fn all_rows_carry_token_texts_and_positions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 5);
+    let out = tmp.path().join("store");
+    extract(&options("tiny-a", &data, &out), &Quiet).unwrap();
+    let tokens = mmprobe_store::store::read_parquet(&out.join("tokens.parquet")).unwrap();
+    let store = Store::open(&out).unwrap();
+    let p = Partition { tower: Tower::Text, site: Site::Resid, layer: 1, selector: Selector::All };
+    let (sample, pos, _) = matrix(&store, p);
+    let tower = tokens.column("tower").unwrap().str().unwrap();
+    let text_rows: Vec<usize> = (0..tokens.height()).filter(|&i| tower.get(i) == Some("text")).collect();
+    assert_eq!(text_rows.len(), sample.len(), "one token row per stored text row");
+    let t_sample = tokens.column("sample").unwrap().u32().unwrap();
+    let t_pos = tokens.column("pos").unwrap().i32().unwrap();
+    let t_tok = tokens.column("token").unwrap().str().unwrap();
+    let t_mod = tokens.column("modality").unwrap().str().unwrap();
+    for (k, &i) in text_rows.iter().enumerate() {
+        assert_eq!((t_sample.get(i), t_pos.get(i)), (Some(sample[k]), Some(pos[k])));
+        assert_eq!(t_mod.get(i), Some("text"));
+    }
+    let first: Vec<&str> = text_rows.iter().take(7).map(|&i| t_tok.get(i).unwrap()).collect();
+    assert_eq!(first, ["<|startoftext|>", "a</w>", "photo</w>", "of</w>", "a</w>", "cat</w>", "<|endoftext|>"]);
+    let vision: Vec<usize> = (0..tokens.height()).filter(|&i| tower.get(i) == Some("vision")).collect();
+    assert_eq!(t_tok.get(vision[0]), Some("<cls>"));
+    assert_eq!(t_tok.get(vision[1]), Some("<patch 0,0>"));
+    assert_eq!(t_mod.get(vision[1]), Some("image"));
+}
+
+#[test]
+fn labels_join_with_types_and_nulls_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 7);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    o.towers = Some(vec![Tower::Vision]);
+    o.selectors = vec![Selector::Cls];
+    o.sites = vec![Site::Resid];
+    o.layers = "-1".parse().unwrap();
+    extract(&o, &Quiet).unwrap();
+    let store = Store::open(&out).unwrap();
+    assert_eq!(store.partitions().unwrap().len(), 1, "only the last layer's cls");
+    let p = Partition { tower: Tower::Vision, site: Site::Resid, layer: 2, selector: Selector::Cls };
+    let (acts, labels) = store.load_labeled(p, &["colour", "count", "flag", "score"]).unwrap();
+    assert_eq!(acts.matrix.dim(), (7, 24));
+    assert_eq!(labels.column("colour").unwrap().str().unwrap().get(1), Some("green"));
+    assert_eq!(labels.column("count").unwrap().i64().unwrap().get(3), Some(30));
+    assert_eq!(labels.column("flag").unwrap().bool().unwrap().get(2), Some(true));
+    assert_eq!(labels.column("score").unwrap().null_count(), 3);
+    assert!(store.load_labeled(p, &["nope"]).unwrap_err().to_string().contains("no column 'nope'"));
+    let m = store.manifest.as_ref().unwrap();
+    assert_eq!(m.dataset.as_ref().unwrap().rows, 7);
+    assert_eq!(m.model.as_ref().unwrap().weights.len(), 1);
+}
+
+#[test]
+fn two_shards_equal_one_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 11);
+    let one = tmp.path().join("one");
+    let two = tmp.path().join("two");
+    extract(&options("tiny-b", &data, &one), &Quiet).unwrap();
+    let mut o = options("tiny-b", &data, &two);
+    o.shard = (1, 2);
+    let s = extract(&o, &Quiet).unwrap();
+    assert!(!s.store_complete);
+    o.shard = (0, 2);
+    let s = extract(&o, &Quiet).unwrap();
+    assert!(s.store_complete);
+    let (a, b) = (Store::open(&one).unwrap(), Store::open(&two).unwrap());
+    assert_eq!(a.partitions().unwrap(), b.partitions().unwrap());
+    for p in a.partitions().unwrap() {
+        let (x, y) = (a.load(p).unwrap(), b.load(p).unwrap());
+        assert_eq!((x.sample, x.pos), (y.sample, y.pos), "{p}");
+        assert_eq!(x.matrix, y.matrix, "{p}");
+    }
+}
+
+#[test]
+fn bad_inputs_stop_or_are_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let img = |f: &str| fixtures().join("images").join(f).display().to_string();
+    let csv = format!(
+        "id,image,text,y\na,{},a cat,1\nb,{},a dog,0\nc,{},,1\nd,{},a bird,0\n",
+        img("rgb_50x41.png"),
+        img("not_an_image.png"),
+        img("grey_70x20.png"),
+        img("small_12x9.png")
+    );
+    let data = tmp.path().join("bad.csv");
+    fs::write(&data, csv).unwrap();
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    o.chunk_size = 1;
+    let err = extract(&o, &Quiet).unwrap_err().to_string();
+    assert!(err.contains("row 1 (id 'b')") && err.contains("not_an_image.png"), "{err}");
+    // The chunk before the bad row was written and stays readable.
+    let store = Store::open(&out).unwrap();
+    let p = Partition { tower: Tower::Vision, site: Site::Embeds, layer: 0, selector: Selector::Pooled };
+    assert_eq!(store.load(p).unwrap().sample, vec![0]);
+
+    o.skip_bad = true;
+    let s = extract(&o, &Quiet).unwrap();
+    assert_eq!(s.failed, 2);
+    let errors = mmprobe_store::store::read_parquet(&out.join("errors.parquet")).unwrap();
+    let ids: Vec<&str> = errors.column("id").unwrap().str().unwrap().iter().map(|x| x.unwrap()).collect();
+    assert_eq!(ids, ["b", "c"]);
+    let stages: Vec<&str> = errors.column("stage").unwrap().str().unwrap().iter().map(|x| x.unwrap()).collect();
+    assert_eq!(stages, ["image", "text"]);
+    assert_eq!(Store::open(&out).unwrap().load(p).unwrap().sample, vec![0, 3]);
+}
+
+#[test]
+fn bad_datasets_and_flags_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("store");
+    let run = |csv: &str, f: &dyn Fn(&mut ExtractOptions)| -> String {
+        let data = tmp.path().join("d.csv");
+        fs::write(&data, csv).unwrap();
+        let mut o = options("tiny-a", &data, &out);
+        f(&mut o);
+        let e: ExtractError = extract(&o, &Quiet).unwrap_err();
+        let s = e.to_string();
+        assert!(!s.contains('\n'), "{s}");
+        s
+    };
+    let e = run("id,image,text\n", &|_| {});
+    assert!(e.contains("it has no rows"), "{e}");
+    let text_only = |o: &mut ExtractOptions| {
+        o.towers = Some(vec![Tower::Text]);
+        o.selectors = vec![Selector::Eos];
+    };
+    let e = run("id,text\nx,a\nx,b\n", &text_only);
+    assert!(e.contains("duplicate id 'x'"), "{e}");
+    let e = run("id,text\nx,a\n", &|_| {});
+    assert!(e.contains("the vision tower needs a 'image' column"), "{e}");
+    let e = run("id,caption\nx,a\n", &text_only);
+    assert!(e.contains("needs an 'image' or 'text' column (it has: id, caption)"), "{e}");
+    let e = run("id,text\nx,a\n", &|o| o.towers = Some(vec![Tower::Decoder]));
+    assert!(e.contains("has no decoder tower"), "{e}");
+    let e = run("id,text\nx,a\n", &|o| {
+        o.towers = Some(vec![Tower::Text]);
+        o.selectors = vec![Selector::Cls];
+    });
+    assert!(e.contains("'cls' fits none of the requested towers"), "{e}");
+}
+
+#[test]
+fn a_store_of_another_model_is_refused_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 3);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    o.selectors = vec![Selector::Pooled];
+    o.sites = vec![Site::Embeds];
+    extract(&o, &Quiet).unwrap();
+    o.model = clip_dir("tiny-b");
+    let e = extract(&o, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("already holds a store") && e.contains("another model") && e.contains("--force"), "{e}");
+    o.force = true;
+    extract(&o, &Quiet).unwrap();
+    let store = Store::open(&out).unwrap();
+    let p = Partition { tower: Tower::Text, site: Site::Embeds, layer: 0, selector: Selector::Pooled };
+    assert_eq!(store.load(p).unwrap().matrix.dim(), (3, 12), "tiny-b's projection width");
+}

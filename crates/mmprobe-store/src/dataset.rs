@@ -1,0 +1,186 @@
+//! Dataset manifests (DESIGN.md): CSV, JSONL or Parquet with `id`, `image`,
+//! `text`, `prompt` and any label columns, or an image folder `DIR/<label>/<file>`.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, StoreError, io};
+use crate::manifest::{sha256_bytes, sha256_file};
+
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"];
+/// Columns with a meaning; every other column is a label.
+pub const INPUT_COLUMNS: &[&str] = &["id", "image", "text", "prompt"];
+
+/// A dataset, read whole: the inputs per row plus a frame of every column.
+pub struct Dataset {
+    pub path: PathBuf,
+    /// Folder that relative image paths are resolved against.
+    pub root: PathBuf,
+    pub sha256: String,
+    /// `sample` (u32, the row number) then every column as given; `id` filled in.
+    pub frame: DataFrame,
+    pub ids: Vec<String>,
+    pub images: Option<Vec<Option<String>>>,
+    pub texts: Option<Vec<Option<String>>>,
+    pub prompts: Option<Vec<Option<String>>>,
+}
+
+impl Dataset {
+    pub fn open(path: &Path) -> Result<Dataset> {
+        let err = |message: String| StoreError::Dataset { path: path.to_path_buf(), message };
+        if !path.exists() {
+            return Err(err("does not exist".into()));
+        }
+        let (frame, root, sha256) = if path.is_dir() {
+            let (frame, sha) = read_image_folder(path)?;
+            (frame, path.to_path_buf(), sha)
+        } else {
+            let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+            let file = || File::open(path).map_err(io(path));
+            let frame = match ext.as_str() {
+                "csv" => CsvReadOptions::default()
+                    .with_has_header(true)
+                    .with_infer_schema_length(None)
+                    .into_reader_with_file_handle(file()?)
+                    .finish(),
+                "jsonl" | "ndjson" => JsonReader::new(file()?).with_json_format(JsonFormat::JsonLines).finish(),
+                "parquet" => ParquetReader::new(file()?).finish(),
+                other => {
+                    return Err(err(format!("unknown format '.{other}' (use .csv, .jsonl, .parquet or a folder)")));
+                }
+            }
+            .map_err(|e| err(e.to_string()))?;
+            let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (frame, root, sha256_file(path)?)
+        };
+        Self::from_frame(path, root, sha256, frame)
+    }
+
+    fn from_frame(path: &Path, root: PathBuf, sha256: String, frame: DataFrame) -> Result<Dataset> {
+        let err = |message: String| StoreError::Dataset { path: path.to_path_buf(), message };
+        let n = frame.height();
+        if n == 0 {
+            return Err(err("it has no rows".into()));
+        }
+        if n > u32::MAX as usize {
+            return Err(err(format!("{n} rows is more than a store can index")));
+        }
+        let strings = |name: &str| -> Result<Option<Vec<Option<String>>>> {
+            let Ok(c) = frame.column(name) else { return Ok(None) };
+            let c = c.cast(&DataType::String).map_err(|e| err(format!("column '{name}': {e}")))?;
+            let ca = c.str().map_err(|e| err(e.to_string()))?;
+            Ok(Some(ca.iter().map(|v| v.map(str::to_string)).collect()))
+        };
+        let ids: Vec<String> = match strings("id")? {
+            Some(v) => v
+                .into_iter()
+                .enumerate()
+                .map(|(i, id)| id.ok_or_else(|| err(format!("row {i}: id is empty"))))
+                .collect::<Result<_>>()?,
+            None => (0..n).map(|i| i.to_string()).collect(),
+        };
+        let mut seen = HashSet::with_capacity(n);
+        for (i, id) in ids.iter().enumerate() {
+            if !seen.insert(id.as_str()) {
+                return Err(err(format!("row {i}: duplicate id '{id}'")));
+            }
+        }
+        let images = strings("image")?;
+        let texts = strings("text")?;
+        let prompts = strings("prompt")?;
+        if images.is_none() && texts.is_none() && prompts.is_none() {
+            let cols: Vec<String> = frame.get_column_names().iter().map(|c| c.to_string()).collect();
+            return Err(err(format!("it needs an 'image' or 'text' column (it has: {})", cols.join(", "))));
+        }
+        let mut columns = vec![Column::new("sample".into(), (0..n as u32).collect::<Vec<u32>>())];
+        columns.push(Column::new("id".into(), ids.clone()));
+        for c in frame.columns() {
+            if c.name().as_str() != "id" && c.name().as_str() != "sample" {
+                columns.push(c.clone());
+            }
+        }
+        let frame = DataFrame::new(n, columns).map_err(|e| err(e.to_string()))?;
+        Ok(Dataset { path: path.to_path_buf(), root, sha256, frame, ids, images, texts, prompts })
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Row `i`'s image path, resolved against the manifest's folder.
+    pub fn image_path(&self, i: usize) -> Option<PathBuf> {
+        let p = self.images.as_ref()?.get(i)?.as_deref()?;
+        let p = Path::new(p);
+        Some(if p.is_absolute() { p.to_path_buf() } else { self.root.join(p) })
+    }
+
+    pub fn text(&self, i: usize) -> Option<&str> {
+        self.texts.as_ref()?.get(i)?.as_deref()
+    }
+
+    pub fn prompt(&self, i: usize) -> Option<&str> {
+        self.prompts.as_ref()?.get(i)?.as_deref()
+    }
+
+    /// The label columns (everything but sample, id, image, text, prompt).
+    pub fn label_columns(&self) -> Vec<String> {
+        self.frame
+            .get_column_names()
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| c != "sample" && !INPUT_COLUMNS.contains(&c.as_str()))
+            .collect()
+    }
+}
+
+/// `DIR/<label>/<file>` -> id, image (relative), label. Hashes the listing.
+fn read_image_folder(dir: &Path) -> Result<(DataFrame, String)> {
+    let err = |message: String| StoreError::Dataset { path: dir.to_path_buf(), message };
+    let mut rows: Vec<(String, String, u64)> = Vec::new();
+    let mut labels: Vec<_> =
+        std::fs::read_dir(dir).map_err(io(dir))?.collect::<std::io::Result<Vec<_>>>().map_err(io(dir))?;
+    labels.sort_by_key(|e| e.file_name());
+    for l in labels.into_iter().filter(|e| e.path().is_dir()) {
+        let label = l.file_name().to_string_lossy().into_owned();
+        let mut files: Vec<_> = std::fs::read_dir(l.path())
+            .map_err(io(&l.path()))?
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(io(dir))?;
+        files.sort_by_key(|e| e.file_name());
+        for f in files {
+            let p = f.path();
+            let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
+            if p.is_file() && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+                let size = f.metadata().map_err(io(&p))?.len();
+                rows.push((label.clone(), format!("{label}/{}", f.file_name().to_string_lossy()), size));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Err(err("no images under <label>/ folders".into()));
+    }
+    let mut h = Sha256::new();
+    for (_, rel, size) in &rows {
+        h.update(format!("{rel}\t{size}\n").as_bytes());
+    }
+    let sha = sha256_bytes(&h.finalize());
+    let n = rows.len();
+    let frame = DataFrame::new(
+        n,
+        vec![
+            Column::new("id".into(), rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>()),
+            Column::new("image".into(), rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>()),
+            Column::new("label".into(), rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>()),
+        ],
+    )
+    .map_err(|e| err(e.to_string()))?;
+    Ok((frame, sha))
+}

@@ -1,0 +1,174 @@
+//! `manifest.json`: where a store's activations came from. Every field is
+//! optional when reading, so stores written by other tools (even
+//! `{"format_version": 1}`) open; missing provenance reads as unknown.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Result, StoreError, io};
+use crate::layout::{MANIFEST, write_atomic};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    #[serde(default)]
+    pub format_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmprobe_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelProvenance>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetProvenance>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extraction: Option<ExtractionSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardsDone>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelProvenance {
+    pub path: String,
+    pub family: String,
+    pub config_sha256: String,
+    /// file name -> sha256
+    pub weights: BTreeMap<String, String>,
+    pub dtype: String,
+    pub device: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatasetProvenance {
+    pub path: String,
+    /// sha256 of the manifest file, or of an image folder's listing (paths and sizes).
+    pub sha256: String,
+    pub rows: usize,
+}
+
+/// What was asked for. A resumed or sharded run must ask for the same.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExtractionSpec {
+    /// tower -> site -> layers
+    pub sites: BTreeMap<String, BTreeMap<String, Vec<usize>>>,
+    pub selectors: Vec<String>,
+    /// Samples per chunk: the unit of atomic progress and of part files.
+    pub chunk_size: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logit_lens: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardsDone {
+    pub count: usize,
+    pub completed: Vec<usize>,
+}
+
+impl Manifest {
+    /// Reads `root/manifest.json`; `Ok(None)` when there is none.
+    pub fn read(root: &Path) -> Result<Option<Manifest>> {
+        let path = root.join(MANIFEST);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::BadManifest { path: path.clone(), message: e.to_string() })
+    }
+
+    pub fn write(&self, root: &Path) -> Result<()> {
+        let path = root.join(MANIFEST);
+        let json = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        write_atomic(&path, |f| std::io::Write::write_all(f, &json).map_err(io(&path)))
+    }
+
+    /// The provenance fields that must agree before a run may add to a store.
+    pub fn same_origin(&self, other: &Manifest) -> std::result::Result<(), String> {
+        let (Some(a), Some(b)) = (&self.model, &other.model) else { return Err("no model recorded".into()) };
+        if a.config_sha256 != b.config_sha256 || a.weights != b.weights {
+            return Err(format!("it was extracted from another model ({})", a.path));
+        }
+        if a.dtype != b.dtype {
+            return Err(format!("it was extracted in {}, not {}", a.dtype, b.dtype));
+        }
+        match (&self.dataset, &other.dataset) {
+            (Some(x), Some(y)) if x.sha256 == y.sha256 && x.rows == y.rows => {}
+            (Some(x), _) => return Err(format!("it was extracted from another dataset ({})", x.path)),
+            _ => return Err("no dataset recorded".into()),
+        }
+        if self.extraction != other.extraction {
+            return Err("it holds other towers, sites, layers or selectors".into());
+        }
+        Ok(())
+    }
+}
+
+/// Hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).map_err(io(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Now as RFC 3339 UTC, without a date-time dependency.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil-from-days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_manifest_reads() {
+        let m: Manifest = serde_json::from_str(r#"{"format_version": 1}"#).unwrap();
+        assert_eq!(m.format_version, 1);
+        assert!(m.model.is_none() && m.dataset.is_none());
+    }
+
+    #[test]
+    fn timestamp_shape() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 20, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z'));
+    }
+
+    #[test]
+    fn sha256_known_value() {
+        assert_eq!(sha256_bytes(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}

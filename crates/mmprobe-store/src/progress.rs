@@ -1,0 +1,105 @@
+//! Per-shard progress: which chunks are complete, and the inputs that failed.
+//! Written atomically after every chunk, so a killed run resumes from it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, StoreError, io, pq};
+use crate::layout::{ERRORS, PROGRESS, write_atomic};
+use crate::store::write_parquet;
+
+/// An input that could not be used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FailedInput {
+    pub sample: u32,
+    pub id: String,
+    pub stage: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShardProgress {
+    pub shard: usize,
+    pub shards: usize,
+    pub chunks_done: BTreeSet<usize>,
+    pub chunks_total: usize,
+    pub errors: Vec<FailedInput>,
+    pub device: String,
+}
+
+impl ShardProgress {
+    pub fn path(root: &Path, shard: usize, shards: usize) -> PathBuf {
+        root.join(PROGRESS).join(format!("shard-{shard}-of-{shards}.json"))
+    }
+
+    pub fn load(root: &Path, shard: usize, shards: usize) -> Result<Option<ShardProgress>> {
+        let path = Self::path(root, shard, shards);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::BadManifest { path: path.clone(), message: e.to_string() })
+    }
+
+    pub fn save(&self, root: &Path) -> Result<()> {
+        let path = Self::path(root, self.shard, self.shards);
+        let json = serde_json::to_vec_pretty(self).expect("progress serialises");
+        write_atomic(&path, |f| std::io::Write::write_all(f, &json).map_err(io(&path)))
+    }
+
+    pub fn complete(&self) -> bool {
+        self.chunks_done.len() == self.chunks_total
+    }
+
+    /// Every shard's progress file in a store.
+    pub fn all(root: &Path) -> Result<Vec<ShardProgress>> {
+        let dir = root.join(PROGRESS);
+        let mut out = Vec::new();
+        if !dir.is_dir() {
+            return Ok(out);
+        }
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(io(&dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort();
+        for p in paths {
+            let bytes = std::fs::read(&p).map_err(io(&p))?;
+            out.push(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| StoreError::BadManifest { path: p.clone(), message: e.to_string() })?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// errors.parquet from every shard's failures, sorted by sample; removed when there are none.
+pub fn write_errors(root: &Path, errors: &[FailedInput]) -> Result<()> {
+    let path = root.join(ERRORS);
+    if errors.is_empty() {
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        return Ok(());
+    }
+    let mut e = errors.to_vec();
+    e.sort_by_key(|x| x.sample);
+    let mut df = DataFrame::new(
+        e.len(),
+        vec![
+            Column::new("sample".into(), e.iter().map(|x| x.sample).collect::<Vec<_>>()),
+            Column::new("id".into(), e.iter().map(|x| x.id.clone()).collect::<Vec<_>>()),
+            Column::new("stage".into(), e.iter().map(|x| x.stage.clone()).collect::<Vec<_>>()),
+            Column::new("message".into(), e.iter().map(|x| x.message.clone()).collect::<Vec<_>>()),
+        ],
+    )
+    .map_err(pq(&path))?;
+    write_parquet(&path, &mut df)
+}

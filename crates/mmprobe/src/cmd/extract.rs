@@ -1,0 +1,124 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmprobe_extract::{
+    DType, DeviceChoice, ExtractOptions, LayerSpec, ProgressSink, RunOptions, Selector, Site, Tower,
+};
+
+#[derive(Args, Debug)]
+pub struct ExtractArgs {
+    /// A Hugging Face checkpoint folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset manifest (.csv, .jsonl, .parquet) or an image folder DIR/<label>/<file>.
+    #[arg(long)]
+    data: PathBuf,
+    /// The store folder to write (created; an existing store from the same run is resumed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Towers to run, comma-separated (vision, text, decoder); default: all the model has.
+    #[arg(long, value_delimiter = ',')]
+    towers: Option<Vec<Tower>>,
+    /// Sites: resid (after each layer; 0 = embeddings), attn, mlp (sublayer outputs), embeds (projected).
+    #[arg(long, default_value = "resid,embeds", value_delimiter = ',')]
+    sites: Vec<Site>,
+    /// Layers: `all`, or indices such as 0,4,-1 (negative counts from the last).
+    #[arg(long, default_value = "all")]
+    layers: LayerSpec,
+    /// Selectors, applied wherever they fit: cls, eos, last, mean, mean_image, mean_text, pooled, all.
+    #[arg(long = "select", default_value = "cls,eos,pooled", value_delimiter = ',')]
+    select: Vec<Selector>,
+    /// Inputs per forward pass.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Compute dtype (stored activations are always f32): f32, f16, bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
+    /// libtorch threads (default: libtorch's choice).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Extract only slice I of N (0-based), e.g. 1/4; run N of these into the same store.
+    #[arg(long, default_value = "0/1", value_parser = parse_shard)]
+    shard: (usize, usize),
+    /// Record inputs that fail (unreadable image, empty text) in errors.parquet and go on.
+    #[arg(long)]
+    skip_bad: bool,
+    /// Replace a store that holds another model's, dataset's or plan's activations.
+    #[arg(long)]
+    force: bool,
+    /// Samples per chunk: the unit of part files and of resumption (fixed per store).
+    #[arg(long, default_value_t = 1024, hide_short_help = true)]
+    chunk_size: usize,
+}
+
+fn parse_shard(s: &str) -> Result<(usize, usize), String> {
+    let (i, n) = s.split_once('/').ok_or("expected I/N, e.g. 0/2")?;
+    let i: usize = i.trim().parse().map_err(|_| format!("'{i}' is not a shard index"))?;
+    let n: usize = n.trim().parse().map_err(|_| format!("'{n}' is not a shard count"))?;
+    if n == 0 || i >= n {
+        return Err(format!("need 0 <= I < N, got {i}/{n}"));
+    }
+    Ok((i, n))
+}
+
+struct Bar(ProgressBar);
+
+impl ProgressSink for Bar {
+    fn start(&self, total: usize, done_before: usize) {
+        self.0.set_length(total as u64);
+        self.0.set_position(done_before as u64);
+        self.0.reset_eta();
+    }
+    fn advance(&self, samples: usize) {
+        self.0.inc(samples as u64);
+    }
+}
+
+pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
+    let opts = ExtractOptions {
+        model: a.model,
+        data: a.data,
+        out: a.out,
+        towers: a.towers,
+        sites: a.sites,
+        layers: a.layers,
+        selectors: a.select,
+        run: RunOptions { device: a.device, dtype: a.dtype, batch_size: a.batch_size, threads: a.threads },
+        shard: a.shard,
+        skip_bad: a.skip_bad,
+        force: a.force,
+        chunk_size: a.chunk_size,
+    };
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} samples  {per_sec}  eta {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(250));
+    let result = mmprobe_extract::extract(&opts, &Bar(bar.clone()));
+    bar.finish_and_clear();
+    let s = result?;
+    println!(
+        "extracted {} samples on {} in {:.1} s ({:.1} samples/s){}",
+        s.samples_run,
+        s.device,
+        s.elapsed.as_secs_f64(),
+        s.samples_run as f64 / s.elapsed.as_secs_f64().max(1e-9),
+        if s.samples_resumed > 0 { format!(", {} already done before", s.samples_resumed) } else { String::new() }
+    );
+    println!("wrote {} rows in {} part files over {} partitions", s.rows_written, s.parts_written, s.partitions);
+    if s.failed > 0 {
+        println!("{} inputs failed: see {}", s.failed, s.store.join("errors.parquet").display());
+    }
+    println!(
+        "store {} ({})",
+        s.store.display(),
+        if s.store_complete { "complete" } else { "other shards still to run" }
+    );
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! The `mmprobe` binary end to end: exit codes, one-line errors, and an
+//! extraction killed part-way then resumed.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use mmprobe_store::Store;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mmprobe"));
+    c.env_remove("RUST_BACKTRACE");
+    c
+}
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures")
+}
+
+fn dataset(dir: &Path, rows: usize) -> PathBuf {
+    let images = ["rgb_50x41.png", "grey_70x20.png", "rgba_64x64.png", "palette_33x45.png", "small_12x9.png"];
+    let mut csv = String::from("id,image,text,colour\n");
+    for i in 0..rows {
+        let img = fixtures().join("images").join(images[i % images.len()]);
+        csv += &format!("s{i},{},a photo of thing number {i},{}\n", img.display(), ["red", "blue", "green"][i % 3]);
+    }
+    let path = dir.join("data.csv");
+    fs::write(&path, csv).unwrap();
+    path
+}
+
+fn extract_args(data: &Path, out: &Path) -> Vec<String> {
+    let model = fixtures().join("clip/tiny-a");
+    [
+        "extract",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--sites",
+        "resid,mlp,embeds",
+        "--select",
+        "cls,eos,mean,all,pooled",
+        "--batch-size",
+        "2",
+        "--chunk-size",
+        "2",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn assert_same_store(a: &Path, b: &Path) {
+    let (a, b) = (Store::open(a).unwrap(), Store::open(b).unwrap());
+    let parts = a.partitions().unwrap();
+    assert!(!parts.is_empty());
+    assert_eq!(parts, b.partitions().unwrap());
+    for p in parts {
+        let (x, y) = (a.load(p).unwrap(), b.load(p).unwrap());
+        assert_eq!((&x.sample, &x.pos), (&y.sample, &y.pos), "{p}");
+        assert_eq!(x.matrix, y.matrix, "{p}");
+    }
+    assert_eq!(a.samples, b.samples);
+}
+
+#[test]
+fn killed_extraction_resumes_to_the_same_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 120);
+    let whole = tmp.path().join("whole");
+    let out = bin().args(extract_args(&data, &whole)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let resumed = tmp.path().join("resumed");
+    let mut child =
+        bin().args(extract_args(&data, &resumed)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let progress = resumed.join("progress/shard-0-of-1.json");
+    let t0 = Instant::now();
+    // Kill once a few chunks are recorded, well before the 60 chunks finish.
+    loop {
+        let done = fs::read(&progress)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .map(|v| v["chunks_done"].as_array().map_or(0, |a| a.len()))
+            .unwrap_or(0);
+        if done >= 3 {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&fs::read(&progress).unwrap()).unwrap();
+    let done_at_kill = v["chunks_done"].as_array().unwrap().len();
+    assert!(done_at_kill < 60, "the run finished before it was killed");
+
+    let out = bin().args(extract_args(&data, &resumed)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("already done before"), "{stdout}");
+    assert_same_store(&whole, &resumed);
+    // No temporaries left behind in any partition.
+    for p in Store::open(&resumed).unwrap().partitions().unwrap() {
+        for e in fs::read_dir(p.dir(&resumed)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(name.starts_with("part-"), "stray file {name} in {p}");
+        }
+    }
+}
+
+#[test]
+fn bad_usage_exits_2_and_failures_exit_1_with_one_line() {
+    let out = bin().args(["extract", "--model", "x"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = bin().args(["inspect", "--model", "/nonexistent"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("mmprobe: error: /nonexistent is not a model folder"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 2);
+    let mut args = extract_args(&data, &tmp.path().join("s"));
+    args.extend(["--layers".into(), "1,x".into()]);
+    let out = bin().args(&args).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'x' is not a layer index"));
+}
+
+#[test]
+fn inspect_describes_both_towers() {
+    let out = bin().args(["inspect", "--model"]).arg(fixtures().join("clip/tiny-b")).output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(s.contains("family    clip"), "{s}");
+    assert!(s.lines().any(|l| l.starts_with("vision") && l.contains("resid[0..=3]")), "{s}");
+    assert!(s.lines().any(|l| l.starts_with("text") && l.split_whitespace().nth(4) == Some("32")), "{s}");
+    assert!(s.contains("embeds    width 12"), "{s}");
+}
