@@ -1,2 +1,25 @@
-//! Probes with cross-validated statistics, concept directions, cross-modal
-//! geometry and erasure, computed on an activation store. Never links LibTorch.
+//! Probes with honest statistics, concept directions, cross-modal geometry
+//! and erasure, on an activation store (METHODS.md has the definitions).
+//! Never links LibTorch: any store, from any tool, can be analysed.
+
+pub mod cka;
+pub mod directions;
+pub mod error;
+pub mod folds;
+pub mod geometry;
+pub mod labels;
+pub mod leace;
+pub mod linalg;
+pub mod logistic;
+pub mod metrics;
+pub mod probe;
+pub mod results;
+pub mod ridge;
+pub mod rng;
+pub mod scale;
+pub mod select;
+pub mod sweep;
+
+pub use error::{AnalysisError, Result};
+pub use probe::{CheckedProbe, ProbeParams};
+pub use select::Filters;

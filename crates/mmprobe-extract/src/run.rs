@@ -119,10 +119,16 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let device = opts.run.apply()?;
 
     let md = ModelDir::open(&opts.model)?;
-    let model = match md.family {
-        Family::Clip => Model::Clip(LoadedClip::load(&opts.model, device, opts.run.dtype)?),
-    };
-    let manifest = provenance(opts, &md, &dataset, &plan, device)?;
+    // Hashing the weights (provenance) overlaps loading them.
+    let (model, weights) = std::thread::scope(|s| {
+        let hashes = s.spawn(|| hash_weights(&opts.model));
+        let model = match md.family {
+            Family::Clip => LoadedClip::load(&opts.model, device, opts.run.dtype).map(Model::Clip),
+        };
+        (model, hashes.join().expect("hashing does not panic"))
+    });
+    let (model, weights) = (model?, weights?);
+    let manifest = provenance(opts, &md, &dataset, &plan, device, weights)?;
     prepare_store(&opts.out, &manifest, opts.force)?;
 
     let root = opts.out.as_path();
@@ -159,13 +165,32 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let inputs =
         Inputs { dataset: &dataset, tokenizer: tokenizer.as_ref(), processor: processor.as_ref(), opts, plan: &plan };
     let (batch_tx, batch_rx) = sync_channel::<Result<Prepared>>(2);
+    // Permits pace the loader. On a GPU it runs ahead (decoding overlaps the
+    // model); on the CPU both compete for the same cores, and oversubscribing
+    // them slows libtorch's kernels more than overlap gains, so each batch is
+    // prepared only once the previous one has been through the model.
+    let ahead = 2;
+    let (permit_tx, permit_rx) = sync_channel::<()>(ahead + 1);
+    for _ in 0..=ahead {
+        let _ = permit_tx.send(());
+    }
     let (write_tx, write_rx) = sync_channel::<ToWriter>(256);
     let mut rows_written = 0usize;
     let mut failed = 0usize;
     let (model_result, writer_result) = std::thread::scope(|s| {
-        s.spawn(|| inputs.produce(&pending, batch_tx));
+        s.spawn(|| inputs.produce(&pending, batch_tx, permit_rx));
         let writer = s.spawn(|| write_parts(root, status, write_rx));
-        let r = run_batches(&model, &plan, device, batch_rx, &write_tx, progress, &mut rows_written, &mut failed);
+        let r = run_batches(
+            &model,
+            &plan,
+            device,
+            batch_rx,
+            &write_tx,
+            &permit_tx,
+            progress,
+            &mut rows_written,
+            &mut failed,
+        );
         drop(write_tx);
         (r, writer.join().expect("writer thread does not panic"))
     });
@@ -223,19 +248,25 @@ fn text_tokenizer(dir: &Path, md: &ModelDir) -> Result<TextTokenizer> {
     }
 }
 
+/// sha256 of every weight file, by file name.
+fn hash_weights(dir: &Path) -> Result<BTreeMap<String, String>> {
+    let weights = Checkpoint::open(dir)?;
+    let mut hashes = BTreeMap::new();
+    for f in weights.files() {
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        hashes.insert(name, sha256_file(f)?);
+    }
+    Ok(hashes)
+}
+
 fn provenance(
     opts: &ExtractOptions,
     md: &ModelDir,
     dataset: &Dataset,
     plan: &ExtractionPlan,
     device: Device,
+    hashes: BTreeMap<String, String>,
 ) -> Result<Manifest> {
-    let weights = Checkpoint::open(&opts.model)?;
-    let mut hashes = BTreeMap::new();
-    for f in weights.files() {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        hashes.insert(name, sha256_file(f)?);
-    }
     let abs = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
     Ok(Manifest {
         format_version: mmprobe_store::manifest::FORMAT_VERSION,
@@ -370,7 +401,7 @@ struct Inputs<'a> {
 
 impl Inputs<'_> {
     /// Loader thread: prepares every batch of the pending chunks, in order.
-    fn produce(&self, pending: &[usize], tx: SyncSender<Result<Prepared>>) {
+    fn produce(&self, pending: &[usize], tx: SyncSender<Result<Prepared>>, permits: Receiver<()>) {
         let batch = self.opts.run.batch_size.max(1);
         for &chunk in pending {
             let start = chunk * self.opts.chunk_size;
@@ -378,6 +409,9 @@ impl Inputs<'_> {
             let mut failures = Vec::new();
             let mut b0 = start;
             while b0 < end {
+                if permits.recv().is_err() {
+                    return;
+                }
                 let b1 = (b0 + batch).min(end);
                 let prepared = self.prepare(chunk, b0..b1, b1 == end, &mut failures);
                 let stop = prepared.is_err();
@@ -477,6 +511,7 @@ fn run_batches(
     device: Device,
     rx: Receiver<Result<Prepared>>,
     tx: &SyncSender<ToWriter>,
+    permits: &SyncSender<()>,
     progress: &dyn ProgressSink,
     rows_written: &mut usize,
     failed: &mut usize,
@@ -500,6 +535,7 @@ fn run_batches(
                 }
             }
         }
+        let _ = permits.try_send(());
         if b.chunk_end && tx.send(ToWriter::ChunkDone(b.chunk, b.failures)).is_err() {
             return Ok(());
         }

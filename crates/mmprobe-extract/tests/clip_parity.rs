@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{assert_close, clip_dir, reference};
+use common::{assert_close, clip_dir, device, reference};
 use mmprobe_extract::clip::LoadedClip;
 use mmprobe_extract::{DType, SiteRequest};
 use tch::Device;
@@ -12,11 +12,11 @@ const TOL: f64 = 1e-4;
 fn check_model(name: &str) {
     let dir = clip_dir(name);
     let r = reference(&dir);
-    let clip = LoadedClip::load(&dir, Device::Cpu, DType::F32).unwrap();
+    let clip = LoadedClip::load(&dir, device(), DType::F32).unwrap();
     let m = &clip.model;
-    let ids = r.tensor("input_ids").unwrap();
-    let mask = r.tensor("attention_mask").unwrap();
-    let pixels = r.tensor("pixel_values").unwrap();
+    let ids = r.tensor("input_ids").unwrap().to_device(device());
+    let mask = r.tensor("attention_mask").unwrap().to_device(device());
+    let pixels = r.tensor("pixel_values").unwrap().to_device(device());
 
     let n_text = m.config.text_config.num_hidden_layers;
     let n_vision = m.config.vision_config.num_hidden_layers;

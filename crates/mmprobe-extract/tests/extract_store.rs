@@ -7,6 +7,7 @@ use std::fs;
 use std::path::Path;
 
 use common::{assert_close, clip_dir, fixtures, reference};
+use mmprobe_extract::runtime::device_name;
 use mmprobe_extract::{
     DType, DeviceChoice, ExtractError, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract,
 };
@@ -48,7 +49,12 @@ fn options(model: &str, data: &Path, out: &Path) -> ExtractOptions {
         sites: vec![Site::Resid, Site::Attn, Site::Mlp, Site::Embeds],
         layers: LayerSpec::All,
         selectors: vec![Selector::Cls, Selector::Eos, Selector::Last, Selector::Mean, Selector::All, Selector::Pooled],
-        run: RunOptions { device: DeviceChoice::Cpu, dtype: DType::F32, batch_size: 2, threads: None },
+        run: RunOptions {
+            device: device_name(common::device()).parse::<DeviceChoice>().unwrap(),
+            dtype: DType::F32,
+            batch_size: 2,
+            threads: None,
+        },
         shard: (0, 1),
         skip_bad: false,
         force: false,

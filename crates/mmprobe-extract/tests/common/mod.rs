@@ -6,6 +6,17 @@ use std::path::PathBuf;
 use mmprobe_extract::weights::Checkpoint;
 use tch::Tensor;
 
+/// The device parity tests run on: `MMPROBE_TEST_DEVICE` (e.g. `cuda:0`), else the CPU.
+pub fn device() -> tch::Device {
+    match std::env::var("MMPROBE_TEST_DEVICE") {
+        Ok(d) => d
+            .parse::<mmprobe_extract::DeviceChoice>()
+            .and_then(|c| c.resolve())
+            .unwrap_or_else(|e| panic!("MMPROBE_TEST_DEVICE={d}: {e}")),
+        Err(_) => tch::Device::Cpu,
+    }
+}
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures")
 }
@@ -21,6 +32,7 @@ pub fn reference(dir: &std::path::Path) -> Checkpoint {
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "shapes differ");
+    let (a, b) = (a.to_device(tch::Device::Cpu), b.to_device(tch::Device::Cpu));
     (a.to_kind(tch::Kind::Float) - b.to_kind(tch::Kind::Float)).abs().max().double_value(&[])
 }
 

@@ -1,3 +1,4 @@
+pub mod analysis;
 pub mod doctor;
 pub mod extract;
 pub mod inspect;

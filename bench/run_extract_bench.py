@@ -1,0 +1,69 @@
+"""Extraction benchmark: mmprobe vs the Python baseline, same images, same run.
+
+    .venv/bin/python bench/run_extract_bench.py [N ...]     (default: 500 5000)
+
+Needs `scripts/setup.sh --dev`, `cargo build --release` and the full-size
+random ViT-B/32 checkpoint (`.venv/bin/python scripts/fixtures/make_clip.py --large`).
+Each tool extracts resid + cls for all 13 layers and the embeds of N JPEG
+images (320x240) on the CPU; wall time and peak RSS come from wait4().
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "scripts/fixtures/large/clip-vit-base-patch32"
+WORK = ROOT / "bench/out"
+
+
+def images(n: int) -> Path:
+    d = WORK / f"images-{n}"
+    data = d / "data.csv"
+    if data.exists():
+        return data
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(n)
+    lines = ["id,image,label"]
+    for i in range(n):
+        y, x = np.mgrid[0:240, 0:320]
+        base = np.stack([x * 255 / 319, y * 255 / 239, np.full_like(x, rng.integers(0, 256))], -1)
+        img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(d / f"{i:05d}.jpg", quality=90)
+        lines.append(f"{i},{i:05d}.jpg,{i % 4}")
+    data.write_text("\n".join(lines) + "\n")
+    return data
+
+
+def measure(cmd: list[str]) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    if status != 0:
+        sys.exit(f"failed ({status}): {' '.join(cmd)}")
+    return wall, usage.ru_maxrss / 1024  # MiB
+
+
+def main():
+    sizes = [int(a) for a in sys.argv[1:]] or [500, 5000]
+    mmprobe = ROOT / "target/release/mmprobe"
+    print(f"| N | tool | wall s | images/s | peak RSS MiB |\n|---|---|---|---|---|")
+    for n in sizes:
+        data = images(n)
+        ours = [str(mmprobe), "extract", "--model", str(MODEL), "--data", str(data), "--out", str(WORK / f"store-{n}"),
+                "--towers", "vision", "--sites", "resid,embeds", "--select", "cls,pooled", "--batch-size", "32",
+                "--device", "cpu", "--force"]
+        base = [sys.executable, str(ROOT / "bench/extract_baseline.py"), str(MODEL), str(data), str(WORK / f"baseline-{n}"), "32"]
+        for name, cmd in (("mmprobe", ours), ("python baseline", base)):
+            wall, rss = measure(cmd)
+            print(f"| {n} | {name} | {wall:.1f} | {n / wall:.1f} | {rss:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

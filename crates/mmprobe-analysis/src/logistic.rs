@@ -1,0 +1,189 @@
+//! Logistic-regression probes on standardised features (linfa-logistic).
+//!
+//! linfa's objective is Σ loss + ½·alpha·‖w‖² with an unpenalised intercept,
+//! which is scikit-learn's LogisticRegression with C = 1/alpha. Two classes
+//! use the binary model (as scikit-learn does), more the multinomial one.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use linfa::prelude::*;
+use linfa_logistic::{LogisticRegression, MultiLogisticRegression};
+use ndarray::{Array1, Array2, ArrayView2, Axis};
+
+use crate::error::{AnalysisError, Result};
+use crate::folds;
+use crate::metrics::{accuracy, argmax_rows};
+use crate::scale::Standardizer;
+
+/// Hyperparameters as given; [`LogisticParams::check`] validates them.
+#[derive(Debug, Clone)]
+pub struct LogisticParams {
+    /// Inverse regularisation strength; `None` picks one from `c_grid` by inner CV.
+    pub c: Option<f64>,
+    pub c_grid: Vec<f64>,
+    pub inner_folds: usize,
+    pub max_iterations: u64,
+    pub tolerance: f64,
+    pub seed: u64,
+}
+
+impl Default for LogisticParams {
+    fn default() -> Self {
+        LogisticParams {
+            c: None,
+            c_grid: vec![0.001, 0.01, 0.1, 1.0],
+            inner_folds: 3,
+            max_iterations: 100,
+            tolerance: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+/// Validated hyperparameters.
+#[derive(Debug, Clone)]
+pub struct CheckedLogistic(LogisticParams);
+
+impl LogisticParams {
+    pub fn check(self) -> Result<CheckedLogistic> {
+        let bad = |m: String| Err(AnalysisError::Params(m));
+        if let Some(c) = self.c
+            && !(c.is_finite() && c > 0.0)
+        {
+            return bad(format!("C must be a positive number, got {c}"));
+        }
+        if self.c.is_none() && (self.c_grid.is_empty() || self.c_grid.iter().any(|c| !(c.is_finite() && *c > 0.0))) {
+            return bad("the C grid needs positive numbers".into());
+        }
+        if self.c.is_none() && self.inner_folds < 2 {
+            return bad(format!("inner folds must be at least 2, got {}", self.inner_folds));
+        }
+        if self.max_iterations == 0 || !(self.tolerance.is_finite() && self.tolerance > 0.0) {
+            return bad("max iterations and tolerance must be positive".into());
+        }
+        Ok(CheckedLogistic(self))
+    }
+}
+
+impl CheckedLogistic {
+    pub fn params(&self) -> &LogisticParams {
+        &self.0
+    }
+}
+
+/// A fitted probe: per-class scores are `x · coef[c] + intercept[c]`.
+#[derive(Debug, Clone)]
+pub struct LogisticModel {
+    /// [K, d]; for two classes row 1 is the binary weight vector and row 0 its negation's
+    /// stand-in (zero), so softmax over rows gives the binary probabilities.
+    pub coef: Array2<f64>,
+    pub intercept: Array1<f64>,
+    pub binary: bool,
+}
+
+impl LogisticModel {
+    pub fn predict_proba(&self, x: ArrayView2<f64>) -> Array2<f64> {
+        let mut s = x.dot(&self.coef.t());
+        for mut row in s.rows_mut() {
+            row += &self.intercept;
+            let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            row.mapv_inplace(|v| (v - m).exp());
+            let z = row.sum();
+            row /= z;
+        }
+        s
+    }
+
+    /// The unit normal separating each class from the rest (the CAV), [K, d].
+    pub fn class_directions(&self) -> Array2<f64> {
+        let mut d = self.coef.clone();
+        if self.binary {
+            let w = d.row(1).to_owned();
+            d.row_mut(0).assign(&(-&w));
+        }
+        for mut r in d.rows_mut() {
+            let n = r.dot(&r).sqrt();
+            if n > 0.0 {
+                r /= n;
+            }
+        }
+        d
+    }
+}
+
+fn fit_error(e: impl std::fmt::Display) -> AnalysisError {
+    AnalysisError::Fit { what: "logistic regression", message: e.to_string() }
+}
+
+/// Fits on (already standardised) `x` with labels in 0..k, every class present.
+pub fn fit(x: ArrayView2<f64>, y: &[usize], k: usize, c: f64, p: &CheckedLogistic) -> Result<LogisticModel> {
+    let p = &p.0;
+    let d = x.ncols();
+    let targets = Array1::from(y.to_vec());
+    let ds = Dataset::new(x.to_owned(), targets);
+    // linfa panics on some ill-conditioned problems (a failed line search);
+    // that is a fit failure, not a crash.
+    let fitted = catch_unwind(AssertUnwindSafe(|| {
+        if k == 2 {
+            let m = LogisticRegression::default()
+                .alpha(1.0 / c)
+                .max_iterations(p.max_iterations)
+                .gradient_tolerance(p.tolerance)
+                .fit(&ds)
+                .map_err(fit_error)?;
+            let sign = if m.labels().pos.class == 1 { 1.0 } else { -1.0 };
+            let mut coef = Array2::zeros((2, d));
+            coef.row_mut(1).assign(&(m.params() * sign));
+            Ok(LogisticModel { coef, intercept: Array1::from(vec![0.0, m.intercept() * sign]), binary: true })
+        } else {
+            let m = MultiLogisticRegression::default()
+                .alpha(1.0 / c)
+                .max_iterations(p.max_iterations)
+                .gradient_tolerance(p.tolerance)
+                .fit(&ds)
+                .map_err(fit_error)?;
+            let mut coef = Array2::zeros((k, d));
+            let mut intercept = Array1::zeros(k);
+            for (j, &class) in m.classes().iter().enumerate() {
+                coef.row_mut(class).assign(&m.params().column(j));
+                intercept[class] = m.intercept()[j];
+            }
+            Ok(LogisticModel { coef, intercept, binary: false })
+        }
+    }));
+    fitted.unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "linfa panicked".into());
+        Err(fit_error(msg))
+    })
+}
+
+/// C from the grid with the best inner-CV accuracy (standardising inside each inner fold).
+pub fn choose_c(x: ArrayView2<f64>, y: &[usize], k: usize, p: &CheckedLogistic) -> Result<f64> {
+    if let Some(c) = p.0.c {
+        return Ok(c);
+    }
+    let inner = folds::stratified(y, k, p.0.inner_folds, p.0.seed ^ 0x1A2B)?;
+    let mut best = (f64::NEG_INFINITY, p.0.c_grid[0]);
+    for &c in &p.0.c_grid {
+        let mut correct = 0.0;
+        for f in 0..p.0.inner_folds {
+            let (train, test) = folds::split(&inner, f);
+            let xt = x.select(Axis(0), &train);
+            let s = Standardizer::fit(xt.view());
+            let yt: Vec<usize> = train.iter().map(|&i| y[i]).collect();
+            let m = fit(s.transform(xt.view()).view(), &yt, k, c, p)?;
+            let pred = argmax_rows(m.predict_proba(s.transform(x.select(Axis(0), &test).view()).view()).view());
+            let ytest: Vec<usize> = test.iter().map(|&i| y[i]).collect();
+            correct += accuracy(&ytest, &pred) * test.len() as f64;
+        }
+        let acc = correct / y.len() as f64;
+        if acc > best.0 {
+            best = (acc, c);
+        }
+    }
+    Ok(best.1)
+}

@@ -1,0 +1,210 @@
+//! Sweeps over a store written by hand (as another tool would): result rows,
+//! nulls, bad concepts and non-finite activations.
+
+use std::path::Path;
+
+use mmprobe_analysis::directions::Method;
+use mmprobe_analysis::logistic::LogisticParams;
+use mmprobe_analysis::results;
+use mmprobe_analysis::rng::Rng;
+use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams};
+use mmprobe_analysis::{Filters, ProbeParams};
+use mmprobe_store::part::write_part;
+use mmprobe_store::store::write_parquet;
+use mmprobe_store::{PartRows, Partition, Selector, Site, Store, Tower};
+use polars::prelude::*;
+
+const N: usize = 120;
+
+fn part(tower: Tower, site: Site, layer: usize, selector: Selector) -> Partition {
+    Partition { tower, site, layer, selector }
+}
+
+/// Layer L carries the colour concept with strength L; embeds of both towers share it.
+fn make_store(root: &Path, poison: bool) {
+    let mut rng = Rng::new(1);
+    let colour: Vec<usize> = (0..N).map(|i| i % 3).collect();
+    let mut write = |p: Partition, d: usize, strength: f32| {
+        let mut data = Vec::with_capacity(N * d);
+        for &c in &colour {
+            for j in 0..d {
+                let noise = (rng.below(1000) as f32 / 1000.0 - 0.5) * 2.0;
+                data.push(noise + if j == c { strength } else { 0.0 });
+            }
+        }
+        if poison && p.layer == 2 {
+            data[7] = f32::NAN;
+        }
+        write_part(p.part(root, 0, 0), &PartRows { width: d, sample: (0..N as u32).collect(), pos: vec![-1; N], data })
+            .unwrap();
+    };
+    for l in 0..3 {
+        write(part(Tower::Vision, Site::Resid, l, Selector::Cls), 8, l as f32 * 1.5);
+    }
+    write(part(Tower::Vision, Site::Embeds, 0, Selector::Pooled), 6, 3.0);
+    write(part(Tower::Text, Site::Embeds, 0, Selector::Pooled), 6, 3.0);
+    let names = ["red", "green", "blue"];
+    let mut samples = DataFrame::new(
+        N,
+        vec![
+            Column::new("sample".into(), (0..N as u32).collect::<Vec<_>>()),
+            Column::new("text".into(), (0..N).map(|i| format!("a {} thing", names[colour[i]])).collect::<Vec<_>>()),
+            Column::new(
+                "colour".into(),
+                (0..N).map(|i| if i == 5 { None } else { Some(names[colour[i]]) }).collect::<Vec<_>>(),
+            ),
+            Column::new("one".into(), vec!["same"; N]),
+            Column::new("rare".into(), (0..N).map(|i| if i < 2 { "x" } else { "y" }).collect::<Vec<_>>()),
+            Column::new(
+                "size".into(),
+                (0..N).map(|i| colour[i] as f64 * 2.0 + (i % 7) as f64 * 0.01).collect::<Vec<_>>(),
+            ),
+        ],
+    )
+    .unwrap();
+    write_parquet(&root.join("samples.parquet"), &mut samples).unwrap();
+}
+
+fn params() -> mmprobe_analysis::CheckedProbe {
+    ProbeParams {
+        bootstrap: 100,
+        logistic: LogisticParams { c: Some(1.0), ..Default::default() },
+        ..Default::default()
+    }
+    .check()
+    .unwrap()
+}
+
+#[test]
+fn probe_sweep_rows_statistics_and_nulls() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_store(tmp.path(), false);
+    let store = Store::open(tmp.path()).unwrap();
+    assert!(store.manifest.is_none(), "a store without manifest.json opens");
+    let concepts = vec!["colour".to_string(), "size".to_string()];
+    let rows =
+        sweep::probe_store(&store, &concepts, &Filters::default(), &params(), &ControlBy::Default, &|| {}).unwrap();
+    assert_eq!(rows.len(), 2 * 5);
+    let by_layer = |l: usize| {
+        rows.iter()
+            .find(|r| {
+                r.concept == "colour" && r.partition.unwrap() == part(Tower::Vision, Site::Resid, l, Selector::Cls)
+            })
+            .unwrap()
+    };
+    let (l0, l2) = (by_layer(0), by_layer(2));
+    assert_eq!((l0.n, l0.dropped_null, l0.n_classes), (N - 1, 1, 3));
+    assert!(l0.accuracy.unwrap() < 0.6 && l2.accuracy.unwrap() > 0.95, "{:?} {:?}", l0.accuracy, l2.accuracy);
+    let (lo, hi) = (l2.accuracy_ci_low.unwrap(), l2.accuracy_ci_high.unwrap());
+    assert!(lo <= l2.accuracy.unwrap() && l2.accuracy.unwrap() <= hi);
+    // Texts repeat ("a red thing"), so the control task groups by text: one
+    // random label per colour word, which a probe can still learn: low selectivity.
+    assert_eq!(l2.control_by, "text");
+    assert!(l2.selectivity.unwrap() < 0.7, "{:?}", l2.selectivity);
+    let size = rows
+        .iter()
+        .find(|r| r.concept == "size" && r.partition.unwrap().layer == 2 && r.partition.unwrap().site == Site::Resid)
+        .unwrap();
+    assert_eq!(size.probe, "ridge");
+    assert!(size.r2.unwrap() > 0.8, "{:?}", size.r2);
+    let out = tmp.path().join("results");
+    std::fs::create_dir_all(&out).unwrap();
+    results::write_probes(&out, &rows).unwrap();
+    let df = mmprobe_store::store::read_parquet(&out.join("probes.parquet")).unwrap();
+    for c in [
+        "concept",
+        "tower",
+        "site",
+        "layer",
+        "selector",
+        "probe",
+        "n",
+        "n_classes",
+        "accuracy",
+        "accuracy_ci_low",
+        "accuracy_ci_high",
+        "balanced_accuracy",
+        "macro_f1",
+        "auroc",
+        "control_accuracy",
+        "selectivity",
+        "p_value",
+    ] {
+        assert!(df.column(c).is_ok(), "probes.parquet lacks {c}");
+    }
+    assert!(out.join("probes.csv").exists());
+}
+
+#[test]
+fn bad_concepts_and_activations_are_one_line_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_store(tmp.path(), true);
+    let store = Store::open(tmp.path()).unwrap();
+    let run = |c: &str, f: &Filters| {
+        sweep::probe_store(&store, &[c.to_string()], f, &params(), &ControlBy::Off, &|| {}).unwrap_err().to_string()
+    };
+    let layer1 = Filters { layers: Some(vec![1]), sites: Some(vec![Site::Resid]), ..Default::default() };
+    let e = run("nope", &layer1);
+    assert!(e.contains("concept 'nope'") && e.contains("no such column"), "{e}");
+    let e = run("one", &layer1);
+    assert!(e.contains("needs at least 2 classes, found 1 (same)"), "{e}");
+    let e = run("rare", &layer1);
+    assert!(e.contains("class 'x' has 2 rows, fewer than the 5 folds"), "{e}");
+    let e = run("colour", &Filters { layers: Some(vec![2]), sites: Some(vec![Site::Resid]), ..Default::default() });
+    assert!(e.contains("tower=vision/site=resid/layer=2/selector=cls") && e.contains("non-finite"), "{e}");
+    assert!(!e.contains('\n'));
+}
+
+#[test]
+fn directions_geometry_and_erasure_over_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_store(tmp.path(), false);
+    let store = Store::open(tmp.path()).unwrap();
+    let logistic = LogisticParams { c: Some(1.0), ..Default::default() }.check().unwrap();
+    let concepts = vec!["colour".to_string()];
+    let (dirs, cos) = sweep::directions_store(
+        &store,
+        &concepts,
+        &Filters::default(),
+        &[Method::DiffMeans, Method::Lda, Method::Probe],
+        &logistic,
+        &|| {},
+    )
+    .unwrap();
+    assert_eq!(dirs.len(), 5 * 3 * 3, "5 partitions x 3 methods x 3 classes");
+    let red =
+        dirs.iter().find(|d| d.class == "red" && d.method == Method::DiffMeans && d.partition.layer == 2).unwrap();
+    // red (code 0) sits on feature 0, green and blue on 1 and 2: red minus the
+    // rest is (3, -1.5, -1.5, 0...) up to noise, 0.82 of it on feature 0.
+    assert!(red.direction[0] > 0.75 && red.direction[1] < -0.3 && red.direction[2] < -0.3, "{:?}", red.direction);
+    assert!(cos.iter().any(|c| c.kind == "towers" && c.cosine > 0.9), "embeds directions agree across towers");
+    assert!(cos.iter().any(|c| c.kind == "layers"));
+
+    let gp = GeometryParams { cka_rows: 1000, silhouette_rows: 1000, seed: 0, concepts: concepts.clone() };
+    let (report, cka, sep) = sweep::geometry_store(&store, &Filters::default(), &gp, &logistic, &|| {}).unwrap();
+    assert_eq!(report.pairs, N);
+    assert!(report.modality_gap.unwrap() >= 0.0 && report.retrieval_i2t_r5.is_some());
+    assert!(report.transfer["colour"]["text_to_image"] > 0.9, "{:?}", report.transfer);
+    assert_eq!(cka.len(), 5 * 6 / 2);
+    assert!(cka.iter().filter(|r| r.a == r.b).all(|r| (r.cka - 1.0).abs() < 1e-9));
+    let sep2 = sep.iter().find(|r| r.partition.layer == 2 && r.partition.site == Site::Resid).unwrap();
+    let sep0 = sep.iter().find(|r| r.partition.layer == 0 && r.partition.site == Site::Resid).unwrap();
+    assert!(sep2.fisher_ratio > sep0.fisher_ratio && sep2.silhouette > sep0.silhouette);
+
+    let p = params();
+    let erase = sweep::erase_store(
+        &store,
+        "colour",
+        &Filters { layers: Some(vec![2]), sites: Some(vec![Site::Resid]), ..Default::default() },
+        &p,
+        &|| {},
+    )
+    .unwrap();
+    assert_eq!(erase.len(), 1);
+    assert!(
+        erase[0].accuracy_before > 0.95 && (erase[0].accuracy_after - erase[0].chance).abs() < 0.15,
+        "{:?}",
+        erase[0]
+    );
+    assert_eq!(erase[0].rank, 2);
+}

@@ -1,0 +1,262 @@
+//! `probe`, `directions`, `geometry`, `erase`: sweeps over a store's partitions.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mmprobe_analysis::directions::Method;
+use mmprobe_analysis::logistic::LogisticParams;
+use mmprobe_analysis::results;
+use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams};
+use mmprobe_analysis::{Filters, ProbeParams};
+use mmprobe_store::{Selector, Site, Store, Tower};
+
+/// Which partitions to analyse (default: all of them).
+#[derive(Args, Debug, Clone)]
+pub struct FilterArgs {
+    /// Towers, comma-separated (vision, text, decoder).
+    #[arg(long, value_delimiter = ',')]
+    towers: Option<Vec<Tower>>,
+    /// Sites (resid, attn, mlp, embeds).
+    #[arg(long, value_delimiter = ',')]
+    sites: Option<Vec<Site>>,
+    /// Layers, e.g. 0,6,-1 (negative counts from each tower's last).
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    layers: Option<Vec<i64>>,
+    /// Selectors (cls, eos, mean, pooled, all, ...).
+    #[arg(long = "select", value_delimiter = ',')]
+    select: Option<Vec<Selector>>,
+}
+
+impl FilterArgs {
+    fn filters(&self) -> Filters {
+        Filters {
+            towers: self.towers.clone(),
+            sites: self.sites.clone(),
+            layers: self.layers.clone(),
+            selectors: self.select.clone(),
+        }
+    }
+}
+
+/// Probe settings shared by probe and erase.
+#[derive(Args, Debug, Clone)]
+pub struct ProbeArgs {
+    /// Cross-validation folds (stratified, seeded).
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Inverse L2 strength of the logistic probe (scikit-learn's C); default: chosen by inner CV.
+    #[arg(long = "C", id = "c")]
+    c: Option<f64>,
+    /// Ridge strength for numeric concepts; default: chosen by inner CV.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Seed for folds, bootstrap, permutations and control labels.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl ProbeArgs {
+    fn logistic(&self) -> LogisticParams {
+        LogisticParams { c: self.c, seed: self.seed, ..Default::default() }
+    }
+    fn params(&self, bootstrap: usize, permutations: usize) -> ProbeParams {
+        let mut p = ProbeParams { folds: self.folds, seed: self.seed, bootstrap, permutations, ..Default::default() };
+        p.logistic = self.logistic();
+        p.ridge.alpha = self.alpha;
+        p
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ProbeCmd {
+    /// The activation store.
+    #[arg(long)]
+    store: PathBuf,
+    /// Concept (label) columns of samples.parquet, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    concept: Vec<String>,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    /// Run the control task (Hewitt & Liang) and report selectivity.
+    #[arg(long)]
+    control: bool,
+    /// Column whose distinct values get one random control label each
+    /// (default: `text` when texts repeat, else each sample). Implies --control.
+    #[arg(long)]
+    control_by: Option<String>,
+    /// Label permutations for a p-value (0: none).
+    #[arg(long, default_value_t = 0)]
+    permutations: usize,
+    /// Bootstrap resamples for the 95% interval of the accuracy.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// The results folder (probes.parquet, probes.csv).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct DirectionsCmd {
+    #[arg(long)]
+    store: PathBuf,
+    #[arg(long, value_delimiter = ',', required = true)]
+    concept: Vec<String>,
+    /// diff-means, lda, probe (the CAV); comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "diff-means,lda,probe")]
+    method: Vec<Method>,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// The results folder (directions.parquet, direction_cosines.parquet).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct GeometryCmd {
+    #[arg(long)]
+    store: PathBuf,
+    /// Concepts for Fisher ratio, silhouette and cross-modal transfer (optional).
+    #[arg(long, value_delimiter = ',')]
+    concept: Vec<String>,
+    /// Samples (seeded subsample) for CKA between layers.
+    #[arg(long, default_value_t = 1000)]
+    cka_rows: usize,
+    /// Samples (seeded subsample) for the silhouette.
+    #[arg(long, default_value_t = 2000)]
+    silhouette_rows: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// The results folder (geometry.json, cka.parquet, separability.parquet).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EraseCmd {
+    #[arg(long)]
+    store: PathBuf,
+    #[arg(long)]
+    concept: String,
+    #[command(flatten)]
+    probe: ProbeArgs,
+    #[command(flatten)]
+    filters: FilterArgs,
+    /// The results folder (erase.parquet, erase.csv).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn bar(len: usize, what: &str) -> ProgressBar {
+    let b = ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what}  {{elapsed}} eta {{eta}}"))
+            .expect("static template"),
+    );
+    b.enable_steady_tick(Duration::from_millis(250));
+    b
+}
+
+fn open(store: &Path, out: &Path) -> anyhow::Result<Store> {
+    let s = Store::open(store)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    Ok(s)
+}
+
+pub fn probe(a: ProbeCmd) -> anyhow::Result<()> {
+    let store = open(&a.store, &a.out)?;
+    let filters = a.filters.filters();
+    let n = filters.matching(&store)?.len();
+    let params = a.probe.params(a.bootstrap, a.permutations).check()?;
+    let control = match (&a.control_by, a.control) {
+        (Some(c), _) => ControlBy::Column(c.clone()),
+        (None, true) => ControlBy::Default,
+        (None, false) => ControlBy::Off,
+    };
+    let b = bar(n, "partitions");
+    let rows = sweep::probe_store(&store, &a.concept, &filters, &params, &control, &|| b.inc(1));
+    b.finish_and_clear();
+    let rows = rows?;
+    results::write_probes(&a.out, &rows)?;
+    for r in &rows {
+        if r.dropped_null > 0 {
+            println!("{}: {} rows with a null label dropped", r.concept, r.dropped_null);
+            break;
+        }
+    }
+    println!("{} probes over {n} partitions -> {}", rows.len(), a.out.join("probes.parquet").display());
+    Ok(())
+}
+
+pub fn directions(a: DirectionsCmd) -> anyhow::Result<()> {
+    let store = open(&a.store, &a.out)?;
+    let filters = a.filters.filters();
+    let n = filters.matching(&store)?.len();
+    let logistic = a.probe.logistic().check()?;
+    let b = bar(n, "partitions");
+    let res = sweep::directions_store(&store, &a.concept, &filters, &a.method, &logistic, &|| b.inc(1));
+    b.finish_and_clear();
+    let (rows, cosines) = res?;
+    results::write_directions(&a.out, &rows, &cosines)?;
+    println!("{} directions, {} cosines -> {}", rows.len(), cosines.len(), a.out.join("directions.parquet").display());
+    Ok(())
+}
+
+pub fn geometry(a: GeometryCmd) -> anyhow::Result<()> {
+    let store = open(&a.store, &a.out)?;
+    let filters = a.filters.filters();
+    let params = GeometryParams {
+        cka_rows: a.cka_rows.max(2),
+        silhouette_rows: a.silhouette_rows.max(2),
+        seed: a.seed,
+        concepts: a.concept.clone(),
+    };
+    let logistic = LogisticParams { seed: a.seed, ..Default::default() }.check()?;
+    let n = filters.matching(&store)?.len() * a.concept.len();
+    let b = bar(n, "concept x partition");
+    let res = sweep::geometry_store(&store, &filters, &params, &logistic, &|| b.inc(1));
+    b.finish_and_clear();
+    let (report, cka, sep) = res?;
+    results::write_geometry(&a.out, &report, &cka, &sep)?;
+    match report.modality_gap {
+        Some(g) => println!(
+            "modality gap {g:.4}, cone image {:.4} text {:.4}, i2t R@1 {:.3} R@5 {:.3}, t2i R@1 {:.3} R@5 {:.3} ({} pairs)",
+            report.cone_image.unwrap_or(f64::NAN),
+            report.cone_text.unwrap_or(f64::NAN),
+            report.retrieval_i2t_r1.unwrap_or(f64::NAN),
+            report.retrieval_i2t_r5.unwrap_or(f64::NAN),
+            report.retrieval_t2i_r1.unwrap_or(f64::NAN),
+            report.retrieval_t2i_r5.unwrap_or(f64::NAN),
+            report.pairs
+        ),
+        None => println!("no paired vision/text embeds in the store: modality gap and retrieval skipped"),
+    }
+    println!("{} CKA pairs on {} samples -> {}", cka.len(), report.cka_rows, a.out.join("geometry.json").display());
+    Ok(())
+}
+
+pub fn erase(a: EraseCmd) -> anyhow::Result<()> {
+    let store = open(&a.store, &a.out)?;
+    let filters = a.filters.filters();
+    let n = filters.matching(&store)?.len();
+    let params = a.probe.params(0, 0).check()?;
+    let b = bar(n, "partitions");
+    let rows = sweep::erase_store(&store, &a.concept, &filters, &params, &|| b.inc(1));
+    b.finish_and_clear();
+    let rows = rows?;
+    results::write_erase(&a.out, &rows)?;
+    for r in &rows {
+        println!(
+            "{} {}: probe {:.3} -> {:.3} after LEACE (chance {:.3}, rank {})",
+            r.concept, r.partition, r.accuracy_before, r.accuracy_after, r.chance, r.rank
+        );
+    }
+    Ok(())
+}
