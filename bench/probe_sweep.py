@@ -6,7 +6,7 @@ Writes 13 layers of 768-d activations of 5,000 samples with a 4-class concept
 as an mmprobe store *from Python* (pyarrow, no manifest: a store made by
 another tool), then times (a) scikit-learn's LogisticRegression (lbfgs) with
 5-fold stratified CV on every layer and (b) `mmprobe probe` on the store, with
-the same C and no bootstrap. Reports accuracies side by side and the time ratio.
+the same C, the same folds (a `fold` column) and no bootstrap. Reports accuracies side by side and the time ratio.
 """
 
 import argparse
@@ -43,16 +43,20 @@ def make_store(store: Path, rows: int, dim: int, layers: int, seed: int = 0):
         emb = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), dim)
         pq.write_table(pa.table({"sample": pa.array(np.arange(rows), pa.uint32()),
                                  "pos": pa.array(np.zeros(rows), pa.int32()), "emb": emb}), d / "part-000-000000.parquet")
+    folds = np.zeros(rows, dtype=np.int64)
+    for f, (_, te) in enumerate(StratifiedKFold(5, shuffle=True, random_state=0).split(np.zeros(rows), y)):
+        folds[te] = f
     pq.write_table(pa.table({"sample": pa.array(np.arange(rows), pa.uint32()),
-                             "concept": pa.array([f"c{v}" for v in y])}), store / "samples.parquet")
-    return mats, y
+                             "concept": pa.array([f"c{v}" for v in y]), "fold": pa.array(folds)}), store / "samples.parquet")
+    return mats, y, folds
 
 
 def sklearn_sweep(mats, y, c, folds):
     accs = []
     for x in mats:
         correct = 0
-        for tr, te in StratifiedKFold(folds, shuffle=True, random_state=0).split(x, y):
+        for f in range(folds.max() + 1):
+            tr, te = folds != f, folds == f
             s = StandardScaler().fit(x[tr])
             m = LogisticRegression(C=c, solver="lbfgs", max_iter=100).fit(s.transform(x[tr]), y[tr])
             correct += (m.predict(s.transform(x[te])) == y[te]).sum()
@@ -72,14 +76,14 @@ def main():
     if store.exists():
         import shutil
         shutil.rmtree(store)
-    mats, y = make_store(store, args.rows, args.dim, args.layers)
+    mats, y, folds = make_store(store, args.rows, args.dim, args.layers)
 
     t0 = time.perf_counter()
-    sk = sklearn_sweep([m.astype(np.float64) for m in mats], y, args.C, 5)
+    sk = sklearn_sweep([m.astype(np.float64) for m in mats], y, args.C, folds)
     t_sk = time.perf_counter() - t0
 
     cmd = [str(ROOT / "target/release/mmprobe"), "probe", "--store", str(store), "--concept", "concept",
-           "--C", str(args.C), "--folds", "5", "--bootstrap", "0", "--out", str(work / "results")]
+           "--C", str(args.C), "--folds", "5", "--fold-column", "fold", "--bootstrap", "0", "--out", str(work / "results")]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     t_mm = time.perf_counter() - t0

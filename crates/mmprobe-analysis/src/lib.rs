@@ -8,6 +8,7 @@ pub mod error;
 pub mod folds;
 pub mod geometry;
 pub mod labels;
+pub mod lbfgs;
 pub mod leace;
 pub mod linalg;
 pub mod logistic;

@@ -1,17 +1,13 @@
-//! Logistic-regression probes on standardised features (linfa-logistic).
-//!
-//! linfa's objective is Σ loss + ½·alpha·‖w‖² with an unpenalised intercept,
-//! which is scikit-learn's LogisticRegression with C = 1/alpha. Two classes
-//! use the binary model (as scikit-learn does), more the multinomial one.
+//! Logistic-regression probes on standardised features: scikit-learn's
+//! LogisticRegression objective (Σ loss + ‖w‖²/(2C), intercept unpenalised),
+//! binary for two classes, multinomial for more, solved by [`crate::lbfgs`]
+//! (linfa-logistic was too slow on activation shapes; see there).
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
-use linfa::prelude::*;
-use linfa_logistic::{LogisticRegression, MultiLogisticRegression};
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
 use crate::error::{AnalysisError, Result};
 use crate::folds;
+use crate::lbfgs;
 use crate::metrics::{accuracy, argmax_rows};
 use crate::scale::Standardizer;
 
@@ -111,54 +107,22 @@ impl LogisticModel {
     }
 }
 
-fn fit_error(e: impl std::fmt::Display) -> AnalysisError {
-    AnalysisError::Fit { what: "logistic regression", message: e.to_string() }
-}
-
 /// Fits on (already standardised) `x` with labels in 0..k, every class present.
 pub fn fit(x: ArrayView2<f64>, y: &[usize], k: usize, c: f64, p: &CheckedLogistic) -> Result<LogisticModel> {
     let p = &p.0;
     let d = x.ncols();
-    let targets = Array1::from(y.to_vec());
-    let ds = Dataset::new(x.to_owned(), targets);
-    // linfa panics on some ill-conditioned problems (a failed line search);
-    // that is a fit failure, not a crash.
-    let fitted = catch_unwind(AssertUnwindSafe(|| {
-        if k == 2 {
-            let m = LogisticRegression::default()
-                .alpha(1.0 / c)
-                .max_iterations(p.max_iterations)
-                .gradient_tolerance(p.tolerance)
-                .fit(&ds)
-                .map_err(fit_error)?;
-            let sign = if m.labels().pos.class == 1 { 1.0 } else { -1.0 };
-            let mut coef = Array2::zeros((2, d));
-            coef.row_mut(1).assign(&(m.params() * sign));
-            Ok(LogisticModel { coef, intercept: Array1::from(vec![0.0, m.intercept() * sign]), binary: true })
-        } else {
-            let m = MultiLogisticRegression::default()
-                .alpha(1.0 / c)
-                .max_iterations(p.max_iterations)
-                .gradient_tolerance(p.tolerance)
-                .fit(&ds)
-                .map_err(fit_error)?;
-            let mut coef = Array2::zeros((k, d));
-            let mut intercept = Array1::zeros(k);
-            for (j, &class) in m.classes().iter().enumerate() {
-                coef.row_mut(class).assign(&m.params().column(j));
-                intercept[class] = m.intercept()[j];
-            }
-            Ok(LogisticModel { coef, intercept, binary: false })
-        }
-    }));
-    fitted.unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "linfa panicked".into());
-        Err(fit_error(msg))
-    })
+    let xf = x.mapv(|v| v as f32);
+    let f = lbfgs::fit(xf.view(), y, k, c, p.max_iterations as usize, p.tolerance);
+    if !f.w.iter().chain(f.b.iter()).all(|v| v.is_finite()) {
+        return Err(AnalysisError::Fit { what: "logistic regression", message: "weights are not finite".into() });
+    }
+    if k == 2 {
+        let mut coef = Array2::zeros((2, d));
+        coef.row_mut(1).assign(&f.w.column(0));
+        Ok(LogisticModel { coef, intercept: Array1::from(vec![0.0, f.b[0]]), binary: true })
+    } else {
+        Ok(LogisticModel { coef: f.w.t().to_owned(), intercept: f.b, binary: false })
+    }
 }
 
 /// C from the grid with the best inner-CV accuracy (standardising inside each inner fold).

@@ -189,6 +189,19 @@ pub fn probe_classes(
     p: &CheckedProbe,
 ) -> Result<ClassProbe> {
     let fold = folds::stratified(y, k, p.folds, p.seed)?;
+    probe_classes_on_folds(x, y, k, types, &fold, p)
+}
+
+/// As [`probe_classes`], on given folds (0..p.folds per row), e.g. a split a paper fixed.
+pub fn probe_classes_on_folds(
+    x: ArrayView2<f64>,
+    y: &[usize],
+    k: usize,
+    types: Option<&[String]>,
+    fold: &[usize],
+    p: &CheckedProbe,
+) -> Result<ClassProbe> {
+    let fold = fold.to_vec();
     let (oof, cs) = cross_val_proba(x, y, k, &fold, p.folds, &p.logistic, None)?;
     let pred = argmax_rows(oof.view());
     let acc = accuracy(y, &pred);

@@ -116,13 +116,38 @@ fn control_types(store: &Store, l: &Loaded, by: &ControlBy) -> Result<Option<(Ve
     }
 }
 
-/// Probes every concept on every matching partition.
+/// Fold ids per row from a samples column: its distinct values, sorted, are folds 0..k.
+fn fold_ids(store: &Store, l: &Loaded, column: &str, folds: usize) -> Result<Vec<usize>> {
+    let df = store.labels_for(&l.sample, &[column])?;
+    let s =
+        df.column(column).and_then(|c| c.cast(&DataType::String)).map_err(|e| AnalysisError::Input(e.to_string()))?;
+    let values: Vec<String> = s
+        .str()
+        .map_err(|e| AnalysisError::Input(e.to_string()))?
+        .iter()
+        .map(|v| v.map(str::to_string).ok_or_else(|| AnalysisError::Input(format!("--fold-column {column} has nulls"))))
+        .collect::<Result<_>>()?;
+    let mut distinct = values.clone();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() != folds {
+        return Err(AnalysisError::Input(format!(
+            "--fold-column {column} has {} distinct values, --folds is {folds}",
+            distinct.len()
+        )));
+    }
+    Ok(values.iter().map(|v| distinct.binary_search(v).expect("a known value")).collect())
+}
+
+/// Probes every concept on every matching partition. `fold_column` fixes the
+/// folds from a samples column instead of seeded stratified ones.
 pub fn probe_store(
     store: &Store,
     concepts: &[String],
     filters: &Filters,
     params: &CheckedProbe,
     control_by: &ControlBy,
+    fold_column: Option<&str>,
     progress: &(dyn Fn() + Sync),
 ) -> Result<Vec<ProbeRow>> {
     check_concepts(store, concepts)?;
@@ -143,6 +168,7 @@ pub fn probe_store(
         .map(|&p| {
             let l = load(store, p, &cols)?;
             let types = control_types(store, &l, control_by)?;
+            let given_folds = fold_column.map(|c| fold_ids(store, &l, c, params.folds)).transpose()?;
             let mut out = Vec::new();
             for c in concepts {
                 let col = l.labels.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
@@ -161,7 +187,13 @@ pub fn probe_store(
                     Target::Classes { y, names } => {
                         let t: Option<Vec<String>> =
                             types.as_ref().map(|(t, _)| concept.rows.iter().map(|&i| t[i].clone()).collect());
-                        let r = probe::probe_classes(x.view(), y, names.len(), t.as_deref(), params)?;
+                        let r = match &given_folds {
+                            Some(f) => {
+                                let f: Vec<usize> = concept.rows.iter().map(|&i| f[i]).collect();
+                                probe::probe_classes_on_folds(x.view(), y, names.len(), t.as_deref(), &f, params)?
+                            }
+                            None => probe::probe_classes(x.view(), y, names.len(), t.as_deref(), params)?,
+                        };
                         row.probe = "logistic";
                         row.accuracy = Some(r.accuracy);
                         row.accuracy_ci_low = r.ci.map(|c| c.0);

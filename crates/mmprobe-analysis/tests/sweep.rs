@@ -82,8 +82,8 @@ fn probe_sweep_rows_statistics_and_nulls() {
     let store = Store::open(tmp.path()).unwrap();
     assert!(store.manifest.is_none(), "a store without manifest.json opens");
     let concepts = vec!["colour".to_string(), "size".to_string()];
-    let rows =
-        sweep::probe_store(&store, &concepts, &Filters::default(), &params(), &ControlBy::Default, &|| {}).unwrap();
+    let rows = sweep::probe_store(&store, &concepts, &Filters::default(), &params(), &ControlBy::Default, None, &|| {})
+        .unwrap();
     assert_eq!(rows.len(), 2 * 5);
     let by_layer = |l: usize| {
         rows.iter()
@@ -141,7 +141,9 @@ fn bad_concepts_and_activations_are_one_line_errors() {
     make_store(tmp.path(), true);
     let store = Store::open(tmp.path()).unwrap();
     let run = |c: &str, f: &Filters| {
-        sweep::probe_store(&store, &[c.to_string()], f, &params(), &ControlBy::Off, &|| {}).unwrap_err().to_string()
+        sweep::probe_store(&store, &[c.to_string()], f, &params(), &ControlBy::Off, None, &|| {})
+            .unwrap_err()
+            .to_string()
     };
     let layer1 = Filters { layers: Some(vec![1]), sites: Some(vec![Site::Resid]), ..Default::default() };
     let e = run("nope", &layer1);

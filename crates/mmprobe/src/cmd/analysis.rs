@@ -87,6 +87,10 @@ pub struct ProbeCmd {
     /// (default: `text` when texts repeat, else each sample). Implies --control.
     #[arg(long)]
     control_by: Option<String>,
+    /// Take the folds from this samples column (its distinct values) instead of
+    /// seeded stratified folds, e.g. to reuse a published split.
+    #[arg(long)]
+    fold_column: Option<String>,
     /// Label permutations for a p-value (0: none).
     #[arg(long, default_value_t = 0)]
     permutations: usize,
@@ -181,7 +185,8 @@ pub fn probe(a: ProbeCmd) -> anyhow::Result<()> {
         (None, false) => ControlBy::Off,
     };
     let b = bar(n, "partitions");
-    let rows = sweep::probe_store(&store, &a.concept, &filters, &params, &control, &|| b.inc(1));
+    let rows =
+        sweep::probe_store(&store, &a.concept, &filters, &params, &control, a.fold_column.as_deref(), &|| b.inc(1));
     b.finish_and_clear();
     let rows = rows?;
     results::write_probes(&a.out, &rows)?;
