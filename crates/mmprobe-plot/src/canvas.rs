@@ -28,7 +28,8 @@ pub trait Figure: Sync {
 /// Writes `dir/<name>.png` and `dir/<name>.svg`; returns both paths.
 pub fn save<F: Figure>(fig: &F, dir: &Path) -> Result<(PathBuf, PathBuf)> {
     register_fonts();
-    std::fs::create_dir_all(dir).map_err(|err| PlotError::Io { path: dir.display().to_string(), message: err.to_string() })?;
+    std::fs::create_dir_all(dir)
+        .map_err(|err| PlotError::Io { path: dir.display().to_string(), message: err.to_string() })?;
     let name = fig.name();
     let fail = |message: String| PlotError::Draw { figure: name.clone(), message };
     let png = dir.join(format!("{name}.png"));
@@ -50,7 +51,8 @@ pub fn save<F: Figure>(fig: &F, dir: &Path) -> Result<(PathBuf, PathBuf)> {
 
 /// (min, max) of finite values, widened when flat.
 pub fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
-    let (lo, hi) = values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let (lo, hi) =
+        values.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
     if !lo.is_finite() {
         return (0.0, 1.0);
     }

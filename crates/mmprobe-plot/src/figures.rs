@@ -11,12 +11,21 @@ fn caption_font() -> (&'static str, u32) {
     (FAMILY, 22)
 }
 
-/// One line of a layer curve: accuracy per layer with its interval and control.
+/// One layer's probe score with its interval and control-task score.
+#[derive(Debug, Clone, Copy)]
+pub struct CurvePoint {
+    pub layer: f64,
+    pub score: f64,
+    pub ci_low: Option<f64>,
+    pub ci_high: Option<f64>,
+    pub control: Option<f64>,
+}
+
+/// One line of a layer curve.
 #[derive(Debug, Clone)]
 pub struct Curve {
     pub label: String,
-    /// (layer, accuracy, ci low, ci high, control accuracy)
-    pub points: Vec<(f64, f64, Option<f64>, Option<f64>, Option<f64>)>,
+    pub points: Vec<CurvePoint>,
 }
 
 /// Probe accuracy by layer for one concept: a line per tower/site/selector,
@@ -34,7 +43,7 @@ impl Figure for LayerCurves {
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
-        let max_layer = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)).fold(1.0, f64::max);
+        let max_layer = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.layer)).fold(1.0, f64::max);
         let mut chart = ChartBuilder::on(root)
             .caption(format!("{}: probe {} by layer", self.concept, self.metric), caption_font())
             .margin(12)
@@ -55,32 +64,37 @@ impl Figure for LayerCurves {
             let band: Vec<(f64, f64)> = c
                 .points
                 .iter()
-                .filter_map(|p| p.3.map(|hi| (p.0, hi)))
-                .chain(c.points.iter().rev().filter_map(|p| p.2.map(|lo| (p.0, lo))))
+                .filter_map(|p| p.ci_high.map(|hi| (p.layer, hi)))
+                .chain(c.points.iter().rev().filter_map(|p| p.ci_low.map(|lo| (p.layer, lo))))
                 .collect();
             if band.len() >= 3 {
                 chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.2).filled()))).map_err(e)?;
             }
             chart
-                .draw_series(LineSeries::new(c.points.iter().map(|p| (p.0, p.1)), col.stroke_width(3)))
+                .draw_series(LineSeries::new(c.points.iter().map(|p| (p.layer, p.score)), col.stroke_width(3)))
                 .map_err(e)?
                 .label(c.label.clone())
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], col.stroke_width(3)));
-            chart
-                .draw_series(c.points.iter().map(|p| Circle::new((p.0, p.1), 4, col.filled())))
-                .map_err(e)?;
-            let control: Vec<(f64, f64)> = c.points.iter().filter_map(|p| p.4.map(|v| (p.0, v))).collect();
+            chart.draw_series(c.points.iter().map(|p| Circle::new((p.layer, p.score), 4, col.filled()))).map_err(e)?;
+            let control: Vec<(f64, f64)> = c.points.iter().filter_map(|p| p.control.map(|v| (p.layer, v))).collect();
             if !control.is_empty() {
                 chart
                     .draw_series(DashedLineSeries::new(control, 8, 5, col.stroke_width(2)))
                     .map_err(e)?
                     .label(format!("{} (control task)", c.label))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y), (x + 13, y), (x + 22, y)], col.stroke_width(2)));
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 8, y), (x + 13, y), (x + 22, y)], col.stroke_width(2))
+                    });
             }
         }
         let chance = self.chance;
         chart
-            .draw_series(DashedLineSeries::new(vec![(-0.2, chance), (max_layer + 0.2, chance)], 2, 4, BLACK.stroke_width(1)))
+            .draw_series(DashedLineSeries::new(
+                vec![(-0.2, chance), (max_layer + 0.2, chance)],
+                2,
+                4,
+                BLACK.stroke_width(1),
+            ))
             .map_err(e)?
             .label(format!("chance ({chance:.2})"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], BLACK.stroke_width(1)));
@@ -113,7 +127,13 @@ pub struct Scatter {
     pub class_names: Vec<String>,
 }
 
-fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, names: &[String], legend: bool, small: bool) -> Drawn {
+fn draw_panel<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    p: &Panel,
+    names: &[String],
+    legend: bool,
+    small: bool,
+) -> Drawn {
     let (x0, x1) = range(p.xy.iter().map(|v| v.0));
     let (y0, y1) = range(p.xy.iter().map(|v| v.1));
     let mut chart = ChartBuilder::on(area)
@@ -159,7 +179,7 @@ impl Figure for Scatter {
     fn size(&self) -> (u32, u32) {
         match self.panels.len() {
             1 => (760, 620),
-            n => (1200, 60 + 280 * n.div_ceil(4) as u32),
+            n => (1200, (80 + 300 * n.div_ceil(4) as u32).max(420)),
         }
     }
 
@@ -267,34 +287,43 @@ impl Figure for Heatmap {
 
     fn size(&self) -> (u32, u32) {
         let n = self.labels.len() as u32;
-        let side = (260 + 26 * n).clamp(520, 1400);
-        (side + 120, side)
+        let longest = self.labels.iter().map(|l| l.chars().count()).max().unwrap_or(4) as u32;
+        let side = (160 + 24 * n).clamp(480, 1400);
+        (side + 120 + (longest * 7).min(320), side)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
         let n = self.labels.len();
         let (w, _) = root.dim_in_pixel();
         let (main, scale) = root.split_horizontally(w as i32 - 110);
-        let label_space = self.labels.iter().map(|l| l.chars().count()).max().unwrap_or(4) as u32 * 7 + 10;
+        // Rows carry "name (i)", columns just i: long names never collide.
+        let label_space = self.labels.iter().map(|l| l.chars().count()).max().unwrap_or(4) as u32 * 7 + 40;
         let mut chart = ChartBuilder::on(&main)
             .caption(&self.title, caption_font())
             .margin(10)
-            .x_label_area_size(label_space.min(220))
-            .y_label_area_size(label_space.min(220))
-            .build_cartesian_2d(0..n, 0..n)
+            .x_label_area_size(30)
+            .y_label_area_size(label_space.min(320))
+            // A segmented 0..n-1 has n cells, labels at their centres.
+            .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), (0..n.saturating_sub(1)).into_segmented())
             .map_err(e)?;
         let labels = self.labels.clone();
-        let fmt = move |i: &usize| labels.get(*i).cloned().unwrap_or_default();
+        let name = move |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < labels.len() => format!("{} ({i})", labels[*i]),
+            _ => String::new(),
+        };
+        let index = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) => i.to_string(),
+            _ => String::new(),
+        };
         let font = (FAMILY, if n > 30 { 9 } else { 12 });
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(n)
             .y_labels(n)
-            .x_label_formatter(&fmt)
-            .y_label_formatter(&fmt)
-            .x_label_style(font.into_font().transform(FontTransform::Rotate90))
-            .y_label_style(font)
+            .x_label_formatter(&index)
+            .y_label_formatter(&name)
+            .label_style(font)
             .draw()
             .map_err(e)?;
         let span = (self.hi - self.lo).max(1e-12);
@@ -302,7 +331,13 @@ impl Figure for Heatmap {
             .draw_series((0..n).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| {
                 let v = self.values[i][j];
                 let c = if v.is_finite() { viridis((v - self.lo) / span) } else { RGBColor(200, 200, 200) };
-                Rectangle::new([(j, i), (j + 1, i + 1)], c.filled())
+                Rectangle::new(
+                    [
+                        (SegmentValue::Exact(j), SegmentValue::Exact(i)),
+                        (SegmentValue::Exact(j + 1), SegmentValue::Exact(i + 1)),
+                    ],
+                    c.filled(),
+                )
             }))
             .map_err(e)?;
         // Colour scale.
@@ -355,7 +390,9 @@ impl Figure for ModalityGap {
             .draw()
             .map_err(e)?;
         chart
-            .draw_series(self.image.iter().zip(&self.text).map(|(a, b)| PathElement::new(vec![*a, *b], BLACK.mix(0.08))))
+            .draw_series(
+                self.image.iter().zip(&self.text).map(|(a, b)| PathElement::new(vec![*a, *b], BLACK.mix(0.08))),
+            )
             .map_err(e)?;
         let (ci, ct) = (color(4), color(3));
         chart

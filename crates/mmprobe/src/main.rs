@@ -37,6 +37,8 @@ enum Command {
     Geometry(Box<cmd::analysis::GeometryCmd>),
     /// Erase a concept with LEACE and check a fresh probe falls to chance.
     Erase(Box<cmd::analysis::EraseCmd>),
+    /// Draw every figure of a store's results and write one HTML report.
+    Report(cmd::report::ReportCmd),
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel.
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Directions(a) => cmd::analysis::directions(*a),
         Command::Geometry(a) => cmd::analysis::geometry(*a),
         Command::Erase(a) => cmd::analysis::erase(*a),
+        Command::Report(a) => cmd::report::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

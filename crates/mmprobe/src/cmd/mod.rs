@@ -2,3 +2,4 @@ pub mod analysis;
 pub mod doctor;
 pub mod extract;
 pub mod inspect;
+pub mod report;
