@@ -54,6 +54,8 @@ impl Figure for LayerCurves {
         chart
             .configure_mesh()
             .x_desc("layer")
+            .x_labels((max_layer as usize + 1).min(25))
+            .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { String::new() })
             .y_desc(&self.metric)
             .label_style((FAMILY, 15))
             .axis_desc_style((FAMILY, 17))
