@@ -130,6 +130,63 @@ fn bootstrap_ci(n: usize, b: usize, seed: u64, stat: impl Fn(&[usize]) -> f64 + 
     Some((percentile(&stats, 2.5), percentile(&stats, 97.5)))
 }
 
+/// One fit per fold, in parallel: `choose` picks the fold's regularisation
+/// from its training rows unless `fixed` gives it, then `fit_predict` fits on
+/// the standardised training rows and predicts the standardised test rows.
+/// Returns (test rows, prediction, regularisation) per fold.
+fn per_fold<T: Copy + Sync, P: Send>(
+    x: ArrayView2<f64>,
+    y: &[T],
+    fold: &[usize],
+    n_folds: usize,
+    fixed: Option<&[f64]>,
+    choose: impl Fn(ArrayView2<f64>, &[T]) -> Result<f64> + Sync,
+    fit_predict: impl Fn(ArrayView2<f64>, &[T], ArrayView2<f64>, f64) -> Result<P> + Sync,
+) -> Result<Vec<(Vec<usize>, P, f64)>> {
+    (0..n_folds)
+        .into_par_iter()
+        .map(|f| {
+            let (train, test) = folds::split(fold, f);
+            let xt = x.select(Axis(0), &train);
+            let yt: Vec<T> = train.iter().map(|&i| y[i]).collect();
+            let reg = match fixed {
+                Some(r) => r[f],
+                None => choose(xt.view(), &yt)?,
+            };
+            let s = Standardizer::fit(xt.view());
+            let pred = fit_predict(
+                s.transform(xt.view()).view(),
+                &yt,
+                s.transform(x.select(Axis(0), &test).view()).view(),
+                reg,
+            )?;
+            Ok((test, pred, reg))
+        })
+        .collect()
+}
+
+/// Ojala & Garriga's p-value: refit on `n` seeded permutations of `y`;
+/// p = (1 + #{permuted score >= observed}) / (1 + n).
+fn permutation_p<T: Clone>(
+    y: &[T],
+    n: usize,
+    seed: u64,
+    observed: f64,
+    score: impl Fn(&[T]) -> Result<f64>,
+) -> Result<Option<f64>> {
+    if n == 0 {
+        return Ok(None);
+    }
+    let root = Rng::new(seed ^ 0x9E27);
+    let mut beats = 0;
+    for i in 0..n {
+        let mut yp = y.to_vec();
+        root.fork(i as u64).shuffle(&mut yp);
+        beats += usize::from(score(&yp)? >= observed);
+    }
+    Ok(Some((1 + beats) as f64 / (1 + n) as f64))
+}
+
 /// Out-of-fold class probabilities [n, k], and the C of each fold. With
 /// `fixed_c`, each fold reuses the given C (control and permutation runs).
 pub fn cross_val_proba(
@@ -141,22 +198,15 @@ pub fn cross_val_proba(
     p: &CheckedLogistic,
     fixed_c: Option<&[f64]>,
 ) -> Result<(Array2<f64>, Vec<f64>)> {
-    let per_fold: Vec<(Vec<usize>, Array2<f64>, f64)> = (0..n_folds)
-        .into_par_iter()
-        .map(|f| {
-            let (train, test) = folds::split(fold, f);
-            let xt = x.select(Axis(0), &train);
-            let yt: Vec<usize> = train.iter().map(|&i| y[i]).collect();
-            let c = match fixed_c {
-                Some(cs) => cs[f],
-                None => logistic::choose_c(xt.view(), &yt, k, p)?,
-            };
-            let s = Standardizer::fit(xt.view());
-            let m = logistic::fit(s.transform(xt.view()).view(), &yt, k, c, p)?;
-            let proba = m.predict_proba(s.transform(x.select(Axis(0), &test).view()).view());
-            Ok((test, proba, c))
-        })
-        .collect::<Result<_>>()?;
+    let per_fold = per_fold(
+        x,
+        y,
+        fold,
+        n_folds,
+        fixed_c,
+        |xt, yt| logistic::choose_c(xt, yt, k, p),
+        |xs, yt, xv, c| Ok(logistic::fit(xs, yt, k, c, p)?.predict_proba(xv)),
+    )?;
     let mut oof = Array2::zeros((y.len(), k));
     let mut cs = Vec::with_capacity(n_folds);
     for (test, proba, c) in per_fold {
@@ -216,20 +266,10 @@ pub fn probe_classes_on_folds(
         }
         None => None,
     };
-    let p_value = if p.permutations > 0 {
-        let root = Rng::new(p.seed ^ 0x9E27);
-        let beats: usize = (0..p.permutations)
-            .map(|i| {
-                let mut yp = y.to_vec();
-                root.fork(i as u64).shuffle(&mut yp);
-                let (o, _) = cross_val_proba(x, &yp, k, &fold, p.folds, &p.logistic, Some(&cs))?;
-                Ok(usize::from(accuracy(&yp, &argmax_rows(o.view())) >= acc))
-            })
-            .sum::<Result<usize>>()?;
-        Some((1 + beats) as f64 / (1 + p.permutations) as f64)
-    } else {
-        None
-    };
+    let p_value = permutation_p(y, p.permutations, p.seed, acc, |yp| {
+        let (o, _) = cross_val_proba(x, yp, k, &fold, p.folds, &p.logistic, Some(&cs))?;
+        Ok(accuracy(yp, &argmax_rows(o.view())))
+    })?;
     Ok(ClassProbe {
         n: y.len(),
         n_classes: k,
@@ -275,22 +315,15 @@ fn cross_val_ridge(
     p: &CheckedRidge,
     fixed: Option<&[f64]>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    let per_fold: Vec<(Vec<usize>, Vec<f64>, f64)> = (0..n_folds)
-        .into_par_iter()
-        .map(|f| {
-            let (train, test) = folds::split(fold, f);
-            let xt = x.select(Axis(0), &train);
-            let yt: Vec<f64> = train.iter().map(|&i| y[i]).collect();
-            let alpha = match fixed {
-                Some(a) => a[f],
-                None => ridge::choose_alpha(xt.view(), &yt, p)?,
-            };
-            let s = Standardizer::fit(xt.view());
-            let m = ridge::fit(s.transform(xt.view()).view(), &yt, alpha)?;
-            let pred = m.predict(s.transform(x.select(Axis(0), &test).view()).view());
-            Ok((test, pred.to_vec(), alpha))
-        })
-        .collect::<Result<_>>()?;
+    let per_fold = per_fold(
+        x,
+        y,
+        fold,
+        n_folds,
+        fixed,
+        |xt, yt| ridge::choose_alpha(xt, yt, p),
+        |xs, yt, xv, alpha| Ok(ridge::fit(xs, yt, alpha)?.predict(xv).to_vec()),
+    )?;
     let mut oof = vec![0.0; y.len()];
     let mut alphas = Vec::new();
     for (test, pred, a) in per_fold {
@@ -312,19 +345,9 @@ pub fn probe_numeric(x: ArrayView2<f64>, y: &[f64], p: &CheckedProbe) -> Result<
         let b: Vec<f64> = idx.iter().map(|&i| oof[i]).collect();
         r2(&a, &b)
     });
-    let p_value = if p.permutations > 0 {
-        let root = Rng::new(p.seed ^ 0x9E27);
-        let beats: usize = (0..p.permutations)
-            .map(|i| {
-                let mut yp = y.to_vec();
-                root.fork(i as u64).shuffle(&mut yp);
-                let (o, _) = cross_val_ridge(x, &yp, &fold, p.folds, &p.ridge, Some(&alphas))?;
-                Ok(usize::from(r2(&yp, &o) >= score))
-            })
-            .sum::<Result<usize>>()?;
-        Some((1 + beats) as f64 / (1 + p.permutations) as f64)
-    } else {
-        None
-    };
+    let p_value = permutation_p(y, p.permutations, p.seed, score, |yp| {
+        let (o, _) = cross_val_ridge(x, yp, &fold, p.folds, &p.ridge, Some(&alphas))?;
+        Ok(r2(yp, &o))
+    })?;
     Ok(RegressionProbe { n: y.len(), r2: score, r2_ci, pearson: pearson(y, &oof), p_value, alpha: alphas })
 }

@@ -123,3 +123,14 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
+
+/// A JSON file as `T`; `Ok(None)` when it does not exist.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| StoreError::BadManifest { path: path.to_path_buf(), message: e.to_string() })
+}

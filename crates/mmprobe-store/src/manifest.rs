@@ -9,8 +9,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Result, StoreError, io};
-use crate::layout::{MANIFEST, write_atomic};
+use crate::error::{Result, io};
+use crate::layout::{MANIFEST, read_json, write_atomic};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -72,14 +72,7 @@ pub struct ShardsDone {
 impl Manifest {
     /// Reads `root/manifest.json`; `Ok(None)` when there is none.
     pub fn read(root: &Path) -> Result<Option<Manifest>> {
-        let path = root.join(MANIFEST);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::BadManifest { path: path.clone(), message: e.to_string() })
+        read_json(&root.join(MANIFEST))
     }
 
     pub fn write(&self, root: &Path) -> Result<()> {

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Result, StoreError, io, pq};
-use crate::layout::{ERRORS, PROGRESS, write_atomic};
+use crate::error::{Result, io, pq};
+use crate::layout::{ERRORS, PROGRESS, read_json, write_atomic};
 use crate::store::write_parquet;
 
 /// An input that could not be used.
@@ -36,14 +36,7 @@ impl ShardProgress {
     }
 
     pub fn load(root: &Path, shard: usize, shards: usize) -> Result<Option<ShardProgress>> {
-        let path = Self::path(root, shard, shards);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let bytes = std::fs::read(&path).map_err(io(&path))?;
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| StoreError::BadManifest { path: path.clone(), message: e.to_string() })
+        read_json(&Self::path(root, shard, shards))
     }
 
     pub fn save(&self, root: &Path) -> Result<()> {
@@ -70,11 +63,7 @@ impl ShardProgress {
             .collect();
         paths.sort();
         for p in paths {
-            let bytes = std::fs::read(&p).map_err(io(&p))?;
-            out.push(
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError::BadManifest { path: p.clone(), message: e.to_string() })?,
-            );
+            out.extend(read_json(&p)?);
         }
         Ok(out)
     }
