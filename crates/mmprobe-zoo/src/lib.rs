@@ -1,2 +1,6 @@
-//! Synthetic concept datasets with known ground truth, and the toy models
-//! trained on them.
+//! Synthetic concept datasets with known ground truth (and, later, the toy
+//! models trained on them).
+
+pub mod shapes;
+
+pub use shapes::{ShapesParams, generate_shapes};

@@ -39,6 +39,11 @@ enum Command {
     Erase(Box<cmd::analysis::EraseCmd>),
     /// Draw every figure of a store's results and write one HTML report.
     Report(cmd::report::ReportCmd),
+    /// Concept datasets with known ground truth.
+    Datasets {
+        #[command(subcommand)]
+        cmd: cmd::datasets::DatasetsCmd,
+    },
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel.
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Command::Geometry(a) => cmd::analysis::geometry(*a),
         Command::Erase(a) => cmd::analysis::erase(*a),
         Command::Report(a) => cmd::report::run(a),
+        Command::Datasets { cmd } => cmd::datasets::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,5 @@
 pub mod analysis;
+pub mod datasets;
 pub mod doctor;
 pub mod extract;
 pub mod inspect;
