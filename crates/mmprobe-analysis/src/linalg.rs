@@ -16,9 +16,26 @@ pub fn centered(x: ArrayView2<f64>) -> Array2<f64> {
     &x - &m
 }
 
-/// Solves A x = b for symmetric positive definite A.
+/// Solves A x = b for symmetric positive (semi-)definite A. A singular A
+/// (collinear features: a layer-0 text state takes only as many values as
+/// there are token positions; layer-0 CLS is the same for every image) gets
+/// the smallest diagonal jitter, relative to its mean diagonal, that factorises.
 pub fn solve_spd(a: &Array2<f64>, b: ArrayView1<f64>) -> Result<Array1<f64>> {
-    let l = a.clone().cholesky_into().map_err(|e| AnalysisError::Fit { what: "Cholesky", message: e.to_string() })?;
+    let n = a.nrows();
+    let mean_diag = (a.diag().sum() / n.max(1) as f64).abs();
+    let scale = if mean_diag > 0.0 { mean_diag } else { 1.0 };
+    let mut jitter = 0.0;
+    let l = loop {
+        let mut m = a.clone();
+        for i in 0..n {
+            m[[i, i]] += jitter;
+        }
+        match m.cholesky_into() {
+            Ok(l) => break l,
+            Err(_) if jitter < scale * 1e-2 => jitter = if jitter == 0.0 { scale * 1e-12 } else { jitter * 10.0 },
+            Err(e) => return Err(AnalysisError::Fit { what: "Cholesky", message: e.to_string() }),
+        }
+    };
     // L y = b, then Lᵀ x = y.
     let n = b.len();
     let mut y = b.to_owned();
@@ -61,7 +78,8 @@ pub fn ledoit_wolf_shrinkage(x: ArrayView2<f64>) -> f64 {
     let beta = (beta_ / nf - delta_) / (df * nf);
     let delta = (delta_ - 2.0 * mu * emp_cov_trace.sum() + df * mu * mu) / df;
     let beta = beta.min(delta);
-    if beta == 0.0 { 0.0 } else { beta / delta }
+    // scikit-learn divides unguarded; constant data (delta = 0) would give NaN here.
+    if beta <= 0.0 || delta <= 0.0 || !(beta / delta).is_finite() { 0.0 } else { (beta / delta).min(1.0) }
 }
 
 /// Pooled within-class scatter Σ_W (divided by n) of x under class labels,
@@ -88,4 +106,27 @@ pub fn shrunk_within_covariance(x: ArrayView2<f64>, y: &[usize], k: usize) -> (A
         shrunk[[i, i]] += a * mu;
     }
     (shrunk, a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn constant_and_collinear_data_still_solve() {
+        // Every row the same (layer-0 CLS): zero within-class scatter.
+        let x = Array2::from_elem((6, 3), 0.5);
+        let y = [0, 1, 0, 1, 0, 1];
+        assert_eq!(ledoit_wolf_shrinkage(centered(x.view()).view()), 0.0);
+        let (sw, _) = shrunk_within_covariance(x.view(), &y, 2);
+        let v = solve_spd(&sw, array![1.0, 0.0, 0.0].view()).unwrap();
+        assert!(v.iter().all(|v| v.is_finite()));
+        // Rank one: a tiny jitter makes it solvable, and a definite matrix is solved exactly.
+        let a = array![[1.0, 1.0], [1.0, 1.0]];
+        assert!(solve_spd(&a, array![1.0, 1.0].view()).unwrap().iter().all(|v| v.is_finite()));
+        let a = array![[4.0, 1.0], [1.0, 3.0]];
+        let v = solve_spd(&a, array![1.0, 2.0].view()).unwrap();
+        assert!((v[0] - 1.0 / 11.0).abs() < 1e-12 && (v[1] - 7.0 / 11.0).abs() < 1e-12);
+    }
 }

@@ -32,6 +32,16 @@ pub fn load(store: &Store, p: Partition, columns: &[&str]) -> Result<Loaded> {
     Ok(Loaded { partition: p, x: acts.matrix.mapv(f64::from), sample: acts.sample, labels })
 }
 
+/// Names the partition in numerical failures, so a sweep's error says where.
+fn in_partition(p: Partition) -> impl Fn(AnalysisError) -> AnalysisError {
+    move |e| match e {
+        AnalysisError::Fit { what, message } => {
+            AnalysisError::Partition { partition: p.to_string(), message: format!("{what} failed: {message}") }
+        }
+        other => other,
+    }
+}
+
 fn concept_err(concept: &str, message: impl Into<String>) -> AnalysisError {
     AnalysisError::Concept { concept: concept.to_string(), message: message.into() }
 }
@@ -166,62 +176,65 @@ pub fn probe_store(
     let rows: Vec<Vec<ProbeRow>> = partitions
         .par_iter()
         .map(|&p| {
-            let l = load(store, p, &cols)?;
-            let types = control_types(store, &l, control_by)?;
-            let given_folds = fold_column.map(|c| fold_ids(store, &l, c, params.folds)).transpose()?;
-            let mut out = Vec::new();
-            for c in concepts {
-                let col = l.labels.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
-                let concept = Concept::from_column(c, col)?;
-                concept.check_folds(params.folds)?;
-                let x = l.x.select(Axis(0), &concept.rows);
-                let mut row = ProbeRow {
-                    concept: c.clone(),
-                    partition: Some(p),
-                    n: concept.rows.len(),
-                    n_classes: concept.n_classes(),
-                    dropped_null: concept.dropped_null,
-                    ..Default::default()
-                };
-                match &concept.target {
-                    Target::Classes { y, names } => {
-                        let t: Option<Vec<String>> =
-                            types.as_ref().map(|(t, _)| concept.rows.iter().map(|&i| t[i].clone()).collect());
-                        let r = match &given_folds {
-                            Some(f) => {
-                                let f: Vec<usize> = concept.rows.iter().map(|&i| f[i]).collect();
-                                probe::probe_classes_on_folds(x.view(), y, names.len(), t.as_deref(), &f, params)?
-                            }
-                            None => probe::probe_classes(x.view(), y, names.len(), t.as_deref(), params)?,
-                        };
-                        row.probe = "logistic";
-                        row.accuracy = Some(r.accuracy);
-                        row.accuracy_ci_low = r.ci.map(|c| c.0);
-                        row.accuracy_ci_high = r.ci.map(|c| c.1);
-                        row.balanced_accuracy = Some(r.balanced_accuracy);
-                        row.macro_f1 = Some(r.macro_f1);
-                        row.auroc = Some(r.auroc).filter(|v| v.is_finite());
-                        row.control_accuracy = r.control_accuracy;
-                        row.selectivity = r.selectivity();
-                        row.p_value = r.p_value;
-                        row.regularisation = median(&r.c);
-                        row.control_by = types.as_ref().map(|t| t.1.clone()).unwrap_or_default();
+            let run = || -> Result<_> {
+                let l = load(store, p, &cols)?;
+                let types = control_types(store, &l, control_by)?;
+                let given_folds = fold_column.map(|c| fold_ids(store, &l, c, params.folds)).transpose()?;
+                let mut out = Vec::new();
+                for c in concepts {
+                    let col = l.labels.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
+                    let concept = Concept::from_column(c, col)?;
+                    concept.check_folds(params.folds)?;
+                    let x = l.x.select(Axis(0), &concept.rows);
+                    let mut row = ProbeRow {
+                        concept: c.clone(),
+                        partition: Some(p),
+                        n: concept.rows.len(),
+                        n_classes: concept.n_classes(),
+                        dropped_null: concept.dropped_null,
+                        ..Default::default()
+                    };
+                    match &concept.target {
+                        Target::Classes { y, names } => {
+                            let t: Option<Vec<String>> =
+                                types.as_ref().map(|(t, _)| concept.rows.iter().map(|&i| t[i].clone()).collect());
+                            let r = match &given_folds {
+                                Some(f) => {
+                                    let f: Vec<usize> = concept.rows.iter().map(|&i| f[i]).collect();
+                                    probe::probe_classes_on_folds(x.view(), y, names.len(), t.as_deref(), &f, params)?
+                                }
+                                None => probe::probe_classes(x.view(), y, names.len(), t.as_deref(), params)?,
+                            };
+                            row.probe = "logistic";
+                            row.accuracy = Some(r.accuracy);
+                            row.accuracy_ci_low = r.ci.map(|c| c.0);
+                            row.accuracy_ci_high = r.ci.map(|c| c.1);
+                            row.balanced_accuracy = Some(r.balanced_accuracy);
+                            row.macro_f1 = Some(r.macro_f1);
+                            row.auroc = Some(r.auroc).filter(|v| v.is_finite());
+                            row.control_accuracy = r.control_accuracy;
+                            row.selectivity = r.selectivity();
+                            row.p_value = r.p_value;
+                            row.regularisation = median(&r.c);
+                            row.control_by = types.as_ref().map(|t| t.1.clone()).unwrap_or_default();
+                        }
+                        Target::Numeric(y) => {
+                            let r = probe::probe_numeric(x.view(), y, params)?;
+                            row.probe = "ridge";
+                            row.r2 = Some(r.r2);
+                            row.r2_ci_low = r.r2_ci.map(|c| c.0);
+                            row.r2_ci_high = r.r2_ci.map(|c| c.1);
+                            row.pearson_r = Some(r.pearson);
+                            row.p_value = r.p_value;
+                            row.regularisation = median(&r.alpha);
+                        }
                     }
-                    Target::Numeric(y) => {
-                        let r = probe::probe_numeric(x.view(), y, params)?;
-                        row.probe = "ridge";
-                        row.r2 = Some(r.r2);
-                        row.r2_ci_low = r.r2_ci.map(|c| c.0);
-                        row.r2_ci_high = r.r2_ci.map(|c| c.1);
-                        row.pearson_r = Some(r.pearson);
-                        row.p_value = r.p_value;
-                        row.regularisation = median(&r.alpha);
-                    }
+                    out.push(row);
                 }
-                out.push(row);
-            }
-            progress();
-            Ok(out)
+                progress();
+                Ok(out)
+            };
+            run().map_err(in_partition(p))
         })
         .collect::<Result<_>>()?;
     let mut rows: Vec<ProbeRow> = rows.into_iter().flatten().collect();
@@ -271,33 +284,36 @@ pub fn directions_store(
     let rows: Vec<Vec<DirectionRow>> = partitions
         .par_iter()
         .map(|&p| {
-            let l = load(store, p, &cols)?;
-            let mut out = Vec::new();
-            for c in concepts {
-                let col = l.labels.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
-                let concept = Concept::from_column(c, col)?;
-                let (y, names) = classes_of(&concept)?;
-                let x = l.x.select(Axis(0), &concept.rows);
-                for &m in methods {
-                    let dirs = match m {
-                        Method::DiffMeans => directions::diff_means(x.view(), y, names.len()),
-                        Method::Lda => directions::lda(x.view(), y, names.len())?,
-                        Method::Probe => directions::probe(x.view(), y, names.len(), logistic)?,
-                    };
-                    for d in dirs {
-                        out.push(DirectionRow {
-                            concept: c.clone(),
-                            class: names[d.class].clone(),
-                            partition: p,
-                            method: m,
-                            direction: d.unit.iter().map(|&v| v as f32).collect(),
-                            norm: d.norm,
-                        });
+            let run = || -> Result<_> {
+                let l = load(store, p, &cols)?;
+                let mut out = Vec::new();
+                for c in concepts {
+                    let col = l.labels.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
+                    let concept = Concept::from_column(c, col)?;
+                    let (y, names) = classes_of(&concept)?;
+                    let x = l.x.select(Axis(0), &concept.rows);
+                    for &m in methods {
+                        let dirs = match m {
+                            Method::DiffMeans => directions::diff_means(x.view(), y, names.len()),
+                            Method::Lda => directions::lda(x.view(), y, names.len())?,
+                            Method::Probe => directions::probe(x.view(), y, names.len(), logistic)?,
+                        };
+                        for d in dirs {
+                            out.push(DirectionRow {
+                                concept: c.clone(),
+                                class: names[d.class].clone(),
+                                partition: p,
+                                method: m,
+                                direction: d.unit.iter().map(|&v| v as f32).collect(),
+                                norm: d.norm,
+                            });
+                        }
                     }
                 }
-            }
-            progress();
-            Ok(out)
+                progress();
+                Ok(out)
+            };
+            run().map_err(in_partition(p))
         })
         .collect::<Result<_>>()?;
     let rows: Vec<DirectionRow> = rows.into_iter().flatten().collect();
@@ -487,7 +503,8 @@ pub fn geometry_store(
                 let r = SeparabilityRow {
                     concept: c.clone(),
                     partition: l.partition,
-                    fisher_ratio: geometry::fisher_ratio(x.view(), y, names.len())?,
+                    fisher_ratio: geometry::fisher_ratio(x.view(), y, names.len())
+                        .map_err(in_partition(l.partition))?,
                     silhouette: geometry::silhouette(x.select(Axis(0), &sub).view(), &ys, names.len())?,
                 };
                 progress();
@@ -541,31 +558,34 @@ pub fn erase_store(
     partitions
         .par_iter()
         .map(|&p| {
-            let l = load(store, p, &[concept])?;
-            let col = l.labels.column(concept).map_err(|e| AnalysisError::Input(e.to_string()))?;
-            let c = Concept::from_column(concept, col)?;
-            c.check_folds(params.folds)?;
-            let (y, names) = classes_of(&c)?;
-            let x = l.x.select(Axis(0), &c.rows);
-            let k = names.len();
-            let eraser = Leace::fit(x.view(), y, k)?;
-            let quick = CheckedProbe { bootstrap: 0, permutations: 0, ..params.clone() };
-            let before = probe::probe_classes(x.view(), y, k, None, &quick)?;
-            let after = probe::erased_accuracy(x.view(), y, k, &quick)?;
-            let mut counts = vec![0usize; k];
-            for &v in y {
-                counts[v] += 1;
-            }
-            progress();
-            Ok(EraseRow {
-                concept: concept.to_string(),
-                partition: p,
-                n: y.len(),
-                rank: eraser.rank,
-                accuracy_before: before.accuracy,
-                accuracy_after: after,
-                chance: *counts.iter().max().unwrap_or(&0) as f64 / y.len() as f64,
-            })
+            let run = || -> Result<_> {
+                let l = load(store, p, &[concept])?;
+                let col = l.labels.column(concept).map_err(|e| AnalysisError::Input(e.to_string()))?;
+                let c = Concept::from_column(concept, col)?;
+                c.check_folds(params.folds)?;
+                let (y, names) = classes_of(&c)?;
+                let x = l.x.select(Axis(0), &c.rows);
+                let k = names.len();
+                let eraser = Leace::fit(x.view(), y, k)?;
+                let quick = CheckedProbe { bootstrap: 0, permutations: 0, ..params.clone() };
+                let before = probe::probe_classes(x.view(), y, k, None, &quick)?;
+                let after = probe::erased_accuracy(x.view(), y, k, &quick)?;
+                let mut counts = vec![0usize; k];
+                for &v in y {
+                    counts[v] += 1;
+                }
+                progress();
+                Ok(EraseRow {
+                    concept: concept.to_string(),
+                    partition: p,
+                    n: y.len(),
+                    rank: eraser.rank,
+                    accuracy_before: before.accuracy,
+                    accuracy_after: after,
+                    chance: *counts.iter().max().unwrap_or(&0) as f64 / y.len() as f64,
+                })
+            };
+            run().map_err(in_partition(p))
         })
         .collect()
 }

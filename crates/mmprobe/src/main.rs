@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             // One line: the error and its causes, no backtrace unless asked for.
             let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
             eprintln!("mmprobe: error: {}", chain.join(": "));
-            if std::env::var_os("RUST_BACKTRACE").is_some() {
+            if std::env::var("RUST_BACKTRACE").is_ok_and(|v| v != "0") {
                 eprintln!("{}", e.backtrace());
             }
             ExitCode::FAILURE
