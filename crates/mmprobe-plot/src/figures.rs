@@ -11,6 +11,22 @@ fn caption_font() -> (&'static str, u32) {
     (FAMILY, 22)
 }
 
+/// The series legend every figure draws: a light box at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+) -> Drawn {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FAMILY, font_size))
+        .draw()
+        .map_err(e)
+}
+
 /// One layer's probe score with its interval and control-task score.
 #[derive(Debug, Clone, Copy)]
 pub struct CurvePoint {
@@ -100,14 +116,7 @@ impl Figure for LayerCurves {
             .map_err(e)?
             .label(format!("chance ({chance:.2})"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], BLACK.stroke_width(1)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font((FAMILY, 14))
-            .draw()
-            .map_err(e)
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 14)
     }
 }
 
@@ -162,13 +171,7 @@ fn draw_panel<DB: DrawingBackend>(
         }
     }
     if legend {
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font((FAMILY, 13))
-            .draw()
-            .map_err(e)?;
+        draw_legend(&mut chart, SeriesLabelPosition::MiddleRight, 13)?;
     }
     Ok(())
 }
@@ -262,13 +265,7 @@ impl Figure for Histograms {
                 .label(self.class_names[k].clone())
                 .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], col.mix(0.6).filled()));
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font((FAMILY, 13))
-            .draw()
-            .map_err(e)
+        draw_legend(&mut chart, SeriesLabelPosition::MiddleRight, 13)
     }
 }
 
@@ -407,13 +404,7 @@ impl Figure for ModalityGap {
             .map_err(e)?
             .label("text")
             .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 5, ct.filled()));
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .label_font((FAMILY, 14))
-            .draw()
-            .map_err(e)
+        draw_legend(&mut chart, SeriesLabelPosition::MiddleRight, 14)
     }
 }
 
