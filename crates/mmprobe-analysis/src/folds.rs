@@ -1,8 +1,12 @@
 //! Cross-validation folds: stratified for classes (every fold keeps the class
 //! proportions), shuffled with a fixed seed.
 
+use ndarray::{Array2, ArrayView2, Axis};
+use rayon::prelude::*;
+
 use crate::error::{AnalysisError, Result};
 use crate::rng::Rng;
+use crate::scale::Standardizer;
 
 /// Fold index (0..k) of every sample, stratified by class.
 pub fn stratified(y: &[usize], n_classes: usize, k: usize, seed: u64) -> Result<Vec<usize>> {
@@ -41,6 +45,47 @@ pub fn shuffled(n: usize, k: usize, seed: u64) -> Result<Vec<usize>> {
 /// (train, test) row indices of fold `f`.
 pub fn split(fold: &[usize], f: usize) -> (Vec<usize>, Vec<usize>) {
     (0..fold.len()).partition(|&i| fold[i] != f)
+}
+
+/// One fold's rows: raw, and standardised with a scaler fit on its training rows only.
+pub struct FoldData<'a, T> {
+    pub fold: usize,
+    pub raw_train: ArrayView2<'a, f64>,
+    pub raw_test: ArrayView2<'a, f64>,
+    pub train: ArrayView2<'a, f64>,
+    pub test: ArrayView2<'a, f64>,
+    pub y_train: &'a [T],
+    pub test_rows: &'a [usize],
+}
+
+/// Runs `work` on every fold, in parallel; returns (test rows, result) per fold, in fold order.
+pub fn each_fold<T: Copy + Sync, R: Send>(
+    x: ArrayView2<f64>,
+    y: &[T],
+    fold: &[usize],
+    n_folds: usize,
+    work: impl Fn(FoldData<'_, T>) -> Result<R> + Sync,
+) -> Result<Vec<(Vec<usize>, R)>> {
+    (0..n_folds)
+        .into_par_iter()
+        .map(|f| {
+            let (train, test) = split(fold, f);
+            let (xt, xv): (Array2<f64>, Array2<f64>) = (x.select(Axis(0), &train), x.select(Axis(0), &test));
+            let s = Standardizer::fit(xt.view());
+            let (st, sv) = (s.transform(xt.view()), s.transform(xv.view()));
+            let y_train: Vec<T> = train.iter().map(|&i| y[i]).collect();
+            let r = work(FoldData {
+                fold: f,
+                raw_train: xt.view(),
+                raw_test: xv.view(),
+                train: st.view(),
+                test: sv.view(),
+                y_train: &y_train,
+                test_rows: &test,
+            })?;
+            Ok((test, r))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -3,13 +3,12 @@
 //! binary for two classes, multinomial for more, solved by [`crate::lbfgs`]
 //! (linfa-logistic was too slow on activation shapes; see there).
 
-use ndarray::{Array1, Array2, ArrayView2, Axis};
+use ndarray::{Array1, Array2, ArrayView2};
 
 use crate::error::{AnalysisError, Result};
 use crate::folds;
 use crate::lbfgs;
 use crate::metrics::{accuracy, argmax_rows};
-use crate::scale::Standardizer;
 
 /// Hyperparameters as given; [`LogisticParams::check`] validates them.
 #[derive(Debug, Clone)]
@@ -133,18 +132,12 @@ pub fn choose_c(x: ArrayView2<f64>, y: &[usize], k: usize, p: &CheckedLogistic) 
     let inner = folds::stratified(y, k, p.0.inner_folds, p.0.seed ^ 0x1A2B)?;
     let mut best = (f64::NEG_INFINITY, p.0.c_grid[0]);
     for &c in &p.0.c_grid {
-        let mut correct = 0.0;
-        for f in 0..p.0.inner_folds {
-            let (train, test) = folds::split(&inner, f);
-            let xt = x.select(Axis(0), &train);
-            let s = Standardizer::fit(xt.view());
-            let yt: Vec<usize> = train.iter().map(|&i| y[i]).collect();
-            let m = fit(s.transform(xt.view()).view(), &yt, k, c, p)?;
-            let pred = argmax_rows(m.predict_proba(s.transform(x.select(Axis(0), &test).view()).view()).view());
-            let ytest: Vec<usize> = test.iter().map(|&i| y[i]).collect();
-            correct += accuracy(&ytest, &pred) * test.len() as f64;
-        }
-        let acc = correct / y.len() as f64;
+        let per_fold = folds::each_fold(x, y, &inner, p.0.inner_folds, |d| {
+            let pred = argmax_rows(fit(d.train, d.y_train, k, c, p)?.predict_proba(d.test).view());
+            let ytest: Vec<usize> = d.test_rows.iter().map(|&i| y[i]).collect();
+            Ok(accuracy(&ytest, &pred) * d.test_rows.len() as f64)
+        })?;
+        let acc = per_fold.iter().map(|(_, correct)| correct).sum::<f64>() / y.len() as f64;
         if acc > best.0 {
             best = (acc, c);
         }

@@ -131,9 +131,9 @@ fn bootstrap_ci(n: usize, b: usize, seed: u64, stat: impl Fn(&[usize]) -> f64 + 
 }
 
 /// One fit per fold, in parallel: `choose` picks the fold's regularisation
-/// from its training rows unless `fixed` gives it, then `fit_predict` fits on
-/// the standardised training rows and predicts the standardised test rows.
-/// Returns (test rows, prediction, regularisation) per fold.
+/// from its (raw) training rows unless `fixed` gives it, then `fit_predict`
+/// fits on the standardised training rows and predicts the standardised test
+/// rows. Returns (test rows, prediction, regularisation) per fold.
 fn per_fold<T: Copy + Sync, P: Send>(
     x: ArrayView2<f64>,
     y: &[T],
@@ -143,26 +143,14 @@ fn per_fold<T: Copy + Sync, P: Send>(
     choose: impl Fn(ArrayView2<f64>, &[T]) -> Result<f64> + Sync,
     fit_predict: impl Fn(ArrayView2<f64>, &[T], ArrayView2<f64>, f64) -> Result<P> + Sync,
 ) -> Result<Vec<(Vec<usize>, P, f64)>> {
-    (0..n_folds)
-        .into_par_iter()
-        .map(|f| {
-            let (train, test) = folds::split(fold, f);
-            let xt = x.select(Axis(0), &train);
-            let yt: Vec<T> = train.iter().map(|&i| y[i]).collect();
-            let reg = match fixed {
-                Some(r) => r[f],
-                None => choose(xt.view(), &yt)?,
-            };
-            let s = Standardizer::fit(xt.view());
-            let pred = fit_predict(
-                s.transform(xt.view()).view(),
-                &yt,
-                s.transform(x.select(Axis(0), &test).view()).view(),
-                reg,
-            )?;
-            Ok((test, pred, reg))
-        })
-        .collect()
+    let runs = folds::each_fold(x, y, fold, n_folds, |d| {
+        let reg = match fixed {
+            Some(r) => r[d.fold],
+            None => choose(d.raw_train, d.y_train)?,
+        };
+        Ok((fit_predict(d.train, d.y_train, d.test, reg)?, reg))
+    })?;
+    Ok(runs.into_iter().map(|(test, (pred, reg))| (test, pred, reg)).collect())
 }
 
 /// Ojala & Garriga's p-value: refit on `n` seeded permutations of `y`;

@@ -6,7 +6,6 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use crate::error::{AnalysisError, Result};
 use crate::folds;
 use crate::linalg::solve_spd;
-use crate::scale::Standardizer;
 
 #[derive(Debug, Clone)]
 pub struct RidgeParams {
@@ -74,16 +73,11 @@ pub fn choose_alpha(x: ArrayView2<f64>, y: &[f64], p: &CheckedRidge) -> Result<f
     let inner = folds::shuffled(y.len(), p.0.inner_folds, p.0.seed ^ 0x5EED)?;
     let mut best = (f64::INFINITY, p.0.alpha_grid[0]);
     for &alpha in &p.0.alpha_grid {
-        let mut sse = 0.0;
-        for f in 0..p.0.inner_folds {
-            let (train, test) = folds::split(&inner, f);
-            let xt = x.select(Axis(0), &train);
-            let s = Standardizer::fit(xt.view());
-            let yt: Vec<f64> = train.iter().map(|&i| y[i]).collect();
-            let m = fit(s.transform(xt.view()).view(), &yt, alpha)?;
-            let pred = m.predict(s.transform(x.select(Axis(0), &test).view()).view());
-            sse += test.iter().zip(pred.iter()).map(|(&i, p)| (y[i] - p).powi(2)).sum::<f64>();
-        }
+        let per_fold = folds::each_fold(x, y, &inner, p.0.inner_folds, |d| {
+            let pred = fit(d.train, d.y_train, alpha)?.predict(d.test);
+            Ok(d.test_rows.iter().zip(pred.iter()).map(|(&i, p)| (y[i] - p).powi(2)).sum::<f64>())
+        })?;
+        let sse: f64 = per_fold.iter().map(|(_, e)| e).sum();
         if sse < best.0 {
             best = (sse, alpha);
         }
