@@ -522,13 +522,9 @@ fn run_batches(
         *failed += if b.chunk_end { b.failures.len() } else { 0 };
         if !b.samples.is_empty() {
             let rows = tch::no_grad(|| forward(model, plan, &partitions, &b, device));
-            for (partition, r) in rows {
-                let part = PartRows {
-                    width: r.width,
-                    sample: r.batch_index.iter().map(|&i| b.samples[i as usize]).collect(),
-                    pos: r.pos,
-                    data: r.data,
-                };
+            for (partition, mut part) in rows {
+                // Batch positions -> dataset rows.
+                part.sample.iter_mut().for_each(|i| *i = b.samples[*i as usize]);
                 *rows_written += part.len();
                 if tx.send(ToWriter::Rows(b.chunk, partition, part)).is_err() {
                     return Ok(()); // the writer stopped; its error is reported

@@ -2,7 +2,7 @@
 //! Reduced on the model's device, then copied to the CPU as f32, so only the
 //! rows asked for leave the device.
 
-use mmprobe_store::Selector;
+use mmprobe_store::{PartRows, Selector};
 use tch::{Device, Kind, Tensor};
 
 /// Which positions of each sequence in a batch mean what.
@@ -38,35 +38,18 @@ impl SequenceLayout {
     }
 }
 
-/// Rows for one (site, layer, selector) of one batch, on the CPU.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rows {
-    pub width: usize,
-    /// Row-major [rows, width].
-    pub data: Vec<f32>,
-    /// Index of each row's sample within the batch.
-    pub batch_index: Vec<u32>,
-    /// Token position of each row; -1 for rows that pool several positions.
-    pub pos: Vec<i32>,
-}
+/// Rows for one (site, layer, selector) of one batch, on the CPU, as the
+/// store's rows: `sample` holds each row's index *within the batch* until
+/// the caller maps it to dataset rows.
+pub type Rows = PartRows;
 
-impl Rows {
-    pub fn len(&self) -> usize {
-        self.batch_index.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.batch_index.is_empty()
-    }
-}
-
-fn to_rows(t: &Tensor, batch_index: Vec<u32>, pos: Vec<i32>) -> Rows {
+fn to_rows(t: &Tensor, sample: Vec<u32>, pos: Vec<i32>) -> Rows {
     let width = t.size().last().copied().unwrap_or(0) as usize;
     let t = t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
     let n = t.numel();
     let mut data = vec![0f32; n];
     t.copy_data(&mut data, n);
-    Rows { width, data, batch_index, pos }
+    PartRows { width, sample, pos, data }
 }
 
 fn positions(t: &Tensor) -> Vec<i64> {
@@ -100,9 +83,9 @@ pub fn select(h: &Tensor, selector: Selector, layout: &SequenceLayout) -> Option
             let flat = layout.valid.reshape([-1]).nonzero().squeeze_dim(1);
             let rows = h.reshape([b * t, -1]).index_select(0, &flat);
             let idx = positions(&flat);
-            let batch_index = idx.iter().map(|i| (i / t) as u32).collect();
+            let sample = idx.iter().map(|i| (i / t) as u32).collect();
             let pos = idx.iter().map(|i| (i % t) as i32).collect();
-            Some(to_rows(&rows, batch_index, pos))
+            Some(to_rows(&rows, sample, pos))
         }
         _ => None,
     }
@@ -133,7 +116,7 @@ mod tests {
         assert_eq!(select(&h, Selector::Last, &layout).unwrap().pos, vec![2, 1]);
         assert_eq!(select(&h, Selector::Mean, &layout).unwrap().data, vec![1., 1., 10.5, 10.5]);
         let all = select(&h, Selector::All, &layout).unwrap();
-        assert_eq!((all.batch_index, all.pos), (vec![0, 0, 0, 1, 1], vec![0, 1, 2, 0, 1]));
+        assert_eq!((all.sample, all.pos), (vec![0, 0, 0, 1, 1], vec![0, 1, 2, 0, 1]));
         assert!(select(&h, Selector::Cls, &layout).is_none());
     }
 
