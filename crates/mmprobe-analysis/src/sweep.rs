@@ -27,6 +27,14 @@ pub struct Loaded {
     pub labels: DataFrame,
 }
 
+impl Loaded {
+    /// A loaded label column as a concept over this partition's rows.
+    pub fn concept(&self, name: &str) -> Result<Concept> {
+        let col = self.labels.column(name).map_err(|e| AnalysisError::Input(e.to_string()))?;
+        Concept::from_column(name, col)
+    }
+}
+
 pub fn load(store: &Store, p: Partition, columns: &[&str]) -> Result<Loaded> {
     let (acts, labels) = store.load_labeled(p, columns)?;
     Ok(Loaded { partition: p, x: acts.matrix.mapv(f64::from), sample: acts.sample, labels })
@@ -182,8 +190,7 @@ pub fn probe_store(
                 let given_folds = fold_column.map(|c| fold_ids(store, &l, c, params.folds)).transpose()?;
                 let mut out = Vec::new();
                 for c in concepts {
-                    let col = l.labels.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
-                    let concept = Concept::from_column(c, col)?;
+                    let concept = l.concept(c)?;
                     concept.check_folds(params.folds)?;
                     let x = l.x.select(Axis(0), &concept.rows);
                     let mut row = ProbeRow {
@@ -288,8 +295,7 @@ pub fn directions_store(
                 let l = load(store, p, &cols)?;
                 let mut out = Vec::new();
                 for c in concepts {
-                    let col = l.labels.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
-                    let concept = Concept::from_column(c, col)?;
+                    let concept = l.concept(c)?;
                     let (y, names) = classes_of(&concept)?;
                     let x = l.x.select(Axis(0), &concept.rows);
                     for &m in methods {
@@ -494,8 +500,7 @@ pub fn geometry_store(
         let rows: Vec<SeparabilityRow> = loaded
             .par_iter()
             .map(|l| {
-                let col = l.labels.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
-                let concept = Concept::from_column(c, col)?;
+                let concept = l.concept(c)?;
                 let (y, names) = classes_of(&concept)?;
                 let x = l.x.select(Axis(0), &concept.rows);
                 let sub = subsample(y.len(), params.silhouette_rows, params.seed);
@@ -560,8 +565,7 @@ pub fn erase_store(
         .map(|&p| {
             let run = || -> Result<_> {
                 let l = load(store, p, &[concept])?;
-                let col = l.labels.column(concept).map_err(|e| AnalysisError::Input(e.to_string()))?;
-                let c = Concept::from_column(concept, col)?;
+                let c = l.concept(concept)?;
                 c.check_folds(params.folds)?;
                 let (y, names) = classes_of(&c)?;
                 let x = l.x.select(Axis(0), &c.rows);

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use mmprobe_analysis::labels::{Concept, Target};
+use mmprobe_analysis::labels::Target;
 use mmprobe_analysis::sweep::load;
 use mmprobe_store::store::read_parquet;
 use mmprobe_store::{Partition, Selector, Site, Store, Tower};
@@ -120,8 +120,7 @@ struct ClassView {
 }
 
 fn classes(l: &mmprobe_analysis::sweep::Loaded, concept: &str) -> Result<Option<ClassView>> {
-    let col = l.labels.column(concept).map_err(|e| PlotError::Input(e.to_string()))?;
-    let c = Concept::from_column(concept, col)?;
+    let c = l.concept(concept)?;
     let Target::Classes { y, names } = c.target else { return Ok(None) };
     let keep = subsample(y.len(), SCATTER_ROWS);
     let rows: Vec<usize> = keep.iter().map(|&i| c.rows[i]).collect();
