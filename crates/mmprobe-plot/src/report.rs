@@ -67,6 +67,7 @@ pub fn read_probes(path: &Path) -> Result<Vec<ProbeResult>> {
         col_f64(&df, "accuracy_ci_high"),
         col_f64(&df, "r2"),
     );
+    let (r2_lo, r2_hi) = (col_f64(&df, "r2_ci_low"), col_f64(&df, "r2_ci_high"));
     let (control, sel, p) = (col_f64(&df, "control_accuracy"), col_f64(&df, "selectivity"), col_f64(&df, "p_value"));
     (0..df.height())
         .map(|i| {
@@ -83,11 +84,7 @@ pub fn read_probes(path: &Path) -> Result<Vec<ProbeResult>> {
                 probe: probe[i].clone(),
                 n_classes: k[i].unwrap_or(0.0) as usize,
                 score: if logistic { acc[i] } else { r2[i] },
-                ci: if logistic {
-                    (lo[i], hi[i])
-                } else {
-                    (col_f64(&df, "r2_ci_low")[i], col_f64(&df, "r2_ci_high")[i])
-                },
+                ci: if logistic { (lo[i], hi[i]) } else { (r2_lo[i], r2_hi[i]) },
                 control: control[i],
                 selectivity: sel[i],
                 p_value: p[i],
