@@ -484,7 +484,7 @@ impl Inputs<'_> {
         }
         let pixels = match self.processor {
             Some(proc) if !ok.is_empty() => {
-                let (h, w) = proc.output_size((0, 0));
+                let (h, w) = proc.output_size();
                 let flat: Vec<f32> = ok.iter().flat_map(|i| pixels.remove(i).expect("decoded")).collect();
                 Some(Tensor::from_slice(&flat).view([ok.len() as i64, 3, h as i64, w as i64]))
             }

@@ -62,6 +62,8 @@ pub struct ImageProcessor {
     pub config: ImageProcessorConfig,
     filter: Filter,
     crop: Option<(usize, usize)>,
+    /// Every output's (height, width): images are stacked into batches.
+    output: (usize, usize),
 }
 
 impl ImageProcessor {
@@ -94,12 +96,20 @@ impl ImageProcessor {
         if config.image_mean.len() != 3 || config.image_std.len() != 3 {
             return Err("image_mean and image_std need 3 values".into());
         }
-        Ok(ImageProcessor { config, filter, crop })
+        let fixed_resize = match (config.do_resize, config.size.height, config.size.width) {
+            (true, Some(h), Some(w)) if config.size.shortest_edge.is_none() => Some((h, w)),
+            _ => None,
+        };
+        let output = crop.or(fixed_resize).ok_or_else(|| {
+            "outputs would vary in size (no center crop and no fixed height/width), so they cannot be batched"
+                .to_string()
+        })?;
+        Ok(ImageProcessor { config, filter, crop, output })
     }
 
-    /// The output (height, width).
-    pub fn output_size(&self, input: (usize, usize)) -> (usize, usize) {
-        self.crop.unwrap_or_else(|| self.resized_size(input))
+    /// The (height, width) of every processed image.
+    pub fn output_size(&self) -> (usize, usize) {
+        self.output
     }
 
     /// transformers' `get_resize_output_image_size(default_to_square=False)`.
@@ -189,6 +199,17 @@ fn center_crop(img: &Rgb8, ch: usize, cw: usize) -> Rgb8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outputs_must_have_one_size() {
+        let cfg = |json: &str| ImageProcessor::new(serde_json::from_str(json).unwrap());
+        let crop = cfg(r#"{"size": {"shortest_edge": 28}, "crop_size": {"height": 30, "width": 30}}"#).unwrap();
+        assert_eq!(crop.output_size(), (30, 30));
+        let square = cfg(r#"{"size": {"height": 20, "width": 24}, "do_center_crop": false}"#).unwrap();
+        assert_eq!(square.output_size(), (20, 24));
+        let varying = cfg(r#"{"size": {"shortest_edge": 28}, "do_center_crop": false}"#).unwrap_err();
+        assert!(varying.contains("cannot be batched"), "{varying}");
+    }
 
     #[test]
     fn crop_pads_small_images_centred() {
