@@ -57,6 +57,31 @@ impl ModelInfo {
                     embeds_width: Some(c.projection_dim),
                 })
             }
+            Family::Llava => {
+                let c = crate::llava::load::llava_config(&md)?;
+                let v = &c.vision_config;
+                let t = &c.text_config;
+                Ok(ModelInfo {
+                    family: Family::Llava,
+                    towers: vec![
+                        TowerInfo {
+                            tower: Tower::Vision,
+                            layers: v.num_hidden_layers,
+                            width: v.hidden_size,
+                            heads: v.num_attention_heads,
+                            max_tokens: v.num_patches() + 1,
+                        },
+                        TowerInfo {
+                            tower: Tower::Decoder,
+                            layers: t.num_hidden_layers,
+                            width: t.hidden_size,
+                            heads: t.num_attention_heads,
+                            max_tokens: t.max_position_embeddings,
+                        },
+                    ],
+                    embeds_width: None,
+                })
+            }
         }
     }
 

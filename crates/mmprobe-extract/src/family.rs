@@ -9,14 +9,16 @@ use crate::error::{ExtractError, Result, read_file};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     Clip,
+    Llava,
 }
 
 impl Family {
-    const KNOWN: &'static [(&'static str, Family)] = &[("clip", Family::Clip)];
+    const KNOWN: &'static [(&'static str, Family)] = &[("clip", Family::Clip), ("llava", Family::Llava)];
 
     pub fn name(self) -> &'static str {
         match self {
             Family::Clip => "clip",
+            Family::Llava => "llava",
         }
     }
 }

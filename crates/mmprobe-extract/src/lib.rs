@@ -9,6 +9,7 @@ pub mod clip;
 pub mod describe;
 pub mod error;
 pub mod family;
+pub mod llava;
 pub mod plan;
 pub mod preprocess;
 pub mod run;

@@ -9,6 +9,7 @@ use mmprobe_store::{Partition, Selector, Site, Tower};
 
 use crate::describe::ModelInfo;
 use crate::error::{ExtractError, Result};
+use crate::family::Family;
 
 /// `--layers`: every layer, or indices where negatives count from the end (-1 = last).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -55,6 +56,14 @@ impl LayerSpec {
         out.sort_unstable();
         out.dedup();
         out
+    }
+}
+
+/// The selectors a run uses when none are given.
+pub fn default_selectors(family: Family) -> Vec<Selector> {
+    match family {
+        Family::Clip => vec![Selector::Cls, Selector::Eos, Selector::Pooled],
+        Family::Llava => vec![Selector::Cls, Selector::Last, Selector::MeanImage, Selector::MeanText],
     }
 }
 

@@ -14,7 +14,10 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use mmprobe_store::layout::{self, Partition, TOKENS};
-use mmprobe_store::manifest::{DatasetProvenance, Manifest, ModelProvenance, ShardsDone, sha256_bytes, sha256_file};
+use mmprobe_store::logit_lens::{LENS_PARTS, LensRow, merge_lens_parts, write_lens_part};
+use mmprobe_store::manifest::{
+    DatasetProvenance, ExtractionSpec, Manifest, ModelProvenance, ShardsDone, sha256_bytes, sha256_file,
+};
 use mmprobe_store::progress::{FailedInput, ShardProgress, write_errors};
 use mmprobe_store::store::write_parquet;
 use mmprobe_store::tokens::{TokenRow, write_tokens};
@@ -27,10 +30,12 @@ use crate::clip::LoadedClip;
 use crate::describe::ModelInfo;
 use crate::error::{ExtractError, Result};
 use crate::family::{Family, ModelDir};
+use crate::llava::prompt::{PromptToken, default_prompt};
+use crate::llava::{LoadedLlava, PromptTokenizer};
 use crate::plan::{ExtractionPlan, LayerSpec};
 use crate::preprocess::{ImageProcessor, open_rgb};
 use crate::runtime::{RunOptions, device_name};
-use crate::select::{Rows, SequenceLayout, pooled, select};
+use crate::select::{Rows, SequenceLayout, pick, pooled, select};
 use crate::tokenize::TextTokenizer;
 use crate::weights::Checkpoint;
 
@@ -44,6 +49,7 @@ pub struct ExtractOptions {
     pub towers: Option<Vec<Tower>>,
     pub sites: Vec<Site>,
     pub layers: LayerSpec,
+    /// Empty: the family's defaults ([`crate::plan::default_selectors`]).
     pub selectors: Vec<Selector>,
     pub run: RunOptions,
     /// (I, N): this process extracts chunks c with c % N == I.
@@ -52,6 +58,9 @@ pub struct ExtractOptions {
     pub force: bool,
     /// Samples per chunk (the unit of resumption); fixed for the life of a store.
     pub chunk_size: usize,
+    /// Decoder models: the top-K next tokens of every extracted `resid` layer
+    /// and selector (logit lens), written to `logit_lens.parquet`.
+    pub logit_lens: Option<usize>,
 }
 
 /// Told about progress as batches finish (the binary draws a bar).
@@ -88,6 +97,8 @@ struct Prepared {
     samples: Vec<u32>,
     pixels: Option<Tensor>,
     text: Option<(Tensor, Tensor)>,
+    /// Decoder prompts: ids and mask [B, T], image tokens expanded.
+    prompt: Option<(Tensor, Tensor)>,
     failures: Vec<FailedInput>,
     chunk_end: bool,
     seen: usize,
@@ -95,12 +106,14 @@ struct Prepared {
 
 enum ToWriter {
     Rows(usize, Partition, PartRows),
+    Lens(usize, Vec<LensRow>),
     ChunkDone(usize, Vec<FailedInput>),
 }
 
 /// The loaded model, by family.
 enum Model {
     Clip(LoadedClip),
+    Llava(LoadedLlava),
 }
 
 pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<ExtractSummary> {
@@ -113,9 +126,14 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         return Err(ExtractError::Input("chunk size must be at least 1".into()));
     }
     let info = ModelInfo::from_dir(&opts.model)?;
-    let plan = ExtractionPlan::new(&info, opts.towers.as_deref(), &opts.sites, &opts.layers, &opts.selectors)?;
+    let selectors = match opts.selectors.is_empty() {
+        true => crate::plan::default_selectors(info.family),
+        false => opts.selectors.clone(),
+    };
+    let plan = ExtractionPlan::new(&info, opts.towers.as_deref(), &opts.sites, &opts.layers, &selectors)?;
     let dataset = Dataset::open(&opts.data)?;
     check_inputs(&plan, &dataset)?;
+    check_logit_lens(opts.logit_lens, &plan)?;
     let device = opts.run.apply()?;
 
     let md = ModelDir::open(&opts.model)?;
@@ -124,6 +142,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         let hashes = s.spawn(|| hash_weights(&opts.model));
         let model = match md.family {
             Family::Clip => LoadedClip::load(&opts.model, device, opts.run.dtype).map(Model::Clip),
+            Family::Llava => LoadedLlava::load(&opts.model, device, opts.run.dtype).map(Model::Llava),
         };
         (model, hashes.join().expect("hashing does not panic"))
     });
@@ -139,12 +158,26 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         true => Some(text_tokenizer(&opts.model, &md)?),
         false => None,
     };
-    let processor = match plan.sites.contains_key(&Tower::Vision) {
+    let prompts = match (&model, plan.sites.contains_key(&Tower::Decoder)) {
+        (Model::Llava(l), true) => {
+            let c = &l.model.config;
+            Some(PromptTokenizer::from_dir(
+                &opts.model,
+                c.image_token_index,
+                c.image_seq_length,
+                c.text_config.pad_token_id,
+            )?)
+        }
+        _ => None,
+    };
+    // A decoder sees the image through the vision tower, so it needs pixels too.
+    let needs_pixels = plan.sites.contains_key(&Tower::Vision) || (prompts.is_some() && dataset.images.is_some());
+    let processor = match needs_pixels {
         true => Some(ImageProcessor::from_dir(&opts.model)?),
         false => None,
     };
     if plan.selectors.contains(&Selector::All) && !root.join(TOKENS).exists() {
-        let rows = token_rows(&plan, &info, &dataset, tokenizer.as_ref())?;
+        let rows = token_rows(&plan, &info, &dataset, tokenizer.as_ref(), prompts.as_ref())?;
         write_tokens(root, &rows)?;
     }
 
@@ -162,8 +195,14 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     progress.start(total, total - todo);
     remove_stale_temporaries(root, &plan.partitions());
 
-    let inputs =
-        Inputs { dataset: &dataset, tokenizer: tokenizer.as_ref(), processor: processor.as_ref(), opts, plan: &plan };
+    let inputs = Inputs {
+        dataset: &dataset,
+        tokenizer: tokenizer.as_ref(),
+        processor: processor.as_ref(),
+        prompts: prompts.as_ref(),
+        opts,
+        plan: &plan,
+    };
     let (batch_tx, batch_rx) = sync_channel::<Result<Prepared>>(2);
     // Permits pace the loader. On a GPU it runs ahead (decoding overlaps the
     // model); on the CPU both compete for the same cores, and oversubscribing
@@ -183,6 +222,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         let r = run_batches(
             &model,
             &plan,
+            Lens { k: opts.logit_lens, tokenizer: prompts.as_ref() },
             device,
             batch_rx,
             &write_tx,
@@ -202,6 +242,9 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     write_errors(root, &errors)?;
     let completed: Vec<usize> = all.iter().filter(|p| p.shards == shards && p.complete()).map(|p| p.shard).collect();
     let store_complete = completed.len() == shards;
+    if store_complete && opts.logit_lens.is_some() {
+        merge_lens_parts(root)?;
+    }
     let mut manifest = Manifest::read(root)?.unwrap_or(manifest);
     manifest.shards = Some(ShardsDone { count: shards, completed });
     manifest.write(root)?;
@@ -226,7 +269,10 @@ fn check_inputs(plan: &ExtractionPlan, dataset: &Dataset) -> Result<()> {
         let (ok, column) = match tower {
             Tower::Vision => (dataset.images.is_some(), "image"),
             Tower::Text => (dataset.texts.is_some(), "text"),
-            Tower::Decoder => (dataset.prompts.is_some() || dataset.texts.is_some(), "prompt"),
+            // Without a prompt column a default prompt is built from the text or the image.
+            Tower::Decoder => {
+                (dataset.prompts.is_some() || dataset.texts.is_some() || dataset.images.is_some(), "prompt")
+            }
         };
         if !ok {
             return Err(ExtractError::Input(format!(
@@ -238,12 +284,30 @@ fn check_inputs(plan: &ExtractionPlan, dataset: &Dataset) -> Result<()> {
     Ok(())
 }
 
+/// `--logit-lens K` reads decoder residual streams: it needs them in the plan.
+fn check_logit_lens(k: Option<usize>, plan: &ExtractionPlan) -> Result<()> {
+    let Some(k) = k else { return Ok(()) };
+    if k == 0 {
+        return Err(ExtractError::Input("--logit-lens: K must be at least 1".into()));
+    }
+    let has_resid = plan.sites.get(&Tower::Decoder).is_some_and(|s| s.contains_key(&Site::Resid));
+    if !has_resid {
+        return Err(ExtractError::Input(
+            "--logit-lens needs a decoder tower with the resid site (an MLLM such as LLaVA)".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn text_tokenizer(dir: &Path, md: &ModelDir) -> Result<TextTokenizer> {
     match md.family {
         Family::Clip => {
             let c: crate::clip::ClipConfig = md.config()?;
             let t = &c.text_config;
             TextTokenizer::from_dir(dir, t.max_position_embeddings as usize, t.pad_token_id as u32)
+        }
+        Family::Llava => {
+            Err(ExtractError::Input("a LLaVA model has no text tower (its text goes to the decoder)".into()))
         }
     }
 }
@@ -281,7 +345,7 @@ fn provenance(
             device: device_name(device),
         }),
         dataset: Some(DatasetProvenance { path: abs(&opts.data), sha256: dataset.sha256.clone(), rows: dataset.len() }),
-        extraction: Some(plan.spec(opts.chunk_size)),
+        extraction: Some(ExtractionSpec { logit_lens: opts.logit_lens, ..plan.spec(opts.chunk_size) }),
         shards: None,
     })
 }
@@ -292,7 +356,7 @@ fn prepare_store(root: &Path, manifest: &Manifest, force: bool) -> Result<()> {
     let existing = Manifest::read(root)?;
     let has_content = root.join(layout::ACTS).exists() || root.join(layout::SAMPLES).exists();
     if force {
-        for name in [layout::ACTS, layout::PROGRESS] {
+        for name in [layout::ACTS, layout::PROGRESS, LENS_PARTS] {
             let p = root.join(name);
             if p.exists() {
                 std::fs::remove_dir_all(&p).map_err(|source| ExtractError::Io { path: p.clone(), source })?;
@@ -344,8 +408,27 @@ fn token_rows(
     info: &ModelInfo,
     dataset: &Dataset,
     tokenizer: Option<&TextTokenizer>,
+    prompts: Option<&PromptTokenizer>,
 ) -> Result<Vec<TokenRow>> {
     let mut rows = Vec::new();
+    if plan.wants(Tower::Decoder, Selector::All)
+        && let Some(tok) = prompts
+    {
+        for i in 0..dataset.len() {
+            // Rows whose prompt cannot be built fail in extraction, with the reason.
+            let Ok(tokens) = tok.encode(&row_prompt(dataset, i)) else { continue };
+            for (pos, t) in tokens.into_iter().enumerate() {
+                rows.push(TokenRow {
+                    sample: i as u32,
+                    tower: Tower::Decoder,
+                    pos: pos as i32,
+                    token_id: Some(t.id as i64),
+                    token: t.text,
+                    modality: if t.image { "image" } else { "text" },
+                });
+            }
+        }
+    }
     if plan.wants(Tower::Vision, Selector::All)
         && let Some(t) = info.tower(Tower::Vision)
     {
@@ -391,10 +474,35 @@ fn token_rows(
     Ok(rows)
 }
 
+/// A row's decoder prompt: its `prompt`, else llava-1.5's template around its text.
+fn row_prompt(dataset: &Dataset, i: usize) -> String {
+    match dataset.prompt(i).filter(|p| !p.trim().is_empty()) {
+        Some(p) => p.to_string(),
+        None => default_prompt(dataset.text(i), dataset.images.is_some()),
+    }
+}
+
+/// A prompt's tokens, checked against the row: one image token when the
+/// dataset has images, none when it has not.
+fn prompt_tokens(
+    tok: &PromptTokenizer,
+    prompt: &str,
+    has_image: bool,
+) -> std::result::Result<Vec<PromptToken>, String> {
+    let tokens = tok.encode(prompt).map_err(|e| e.to_string())?;
+    let images = tokens.iter().filter(|t| t.image).count() / tok.image_seq_length.max(1);
+    match (has_image, images) {
+        (true, 1) | (false, 0) => Ok(tokens),
+        (true, n) => Err(format!("the prompt holds {n} <image> tokens; one image per row needs exactly one")),
+        (false, _) => Err("the prompt holds <image> but the dataset has no image column".into()),
+    }
+}
+
 struct Inputs<'a> {
     dataset: &'a Dataset,
     tokenizer: Option<&'a TextTokenizer>,
     processor: Option<&'a ImageProcessor>,
+    prompts: Option<&'a PromptTokenizer>,
     opts: &'a ExtractOptions,
     plan: &'a ExtractionPlan,
 }
@@ -449,6 +557,7 @@ impl Inputs<'_> {
             }
         };
         let wants_text = self.plan.sites.contains_key(&Tower::Text);
+        let mut prompt_rows: HashMap<usize, Vec<PromptToken>> = HashMap::new();
         let images: Vec<(usize, std::result::Result<Vec<f32>, String>)> = match self.processor {
             Some(proc) => rows
                 .clone()
@@ -480,6 +589,17 @@ impl Inputs<'_> {
                 fail(i, "text", "empty text".into())?;
                 continue;
             }
+            if let Some(tok) = self.prompts {
+                match prompt_tokens(tok, &row_prompt(self.dataset, i), self.processor.is_some()) {
+                    Ok(t) => {
+                        prompt_rows.insert(i, t);
+                    }
+                    Err(m) => {
+                        fail(i, "prompt", m)?;
+                        continue;
+                    }
+                }
+            }
             ok.push(i);
         }
         let pixels = match self.processor {
@@ -498,8 +618,16 @@ impl Inputs<'_> {
             }
             _ => None,
         };
+        let prompt = match self.prompts {
+            Some(tok) if !ok.is_empty() => {
+                let b = tok.pad(ok.iter().map(|i| prompt_rows.remove(i).expect("encoded")).collect());
+                Some((b.input_ids, b.attention_mask))
+            }
+            _ => None,
+        };
         let failures = if chunk_end { std::mem::take(failures) } else { Vec::new() };
-        Ok(Prepared { chunk, samples: ok.iter().map(|&i| i as u32).collect(), pixels, text, failures, chunk_end, seen })
+        let samples = ok.iter().map(|&i| i as u32).collect();
+        Ok(Prepared { chunk, samples, pixels, text, prompt, failures, chunk_end, seen })
     }
 }
 
@@ -508,6 +636,7 @@ impl Inputs<'_> {
 fn run_batches(
     model: &Model,
     plan: &ExtractionPlan,
+    lens: Lens,
     device: Device,
     rx: Receiver<Result<Prepared>>,
     tx: &SyncSender<ToWriter>,
@@ -521,7 +650,13 @@ fn run_batches(
         let b = prepared?;
         *failed += if b.chunk_end { b.failures.len() } else { 0 };
         if !b.samples.is_empty() {
-            let rows = tch::no_grad(|| forward(model, plan, &partitions, &b, device));
+            let (rows, mut lens_rows) = tch::no_grad(|| forward(model, plan, &partitions, &b, device, &lens));
+            if !lens_rows.is_empty() {
+                lens_rows.iter_mut().for_each(|r| r.sample = b.samples[r.sample as usize]);
+                if tx.send(ToWriter::Lens(b.chunk, lens_rows)).is_err() {
+                    return Ok(());
+                }
+            }
             for (partition, mut part) in rows {
                 // Batch positions -> dataset rows.
                 part.sample.iter_mut().for_each(|i| *i = b.samples[*i as usize]);
@@ -555,29 +690,66 @@ fn request(plan: &ExtractionPlan, tower: Tower) -> SiteRequest {
     req
 }
 
+/// The logit lens settings of a run.
+struct Lens<'a> {
+    k: Option<usize>,
+    tokenizer: Option<&'a PromptTokenizer>,
+}
+
 fn forward(
     model: &Model,
     plan: &ExtractionPlan,
     partitions: &[Partition],
     b: &Prepared,
     device: Device,
-) -> Vec<(Partition, Rows)> {
-    let mut out = Vec::new();
-    let Model::Clip(clip) = model;
-    let kind = clip.dtype.kind();
+    lens: &Lens,
+) -> (Vec<(Partition, Rows)>, Vec<LensRow>) {
     let mut towers: Vec<(Tower, Captured, SequenceLayout)> = Vec::new();
-    if let Some(px) = &b.pixels {
-        let px = px.to_device(device).to_kind(kind);
-        let cap = clip.model.encode_image(&px, &request(plan, Tower::Vision));
-        let (n, t) = (px.size()[0], clip.model.config.vision_config.num_patches() + 1);
-        towers.push((Tower::Vision, cap, SequenceLayout::vision(n, t, device)));
+    let mut lens_rows = Vec::new();
+    match model {
+        Model::Clip(clip) => {
+            let kind = clip.dtype.kind();
+            if let Some(px) = &b.pixels {
+                let px = px.to_device(device).to_kind(kind);
+                let cap = clip.model.encode_image(&px, &request(plan, Tower::Vision));
+                let (n, t) = (px.size()[0], clip.model.config.vision_config.num_patches() + 1);
+                towers.push((Tower::Vision, cap, SequenceLayout::vision(n, t, device)));
+            }
+            if let Some((ids, mask)) = &b.text {
+                let (ids, mask) = (ids.to_device(device), mask.to_device(device));
+                let mut cap = clip.model.encode_text(&ids, &mask, &request(plan, Tower::Text));
+                let eos = cap.pool_positions.take().expect("text towers pool");
+                towers.push((Tower::Text, cap, SequenceLayout::text(&mask, eos)));
+            }
+        }
+        Model::Llava(llava) => {
+            let m = &llava.model;
+            let mut features = None;
+            if let Some(px) = &b.pixels {
+                let px = px.to_device(device).to_kind(llava.dtype.kind());
+                let (cap, feats) = m.encode_image(&px, &request(plan, Tower::Vision));
+                let (n, t) = (px.size()[0], m.config.vision_config.num_patches() + 1);
+                features = Some(feats);
+                if plan.sites.contains_key(&Tower::Vision) {
+                    towers.push((Tower::Vision, cap, SequenceLayout::vision(n, t, device)));
+                }
+            }
+            if let Some((ids, mask)) = &b.prompt {
+                let (ids, mask) = (ids.to_device(device), mask.to_device(device));
+                let lens_layers: Vec<usize> = match lens.k {
+                    Some(_) => plan.sites[&Tower::Decoder].get(&Site::Resid).cloned().unwrap_or_default(),
+                    None => Vec::new(),
+                };
+                let out = m.decode(&ids, &mask, features.as_ref(), &request(plan, Tower::Decoder), &lens_layers);
+                let layout = SequenceLayout::decoder(&mask, ids.eq(m.config.image_token_index));
+                if let (Some(k), Some(tok)) = (lens.k, lens.tokenizer) {
+                    lens_rows = logit_lens(m, &out.raw_resid, plan, &layout, k, tok);
+                }
+                towers.push((Tower::Decoder, out.captured, layout));
+            }
+        }
     }
-    if let Some((ids, mask)) = &b.text {
-        let (ids, mask) = (ids.to_device(device), mask.to_device(device));
-        let mut cap = clip.model.encode_text(&ids, &mask, &request(plan, Tower::Text));
-        let eos = cap.pool_positions.take().expect("text towers pool");
-        towers.push((Tower::Text, cap, SequenceLayout::text(&mask, eos)));
-    }
+    let mut out = Vec::new();
     for (tower, cap, layout) in &towers {
         for p in partitions.iter().filter(|p| p.tower == *tower) {
             let rows = match p.site {
@@ -591,7 +763,45 @@ fn forward(
             }
         }
     }
-    out
+    (out, lens_rows)
+}
+
+/// Top-k next tokens of each selected residual vector (every selector but
+/// `all`, whose rows are positions, not samples). `sample` is the batch row.
+fn logit_lens(
+    m: &crate::llava::LlavaModel,
+    raw: &[(usize, Tensor)],
+    plan: &ExtractionPlan,
+    layout: &SequenceLayout,
+    k: usize,
+    tok: &PromptTokenizer,
+) -> Vec<LensRow> {
+    let mut rows = Vec::new();
+    for (layer, h) in raw {
+        for &sel in plan.selectors.iter().filter(|s| **s != Selector::All && s.fits(Tower::Decoder, Site::Resid)) {
+            let Some(picked) = pick(h, sel, layout) else { continue };
+            let logits = m.logits(&picked.rows).to_kind(tch::Kind::Float);
+            let k = (k as i64).min(logits.size()[1]);
+            let (values, ids) = logits.topk(k, -1, true, true);
+            let values = Vec::<f32>::try_from(values.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
+            let ids = Vec::<i64>::try_from(ids.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
+            for (r, &sample) in picked.sample.iter().enumerate() {
+                for rank in 0..k as usize {
+                    let id = ids[r * k as usize + rank];
+                    rows.push(LensRow {
+                        sample,
+                        layer: *layer as u32,
+                        selector: sel.to_string(),
+                        rank: rank as u32 + 1,
+                        token_id: id,
+                        token: tok.id_to_token(id as u32).unwrap_or_default(),
+                        logit: values[r * k as usize + rank],
+                    });
+                }
+            }
+        }
+    }
+    rows
 }
 
 /// Writer thread: one part file per partition and chunk, streamed batch by
@@ -599,6 +809,7 @@ fn forward(
 /// shard's progress is saved.
 fn write_parts(root: &Path, mut status: ShardProgress, rx: Receiver<ToWriter>) -> Result<(ShardProgress, usize)> {
     let mut open: BTreeMap<Partition, PartWriter> = BTreeMap::new();
+    let mut lens: BTreeMap<usize, Vec<LensRow>> = BTreeMap::new();
     let mut parts = 0usize;
     for msg in rx {
         match msg {
@@ -611,10 +822,14 @@ fn write_parts(root: &Path, mut status: ShardProgress, rx: Receiver<ToWriter>) -
                 };
                 w.write(&rows)?;
             }
+            ToWriter::Lens(chunk, rows) => lens.entry(chunk).or_default().extend(rows),
             ToWriter::ChunkDone(chunk, failures) => {
                 for (_, w) in std::mem::take(&mut open) {
                     w.finish()?;
                     parts += 1;
+                }
+                if let Some(rows) = lens.remove(&chunk) {
+                    write_lens_part(root, status.shard, chunk, &rows)?;
                 }
                 status.errors.retain(|e| !failures.iter().any(|f| f.sample == e.sample));
                 status.errors.extend(failures);

@@ -15,6 +15,10 @@ pub struct SequenceLayout {
     pub eos: Option<Tensor>,
     /// Whether position 0 is a CLS token (`cls`).
     pub has_cls: bool,
+    /// Decoder: [B, T] bool, the image-token positions (`mean_image`; the rest of `valid` is `mean_text`).
+    pub image: Option<Tensor>,
+    /// [B] int64: padded index of each row's first token (left padding), subtracted from stored positions.
+    pub offset: Option<Tensor>,
 }
 
 impl SequenceLayout {
@@ -23,18 +27,57 @@ impl SequenceLayout {
         let valid = Tensor::ones([batch, tokens], (Kind::Bool, device));
         let content = valid.copy();
         let _ = content.narrow(1, 0, 1).fill_(0);
-        SequenceLayout { valid, content, eos: None, has_cls: true }
+        SequenceLayout { valid, content, eos: None, has_cls: true, image: None, offset: None }
     }
 
     /// A text tower: attention mask [B, T] (1 = token) and the pooled positions.
     pub fn text(attention_mask: &Tensor, eos: Tensor) -> Self {
         let valid = attention_mask.ne(0);
-        SequenceLayout { content: valid.shallow_clone(), valid, eos: Some(eos), has_cls: false }
+        SequenceLayout {
+            content: valid.shallow_clone(),
+            valid,
+            eos: Some(eos),
+            has_cls: false,
+            image: None,
+            offset: None,
+        }
     }
 
-    /// Index of the last real token of each row.
+    /// A decoder: attention mask [B, T] (padding on either side) and the image-token mask.
+    pub fn decoder(attention_mask: &Tensor, image: Tensor) -> Self {
+        let valid = attention_mask.ne(0);
+        let offset = valid.to_kind(Kind::Int).argmax(1, false);
+        SequenceLayout {
+            content: valid.shallow_clone(),
+            valid,
+            eos: None,
+            has_cls: false,
+            image: Some(image),
+            offset: Some(offset),
+        }
+    }
+
+    /// Padded index of the last real token of each row.
     fn last(&self) -> Tensor {
-        self.valid.to_kind(Kind::Int64).sum_dim_intlist(1, false, Kind::Int64) - 1
+        let t = self.valid.size()[1];
+        let idx = Tensor::arange(t, (Kind::Int64, self.valid.device())).unsqueeze(0);
+        (idx * self.valid.to_kind(Kind::Int64)).argmax(1, false)
+    }
+
+    /// Stored positions: padded indices minus each row's left padding.
+    fn unpad(&self, rows: &[u32], padded: Vec<i64>) -> Vec<i32> {
+        let offsets = self.offset.as_ref().map(positions).unwrap_or_default();
+        padded.into_iter().zip(rows).map(|(p, &r)| (p - offsets.get(r as usize).copied().unwrap_or(0)) as i32).collect()
+    }
+
+    /// The positions a mean selector averages.
+    fn mean_mask(&self, selector: Selector) -> Option<Tensor> {
+        match (selector, &self.image) {
+            (Selector::Mean, _) => Some(self.content.shallow_clone()),
+            (Selector::MeanImage, Some(img)) => Some(self.valid.logical_and(img)),
+            (Selector::MeanText, Some(img)) => Some(self.valid.logical_and(&img.logical_not())),
+            _ => None,
+        }
     }
 }
 
@@ -43,13 +86,23 @@ impl SequenceLayout {
 /// the caller maps it to dataset rows.
 pub type Rows = PartRows;
 
-fn to_rows(t: &Tensor, sample: Vec<u32>, pos: Vec<i32>) -> Rows {
-    let width = t.size().last().copied().unwrap_or(0) as usize;
-    let t = t.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
-    let n = t.numel();
-    let mut data = vec![0f32; n];
-    t.copy_data(&mut data, n);
-    PartRows { width, sample, pos, data }
+/// Selected rows still on the model's device, with their batch rows and positions.
+pub struct Picked {
+    pub rows: Tensor,
+    pub sample: Vec<u32>,
+    pub pos: Vec<i32>,
+}
+
+impl Picked {
+    /// Copied to the CPU as f32 store rows.
+    pub fn into_rows(self) -> Rows {
+        let width = self.rows.size().last().copied().unwrap_or(0) as usize;
+        let t = self.rows.to_kind(Kind::Float).to_device(Device::Cpu).contiguous();
+        let n = t.numel();
+        let mut data = vec![0f32; n];
+        t.copy_data(&mut data, n);
+        PartRows { width, sample: self.sample, pos: self.pos, data }
+    }
 }
 
 fn positions(t: &Tensor) -> Vec<i64> {
@@ -57,44 +110,51 @@ fn positions(t: &Tensor) -> Vec<i64> {
 }
 
 /// One row per sequence, gathered at a position each.
-fn gather(h: &Tensor, pos: &Tensor) -> Rows {
+fn gather(h: &Tensor, pos: &Tensor, layout: &SequenceLayout) -> Picked {
     let d = h.size()[2];
     let rows = h.gather(1, &pos.view([-1, 1, 1]).expand([-1, 1, d], false), false).squeeze_dim(1);
-    let p = positions(pos);
-    to_rows(&rows, (0..p.len() as u32).collect(), p.into_iter().map(|x| x as i32).collect())
+    let sample: Vec<u32> = (0..h.size()[0] as u32).collect();
+    let pos = layout.unpad(&sample, positions(pos));
+    Picked { rows, sample, pos }
 }
 
-/// Applies a selector to a [B, T, D] hidden state. `None` when the selector
-/// does not apply to this layout (e.g. `eos` on a vision tower).
-pub fn select(h: &Tensor, selector: Selector, layout: &SequenceLayout) -> Option<Rows> {
+/// Applies a selector to a [B, T, D] hidden state, leaving the rows on the
+/// device. `None` when the selector does not apply to this layout (e.g. `eos`
+/// on a vision tower).
+pub fn pick(h: &Tensor, selector: Selector, layout: &SequenceLayout) -> Option<Picked> {
     let b = h.size()[0];
     match selector {
-        Selector::Cls if layout.has_cls => Some(gather(h, &Tensor::zeros([b], (Kind::Int64, h.device())))),
-        Selector::Eos => layout.eos.as_ref().map(|e| gather(h, e)),
-        Selector::Last if !layout.has_cls => Some(gather(h, &layout.last())),
-        Selector::Mean => {
-            let m = layout.content.to_kind(Kind::Float).unsqueeze(-1);
+        Selector::Cls if layout.has_cls => Some(gather(h, &Tensor::zeros([b], (Kind::Int64, h.device())), layout)),
+        Selector::Eos => layout.eos.as_ref().map(|e| gather(h, e, layout)),
+        Selector::Last if !layout.has_cls => Some(gather(h, &layout.last(), layout)),
+        Selector::Mean | Selector::MeanImage | Selector::MeanText => {
+            let m = layout.mean_mask(selector)?.to_kind(Kind::Float).unsqueeze(-1);
             let sum = (h.to_kind(Kind::Float) * &m).sum_dim_intlist(1, false, Kind::Float);
             let rows = sum / m.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
-            Some(to_rows(&rows, (0..b as u32).collect(), vec![-1; b as usize]))
+            Some(Picked { rows, sample: (0..b as u32).collect(), pos: vec![-1; b as usize] })
         }
         Selector::All => {
             let t = h.size()[1];
             let flat = layout.valid.reshape([-1]).nonzero().squeeze_dim(1);
             let rows = h.reshape([b * t, -1]).index_select(0, &flat);
             let idx = positions(&flat);
-            let sample = idx.iter().map(|i| (i / t) as u32).collect();
-            let pos = idx.iter().map(|i| (i % t) as i32).collect();
-            Some(to_rows(&rows, sample, pos))
+            let sample: Vec<u32> = idx.iter().map(|i| (i / t) as u32).collect();
+            let pos = layout.unpad(&sample, idx.iter().map(|i| i % t).collect());
+            Some(Picked { rows, sample, pos })
         }
         _ => None,
     }
 }
 
+/// [`pick`], copied to the CPU as store rows.
+pub fn select(h: &Tensor, selector: Selector, layout: &SequenceLayout) -> Option<Rows> {
+    pick(h, selector, layout).map(Picked::into_rows)
+}
+
 /// A pooled [B, D] output (`embeds`) as rows with position -1.
 pub fn pooled(e: &Tensor) -> Rows {
     let b = e.size()[0];
-    to_rows(e, (0..b as u32).collect(), vec![-1; b as usize])
+    Picked { rows: e.shallow_clone(), sample: (0..b as u32).collect(), pos: vec![-1; b as usize] }.into_rows()
 }
 
 #[cfg(test)]
@@ -128,5 +188,21 @@ mod tests {
         assert_eq!(select(&h, Selector::Mean, &layout).unwrap().data, vec![1.5, 1.5, 11.5, 11.5]);
         assert_eq!(select(&h, Selector::All, &layout).unwrap().len(), 6);
         assert!(select(&h, Selector::Eos, &layout).is_none());
+    }
+
+    #[test]
+    fn decoder_positions_ignore_left_padding() {
+        // Row 0: one pad then 2 tokens (image, text); row 1: 3 tokens (image, text, text).
+        let mask = Tensor::from_slice(&[0i64, 1, 1, 1, 1, 1]).view([2, 3]);
+        let image = Tensor::from_slice(&[false, true, false, true, false, false]).view([2, 3]);
+        let layout = SequenceLayout::decoder(&mask, image);
+        let h = hidden();
+        let last = select(&h, Selector::Last, &layout).unwrap();
+        assert_eq!((last.pos, last.data), (vec![1, 2], vec![2., 2., 12., 12.]));
+        let all = select(&h, Selector::All, &layout).unwrap();
+        assert_eq!((all.sample, all.pos), (vec![0, 0, 1, 1, 1], vec![0, 1, 0, 1, 2]));
+        assert_eq!(select(&h, Selector::MeanImage, &layout).unwrap().data, vec![1., 1., 10., 10.]);
+        assert_eq!(select(&h, Selector::MeanText, &layout).unwrap().data, vec![2., 2., 11.5, 11.5]);
+        assert!(select(&h, Selector::Cls, &layout).is_none());
     }
 }

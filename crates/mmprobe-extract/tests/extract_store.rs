@@ -59,6 +59,7 @@ fn options(model: &str, data: &Path, out: &Path) -> ExtractOptions {
         skip_bad: false,
         force: false,
         chunk_size: 3,
+        logit_lens: None,
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod dataset;
 pub mod error;
 pub mod layout;
+pub mod logit_lens;
 pub mod manifest;
 pub mod names;
 pub mod part;

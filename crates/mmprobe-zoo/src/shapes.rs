@@ -11,6 +11,8 @@ use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::ZooError;
+
 pub const COLOURS: [(&str, [u8; 3]); 8] = [
     ("red", [220, 30, 30]),
     ("orange", [245, 140, 20]),
@@ -28,7 +30,7 @@ pub const ROWS: [&str; 3] = ["top", "middle", "bottom"];
 pub const COLS: [&str; 3] = ["left", "centre", "right"];
 pub const BACKGROUNDS: [&str; 3] = ["plain", "noise", "stripes"];
 
-const TEMPLATES: [&str; 5] = [
+pub const TEMPLATES: [&str; 5] = [
     "a {size} {colour} {shape} in the {position}",
     "a {colour} {shape}, {size}, at the {position}",
     "there is a {size} {shape} coloured {colour} in the {position}",
@@ -48,14 +50,6 @@ impl Default for ShapesParams {
     fn default() -> Self {
         ShapesParams { n: 1000, seed: 0, size: 64 }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ZooError {
-    #[error("invalid parameter: {0}")]
-    Params(String),
-    #[error("{path}: {message}")]
-    Io { path: String, message: String },
 }
 
 /// One generated sample's factors.
@@ -90,6 +84,26 @@ impl ShapeSample {
         }
         out.join(" ")
     }
+}
+
+/// Every word a caption can hold, in a fixed order (the caption tokenizer's vocabulary).
+pub fn caption_words() -> Vec<String> {
+    let mut words: Vec<String> = vec!["an".into()];
+    // What a template word keeps once its placeholder is cut: "{position}:" -> ":".
+    let fixed = TEMPLATES.iter().flat_map(|t| t.split(' ')).map(|w| w.rsplit('}').next().unwrap_or(w));
+    let values = COLOURS.iter().map(|c| c.0).chain(SHAPES).chain(SIZES.iter().map(|s| s.0)).chain(ROWS).chain(COLS);
+    for w in fixed.chain(values) {
+        // Punctuation is its own token ("size," -> "size" ",").
+        for part in w.split_inclusive([',', ':']) {
+            let (word, punct) = part.split_at(part.trim_end_matches([',', ':']).len());
+            for t in [word, punct] {
+                if !t.is_empty() && !words.iter().any(|x| x == t) {
+                    words.push(t.to_string());
+                }
+            }
+        }
+    }
+    words
 }
 
 /// Whether pixel (x, y) (in units of the image side, centred on the shape) is inside.
@@ -139,6 +153,43 @@ pub fn draw(s: &ShapeSample, side: u32, rng: &mut ChaCha8Rng) -> RgbImage {
     img
 }
 
+/// The endless sequence of samples for a seed, as `generate_shapes` writes
+/// them: factors from one seeded stream, each image's texture and jitter from
+/// its own (so the first n samples never depend on how many follow).
+pub struct ShapeStream {
+    seed: u64,
+    side: u32,
+    factors: ChaCha8Rng,
+    next: usize,
+}
+
+impl ShapeStream {
+    pub fn new(seed: u64, side: u32) -> Self {
+        ShapeStream { seed, side, factors: ChaCha8Rng::seed_from_u64(seed), next: 0 }
+    }
+}
+
+impl Iterator for ShapeStream {
+    type Item = (ShapeSample, RgbImage);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let rng = &mut self.factors;
+        let s = ShapeSample {
+            colour: rng.random_range(0..COLOURS.len()),
+            shape: rng.random_range(0..SHAPES.len()),
+            size: rng.random_range(0..SIZES.len()),
+            row: rng.random_range(0..3),
+            col: rng.random_range(0..3),
+            background: rng.random_range(0..BACKGROUNDS.len()),
+            template: rng.random_range(0..TEMPLATES.len()),
+        };
+        let mut img_rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(1_000_003).wrapping_add(self.next as u64));
+        self.next += 1;
+        let img = draw(&s, self.side, &mut img_rng);
+        Some((s, img))
+    }
+}
+
 fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
@@ -157,25 +208,12 @@ pub fn generate_shapes(dir: &Path, p: &ShapesParams) -> Result<PathBuf, ZooError
     };
     let images = dir.join("images");
     std::fs::create_dir_all(&images).map_err(|e| io(&images, &e))?;
-    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let mut csv = String::from("id,image,text,colour,shape,size,position,row,col,background");
     for c in ["colour", "shape", "size", "position"] {
         let _ = write!(csv, ",question_{c},answer_{c}");
     }
     csv.push('\n');
-    for i in 0..p.n {
-        let s = ShapeSample {
-            colour: rng.random_range(0..COLOURS.len()),
-            shape: rng.random_range(0..SHAPES.len()),
-            size: rng.random_range(0..SIZES.len()),
-            row: rng.random_range(0..3),
-            col: rng.random_range(0..3),
-            background: rng.random_range(0..BACKGROUNDS.len()),
-            template: rng.random_range(0..TEMPLATES.len()),
-        };
-        // Each image's texture comes from its own stream: changing n never changes earlier images.
-        let mut img_rng = ChaCha8Rng::seed_from_u64(p.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));
-        let img = draw(&s, p.size, &mut img_rng);
+    for (i, (s, img)) in ShapeStream::new(p.seed, p.size).take(p.n).enumerate() {
         let name = format!("images/{i:05}.png");
         img.save(dir.join(&name)).map_err(|e| io(&dir.join(&name), &e))?;
         let pos = s.position();

@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole job on the bundled model and dataset: extract, probe, directions, geometry, report.
+    Demo(cmd::demo::DemoCmd),
     /// Report the libtorch in use: version, library folder, CUDA devices, threads.
     Doctor,
     /// Describe a checkpoint folder: family, towers, layers, widths, sites.
@@ -44,6 +46,11 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::datasets::DatasetsCmd,
     },
+    /// Toy models with known concepts: list, train from a recipe, evaluate zero-shot.
+    Zoo {
+        #[command(subcommand)]
+        cmd: cmd::zoo::ZooCmd,
+    },
 }
 
 /// Keeps freed memory in the heap instead of returning it to the kernel.
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(a) => cmd::demo::run(a),
         Command::Doctor => cmd::doctor::run(),
         Command::Inspect { model } => cmd::inspect::run(&model),
         Command::Extract(args) => cmd::extract::run(*args),
@@ -72,6 +80,7 @@ fn main() -> ExitCode {
         Command::Erase(a) => cmd::analysis::erase(*a),
         Command::Report(a) => cmd::report::run(a),
         Command::Datasets { cmd } => cmd::datasets::run(cmd),
+        Command::Zoo { cmd } => cmd::zoo::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -67,12 +67,22 @@ pub struct ImageProcessor {
 }
 
 impl ImageProcessor {
-    /// Reads `preprocessor_config.json` from a model folder.
+    /// Reads `preprocessor_config.json` from a model folder, or the
+    /// `image_processor` part of `processor_config.json` (what transformers 5
+    /// writes for a multimodal processor) when there is none.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let path = dir.join("preprocessor_config.json");
+        let single = dir.join("preprocessor_config.json");
+        let combined = dir.join("processor_config.json");
+        let path = if !single.exists() && combined.exists() { combined.clone() } else { single };
         let bytes = read_file(&path)?;
-        let config: ImageProcessorConfig = serde_json::from_slice(&bytes)
-            .map_err(|e| ExtractError::BadConfig { path: path.clone(), message: e.to_string() })?;
+        let bad = |e: serde_json::Error| ExtractError::BadConfig { path: path.clone(), message: e.to_string() };
+        let config: ImageProcessorConfig = if path == combined {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(bad)?;
+            let part = v.get("image_processor").cloned().unwrap_or_default();
+            serde_json::from_value(part).map_err(bad)?
+        } else {
+            serde_json::from_slice(&bytes).map_err(bad)?
+        };
         Self::new(config).map_err(|message| ExtractError::BadConfig { path, message })
     }
 

@@ -1,17 +1,17 @@
 //! `probe`, `directions`, `geometry`, `erase`: sweeps over a store's partitions.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use mmprobe_analysis::directions::Method;
 use mmprobe_analysis::logistic::LogisticParams;
 use mmprobe_analysis::results;
 use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams};
 use mmprobe_analysis::{Filters, ProbeParams};
 use mmprobe_store::{Selector, Site, Store, Tower};
+
+use super::progress::bar;
 
 /// Which partitions to analyse (default: all of them).
 #[derive(Args, Debug, Clone)]
@@ -157,15 +157,6 @@ pub struct EraseCmd {
     /// The results folder (erase.parquet, erase.csv).
     #[arg(long)]
     out: PathBuf,
-}
-
-fn bar(len: usize, what: &str) -> ProgressBar {
-    let b = ProgressBar::new(len as u64).with_style(
-        ProgressStyle::with_template(&format!("{{bar:40}} {{pos}}/{{len}} {what}  {{elapsed}} eta {{eta}}"))
-            .expect("static template"),
-    );
-    b.enable_steady_tick(Duration::from_millis(250));
-    b
 }
 
 fn open(store: &Path, out: &Path) -> anyhow::Result<Store> {

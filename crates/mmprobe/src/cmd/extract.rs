@@ -1,11 +1,8 @@
-use std::path::PathBuf;
-use std::time::Duration;
-
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
-use mmprobe_extract::{
-    DType, DeviceChoice, ExtractOptions, LayerSpec, ProgressSink, RunOptions, Selector, Site, Tower,
-};
+use mmprobe_extract::{DType, DeviceChoice, ExtractOptions, LayerSpec, RunOptions, Selector, Site, Tower};
+use std::path::PathBuf;
+
+use super::progress::SampleBar;
 
 #[derive(Args, Debug)]
 pub struct ExtractArgs {
@@ -28,8 +25,10 @@ pub struct ExtractArgs {
     #[arg(long, default_value = "all")]
     layers: LayerSpec,
     /// Selectors, applied wherever they fit: cls, eos, last, mean, mean_image, mean_text, pooled, all.
-    #[arg(long = "select", default_value = "cls,eos,pooled", value_delimiter = ',')]
-    select: Vec<Selector>,
+    /// (A LLaVA decoder takes last, mean, mean_image, mean_text, all.)
+    /// Default: cls,eos,pooled for CLIP; cls,last,mean_image,mean_text for LLaVA.
+    #[arg(long = "select", value_delimiter = ',')]
+    select: Option<Vec<Selector>>,
     /// Inputs per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -54,6 +53,10 @@ pub struct ExtractArgs {
     /// Samples per chunk: the unit of part files and of resumption (fixed per store).
     #[arg(long, default_value_t = 1024, hide_short_help = true)]
     chunk_size: usize,
+    /// Decoder models (LLaVA): also write the top-K next tokens that each extracted
+    /// resid layer and selector reads as (final norm + LM head) to logit_lens.parquet.
+    #[arg(long, value_name = "K")]
+    logit_lens: Option<usize>,
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {
@@ -66,19 +69,6 @@ fn parse_shard(s: &str) -> Result<(usize, usize), String> {
     Ok((i, n))
 }
 
-struct Bar(ProgressBar);
-
-impl ProgressSink for Bar {
-    fn start(&self, total: usize, done_before: usize) {
-        self.0.set_length(total as u64);
-        self.0.set_position(done_before as u64);
-        self.0.reset_eta();
-    }
-    fn advance(&self, samples: usize) {
-        self.0.inc(samples as u64);
-    }
-}
-
 pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
     let opts = ExtractOptions {
         model: a.model,
@@ -87,22 +77,23 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
         towers: a.towers,
         sites: a.sites,
         layers: a.layers,
-        selectors: a.select,
+        selectors: a.select.unwrap_or_default(),
         run: RunOptions { device: a.device, dtype: a.dtype, batch_size: a.batch_size, threads: a.threads },
         shard: a.shard,
         skip_bad: a.skip_bad,
         force: a.force,
         chunk_size: a.chunk_size,
+        logit_lens: a.logit_lens,
     };
-    let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} samples  {per_sec}  eta {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(250));
-    let result = mmprobe_extract::extract(&opts, &Bar(bar.clone()));
-    bar.finish_and_clear();
+    let bar = SampleBar::new();
+    let result = mmprobe_extract::extract(&opts, &bar);
+    bar.0.finish_and_clear();
     let s = result?;
+    print_summary(&s);
+    Ok(())
+}
+
+pub fn print_summary(s: &mmprobe_extract::ExtractSummary) {
     println!(
         "extracted {} samples on {} in {:.1} s ({:.1} samples/s){}",
         s.samples_run,
@@ -120,5 +111,8 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
         s.store.display(),
         if s.store_complete { "complete" } else { "other shards still to run" }
     );
-    Ok(())
+    let lens = s.store.join(mmprobe_store::layout::LOGIT_LENS);
+    if s.store_complete && lens.exists() {
+        println!("logit lens {}", lens.display());
+    }
 }

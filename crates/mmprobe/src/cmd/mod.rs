@@ -1,6 +1,9 @@
 pub mod analysis;
 pub mod datasets;
+pub mod demo;
 pub mod doctor;
 pub mod extract;
 pub mod inspect;
+pub mod progress;
 pub mod report;
+pub mod zoo;

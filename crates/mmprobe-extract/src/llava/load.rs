@@ -1,0 +1,80 @@
+//! Loading a LLaVA checkpoint folder whatever its key layout: llava-hf hub
+//! files (`vision_tower.vision_model.*`, `language_model.model.*`,
+//! `language_model.lm_head.*`), transformers 5 files (`model.vision_tower.*`,
+//! `model.language_model.*`, `lm_head.*`), and the mixes in between.
+
+use std::path::Path;
+
+use tch::{Device, nn::VarStore};
+
+use super::{LlavaConfig, LlavaModel};
+use crate::error::{ExtractError, Result};
+use crate::family::{Family, ModelDir};
+use crate::runtime::DType;
+use crate::weights::Checkpoint;
+
+/// Per canonical component: the checkpoint prefixes transformers accepts,
+/// and a key under it that every layout has.
+const LAYOUTS: &[(&str, &[&str], &str)] = &[
+    (
+        "vision_tower.",
+        &["model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.", "vision_tower."],
+        "embeddings.patch_embedding.weight",
+    ),
+    ("multi_modal_projector.", &["model.multi_modal_projector.", "multi_modal_projector."], "linear_1.weight"),
+    ("language_model.", &["model.language_model.", "language_model.model.", "language_model."], "embed_tokens.weight"),
+    ("lm_head.", &["lm_head.", "language_model.lm_head."], "weight"),
+];
+
+/// The checkpoint prefix of each canonical component (the first that holds its probe key).
+pub fn key_layout(weights: &Checkpoint) -> Vec<(&'static str, &'static str)> {
+    LAYOUTS
+        .iter()
+        .filter_map(|(canon, prefixes, probe)| {
+            prefixes.iter().find(|p| weights.contains(&format!("{p}{probe}"))).map(|p| (*canon, *p))
+        })
+        .collect()
+}
+
+pub struct LoadedLlava {
+    pub model: LlavaModel,
+    pub vs: VarStore,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl LoadedLlava {
+    pub fn load(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
+        let md = ModelDir::open(dir)?;
+        if md.family != Family::Llava {
+            return Err(ExtractError::UnsupportedFamily {
+                path: md.config_path.clone(),
+                found: md.family.name().into(),
+                known: "llava".into(),
+            });
+        }
+        let config = llava_config(&md)?;
+        let weights = Checkpoint::open(dir)?;
+        let layout = key_layout(&weights);
+        let mut vs = VarStore::new(device);
+        let model = LlavaModel::new(vs.root(), &config)
+            .map_err(|message| ExtractError::BadConfig { path: md.config_path.clone(), message })?;
+        vs.set_kind(dtype.kind());
+        weights.load_into(&vs, |name| {
+            for (canon, prefix) in &layout {
+                if let Some(rest) = name.strip_prefix(canon) {
+                    return format!("{prefix}{rest}");
+                }
+            }
+            name.to_string()
+        })?;
+        vs.freeze();
+        Ok(LoadedLlava { model, vs, device, dtype })
+    }
+}
+
+pub fn llava_config(md: &ModelDir) -> Result<LlavaConfig> {
+    let value: serde_json::Value = md.config()?;
+    LlavaConfig::from_value(value)
+        .map_err(|e| ExtractError::BadConfig { path: md.config_path.clone(), message: e.to_string() })
+}

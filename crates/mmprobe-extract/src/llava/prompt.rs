@@ -1,0 +1,115 @@
+//! LLaVA prompts as transformers' LlavaProcessor builds them: the `<image>`
+//! token expanded to `image_seq_length` positions, then a batch padded on the
+//! side the tokenizer names (tokenizer_config.json `padding_side`).
+
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+use tokenizers::Tokenizer;
+
+use crate::error::{ExtractError, Result};
+
+/// The prompt used when a row has no `prompt` column: llava-1.5's format.
+pub fn default_prompt(text: Option<&str>, has_image: bool) -> String {
+    let question = text.filter(|t| !t.trim().is_empty()).unwrap_or("What is shown in the image?");
+    if has_image { format!("USER: <image>\n{question} ASSISTANT:") } else { format!("USER: {question} ASSISTANT:") }
+}
+
+/// One token of an expanded prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptToken {
+    pub id: u32,
+    pub text: String,
+    pub image: bool,
+}
+
+/// A padded batch: ids and mask [B, T] int64, and each row's tokens (no padding).
+pub struct PromptBatch {
+    pub input_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub tokens: Vec<Vec<PromptToken>>,
+}
+
+pub struct PromptTokenizer {
+    inner: Tokenizer,
+    path: PathBuf,
+    pub image_token_id: u32,
+    pub image_seq_length: usize,
+    pub pad_id: u32,
+    pub left_padding: bool,
+}
+
+impl PromptTokenizer {
+    pub fn from_dir(dir: &Path, image_token_id: i64, image_seq_length: i64, config_pad: Option<i64>) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let err = |message: String| ExtractError::Tokenizer { path: path.clone(), message };
+        if !path.is_file() {
+            return Err(err("missing".into()));
+        }
+        let mut inner = Tokenizer::from_file(&path).map_err(|e| err(e.to_string()))?;
+        inner.with_truncation(None).map_err(|e| err(e.to_string()))?;
+        inner.with_padding(None);
+        let settings: serde_json::Value = std::fs::read(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let left_padding = settings.get("padding_side").and_then(|v| v.as_str()) == Some("left");
+        let named_pad = match settings.get("pad_token") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(obj) => obj.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            None => None,
+        };
+        let pad_id = named_pad.and_then(|n| inner.token_to_id(&n)).or(config_pad.map(|p| p as u32)).unwrap_or(0);
+        Ok(PromptTokenizer {
+            inner,
+            path,
+            image_token_id: image_token_id as u32,
+            image_seq_length: image_seq_length as usize,
+            pad_id,
+            left_padding,
+        })
+    }
+
+    /// Tokens of one prompt, the image token expanded.
+    pub fn encode(&self, prompt: &str) -> Result<Vec<PromptToken>> {
+        let enc = self
+            .inner
+            .encode(prompt, true)
+            .map_err(|e| ExtractError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
+        let mut out = Vec::with_capacity(enc.get_ids().len() + self.image_seq_length);
+        for (&id, text) in enc.get_ids().iter().zip(enc.get_tokens()) {
+            let image = id == self.image_token_id;
+            let copies = if image { self.image_seq_length } else { 1 };
+            out.extend(std::iter::repeat_n(PromptToken { id, text: text.clone(), image }, copies));
+        }
+        Ok(out)
+    }
+
+    pub fn encode_batch(&self, prompts: &[&str]) -> Result<PromptBatch> {
+        Ok(self.pad(prompts.iter().map(|p| self.encode(p)).collect::<Result<Vec<_>>>()?))
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Rows of tokens as one batch, padded on the tokenizer's side.
+    pub fn pad(&self, rows: Vec<Vec<PromptToken>>) -> PromptBatch {
+        let t = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+        let b = rows.len();
+        let mut ids = vec![self.pad_id as i64; b * t];
+        let mut mask = vec![0i64; b * t];
+        for (i, row) in rows.iter().enumerate() {
+            let start = if self.left_padding { t - row.len() } else { 0 };
+            for (j, tok) in row.iter().enumerate() {
+                ids[i * t + start + j] = tok.id as i64;
+                mask[i * t + start + j] = 1;
+            }
+        }
+        PromptBatch {
+            input_ids: Tensor::from_slice(&ids).view([b as i64, t as i64]),
+            attention_mask: Tensor::from_slice(&mask).view([b as i64, t as i64]),
+            tokens: rows,
+        }
+    }
+}

@@ -1,0 +1,394 @@
+//! `shapes-clip`: a small CLIP trained contrastively on generated shapes with
+//! mmprobe's own CLIP code (mmprobe-extract), saved in the Hugging Face CLIP
+//! format. Deterministic for a seed and a thread count.
+
+use std::path::Path;
+use std::time::Instant;
+
+use image::RgbImage;
+use mmprobe_extract::clip::{ClipConfig, ClipModel};
+use mmprobe_extract::preprocess::{ImageProcessor, Rgb8};
+use mmprobe_extract::tokenize::TextTokenizer;
+use mmprobe_extract::{ExtractError, SiteRequest};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::ZooError;
+use crate::caption_tokenizer::CaptionVocab;
+use crate::hf_folder::{write_json, write_safetensors};
+use crate::shapes::{BACKGROUNDS, COLOURS, SHAPES, SIZES, ShapeSample, TEMPLATES, caption_words, draw};
+
+/// Training images come from this seed offset, far from the seeds datasets are
+/// generated with (the bundled split is seed 0; `zoo eval` uses its own).
+pub const TRAIN_SEED_OFFSET: u64 = 1_000;
+/// Longest caption plus framing fits with room to spare.
+pub const MAX_POSITIONS: usize = 24;
+pub const IMAGE_SIDE: u32 = 64;
+
+/// The recipe's hyperparameters, unchecked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShapesClipParams {
+    pub seed: u64,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// Width of both towers and of the joint embedding.
+    pub width: i64,
+    pub layers: usize,
+    pub heads: i64,
+    pub patch_size: i64,
+    /// libtorch CPU threads: float sums depend on it, so it is part of the recipe.
+    pub threads: i32,
+}
+
+impl Default for ShapesClipParams {
+    fn default() -> Self {
+        ShapesClipParams {
+            seed: 0,
+            steps: 2000,
+            batch_size: 128,
+            learning_rate: 2e-3,
+            warmup_steps: 60,
+            weight_decay: 0.05,
+            width: 64,
+            layers: 4,
+            heads: 4,
+            patch_size: 8,
+            threads: 2,
+        }
+    }
+}
+
+/// Parameters that passed [`ShapesClipParams::check`].
+#[derive(Debug, Clone)]
+pub struct CheckedShapesClip(ShapesClipParams);
+
+impl ShapesClipParams {
+    pub fn check(self) -> Result<CheckedShapesClip, ZooError> {
+        let bad = |m: String| Err(ZooError::Params(m));
+        if self.steps == 0 {
+            return bad("steps must be at least 1".into());
+        }
+        if self.batch_size < 2 {
+            return bad(format!("batch size {} is too small for a contrastive loss (at least 2)", self.batch_size));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad(format!("learning rate {} must be positive", self.learning_rate));
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return bad(format!("weight decay {} must be in [0, 1)", self.weight_decay));
+        }
+        if self.width <= 0 || self.heads <= 0 || self.width % self.heads != 0 {
+            return bad(format!("width {} must be a positive multiple of heads {}", self.width, self.heads));
+        }
+        if self.layers == 0 {
+            return bad("layers must be at least 1".into());
+        }
+        if self.patch_size <= 0 || IMAGE_SIDE as i64 % self.patch_size != 0 {
+            return bad(format!("patch size {} must divide the image side {IMAGE_SIDE}", self.patch_size));
+        }
+        if self.threads < 1 {
+            return bad("threads must be at least 1".into());
+        }
+        Ok(CheckedShapesClip(self))
+    }
+}
+
+/// One training step's report, for progress display.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub step: usize,
+    pub steps: usize,
+    pub loss: f64,
+    /// In-batch image-to-text accuracy (argmax of each row is its own caption).
+    pub batch_accuracy: f64,
+}
+
+/// What a finished training run reports (also written to `training.json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrainSummary {
+    pub params: ShapesClipParams,
+    pub parameters: i64,
+    pub seconds: f64,
+    pub final_loss: f64,
+    /// Mean loss over each tenth of training.
+    pub loss_by_tenth: Vec<f64>,
+}
+
+fn extract_err(e: ExtractError) -> ZooError {
+    ZooError::Model(e.to_string())
+}
+
+/// config.json in transformers' CLIPConfig layout.
+fn config_json(p: &ShapesClipParams, vocab: &CaptionVocab) -> Value {
+    let tower = |extra: Value| {
+        let mut v = json!({
+            "hidden_size": p.width,
+            "intermediate_size": p.width * 4,
+            "num_hidden_layers": p.layers,
+            "num_attention_heads": p.heads,
+            "hidden_act": "gelu",
+            "layer_norm_eps": 1e-5,
+            "projection_dim": p.width,
+        });
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v
+    };
+    json!({
+        "architectures": ["CLIPModel"],
+        "model_type": "clip",
+        "projection_dim": p.width,
+        "logit_scale_init_value": 2.6592,
+        "dtype": "float32",
+        "text_config": tower(json!({
+            "model_type": "clip_text_model",
+            "vocab_size": vocab.len(),
+            "max_position_embeddings": MAX_POSITIONS,
+            "pad_token_id": vocab.id(crate::caption_tokenizer::PAD),
+            "bos_token_id": vocab.id(crate::caption_tokenizer::BOS),
+            "eos_token_id": vocab.id(crate::caption_tokenizer::EOS),
+        })),
+        "vision_config": tower(json!({
+            "model_type": "clip_vision_model",
+            "image_size": IMAGE_SIDE,
+            "patch_size": p.patch_size,
+            "num_channels": 3,
+        })),
+    })
+}
+
+fn preprocessor_json() -> Value {
+    json!({
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": true,
+        "size": {"shortest_edge": IMAGE_SIDE},
+        "resample": 3,
+        "do_center_crop": true,
+        "crop_size": {"height": IMAGE_SIDE, "width": IMAGE_SIDE},
+        "do_rescale": true,
+        "rescale_factor": 1.0 / 255.0,
+        "do_normalize": true,
+        "image_mean": [0.481_454_66, 0.457_827_5, 0.408_210_73],
+        "image_std": [0.268_629_54, 0.261_302_6, 0.275_777_1],
+        "do_convert_rgb": true
+    })
+}
+
+/// Writes everything but the weights: config, tokenizer, image processor.
+pub fn write_model_files(dir: &Path, p: &ShapesClipParams) -> Result<ClipConfig, ZooError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ZooError::Io { path: dir.display().to_string(), message: e.to_string() })?;
+    let vocab = CaptionVocab::new(&caption_words());
+    let config = config_json(p, &vocab);
+    write_json(&dir.join("config.json"), &config)?;
+    write_json(&dir.join("preprocessor_config.json"), &preprocessor_json())?;
+    write_json(&dir.join("tokenizer.json"), &vocab.tokenizer_json())?;
+    write_json(&dir.join("tokenizer_config.json"), &vocab.tokenizer_config(MAX_POSITIONS))?;
+    serde_json::from_value(config).map_err(|e| ZooError::Model(format!("config.json: {e}")))
+}
+
+/// transformers' CLIP initialisation scale for embeddings (std 0.02); tch's
+/// default (std 1) makes the text tower, which has no pre-norm, slow to start.
+fn init_embeddings(vs: &nn::VarStore) {
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            if name.contains("embedding") && !name.ends_with("bias") && !name.contains("patch_embedding") {
+                let _ = t.copy_(&(t.randn_like() * 0.02));
+            }
+        }
+    });
+}
+
+fn learning_rate(p: &ShapesClipParams, step: usize) -> f64 {
+    if step < p.warmup_steps {
+        return p.learning_rate * (step + 1) as f64 / p.warmup_steps as f64;
+    }
+    let t = (step - p.warmup_steps) as f64 / (p.steps - p.warmup_steps).max(1) as f64;
+    p.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+}
+
+/// A batch of generated images and captions as model inputs.
+struct Batch {
+    pixels: Tensor,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+}
+
+/// Training samples in groups of [`GROUP`] that each differ from the group's
+/// first in exactly one factor (see [`CHANGES`]), with their own texture and
+/// template. Random batches
+/// rarely hold two images that only their shape tells apart, so a contrastive
+/// loss learns colour and position and little shape; groups make every
+/// factor's hard negatives common.
+struct GroupSampler {
+    factors: ChaCha8Rng,
+    image_seed: u64,
+    images: u64,
+}
+
+const GROUP: usize = 8;
+/// The factor each member after the first changes.
+/// Shape is the factor random batches teach least (colour and position are
+/// learnt first and then separate most pairs), so each group holds all six
+/// shapes under otherwise equal conditions.
+const CHANGES: [&str; GROUP - 1] = ["shape", "shape", "shape", "shape", "shape", "position", "size"];
+
+/// A value in 0..n not in `taken`.
+fn other(rng: &mut ChaCha8Rng, n: usize, taken: &[usize]) -> usize {
+    loop {
+        let v = rng.random_range(0..n);
+        if !taken.contains(&v) {
+            return v;
+        }
+    }
+}
+
+impl GroupSampler {
+    fn new(seed: u64) -> Self {
+        GroupSampler { factors: ChaCha8Rng::seed_from_u64(seed), image_seed: seed, images: 0 }
+    }
+
+    fn group(&mut self) -> Vec<(ShapeSample, RgbImage)> {
+        let rng = &mut self.factors;
+        let base = ShapeSample {
+            colour: rng.random_range(0..COLOURS.len()),
+            shape: rng.random_range(0..SHAPES.len()),
+            size: rng.random_range(0..SIZES.len()),
+            row: rng.random_range(0..3),
+            col: rng.random_range(0..3),
+            background: 0,
+            template: 0,
+        };
+        let mut members = vec![base.clone()];
+        let mut shapes = vec![base.shape];
+        let mut cells = vec![base.row * 3 + base.col];
+        for change in CHANGES {
+            let mut s = base.clone();
+            match change {
+                "shape" => {
+                    s.shape = other(rng, SHAPES.len(), &shapes);
+                    shapes.push(s.shape);
+                }
+                "position" => {
+                    let cell = other(rng, 9, &cells);
+                    cells.push(cell);
+                    (s.row, s.col) = (cell / 3, cell % 3);
+                }
+                "colour" => s.colour = other(rng, COLOURS.len(), &[base.colour]),
+                _ => s.size = other(rng, SIZES.len(), &[base.size]),
+            }
+            members.push(s);
+        }
+        members
+            .into_iter()
+            .map(|mut s| {
+                s.background = self.factors.random_range(0..BACKGROUNDS.len());
+                s.template = self.factors.random_range(0..TEMPLATES.len());
+                let mut texture =
+                    ChaCha8Rng::seed_from_u64(self.image_seed.wrapping_mul(1_000_003).wrapping_add(self.images));
+                self.images += 1;
+                let img = draw(&s, IMAGE_SIDE, &mut texture);
+                (s, img)
+            })
+            .collect()
+    }
+}
+
+fn next_batch(
+    sampler: &mut GroupSampler,
+    n: usize,
+    proc: &ImageProcessor,
+    tok: &TextTokenizer,
+) -> Result<Batch, ZooError> {
+    let (h, w) = proc.output_size();
+    let mut pixels = Vec::with_capacity(n * 3 * h * w);
+    let mut captions = Vec::with_capacity(n);
+    while captions.len() < n {
+        for (sample, img) in sampler.group().into_iter().take(n - captions.len()) {
+            let (iw, ih) = img.dimensions();
+            pixels.extend(proc.process(&Rgb8::new(iw as usize, ih as usize, img.into_raw())));
+            captions.push(sample.caption());
+        }
+    }
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let tokens = tok.encode_batch(&refs).map_err(extract_err)?;
+    Ok(Batch {
+        pixels: Tensor::from_slice(&pixels).view([n as i64, 3, h as i64, w as i64]),
+        input_ids: tokens.input_ids,
+        attention_mask: tokens.attention_mask,
+    })
+}
+
+/// Symmetric InfoNCE over the batch, and the image-to-text in-batch accuracy.
+fn contrastive_loss(model: &ClipModel, b: &Batch) -> (Tensor, Tensor) {
+    let req = SiteRequest { embeds: true, ..Default::default() };
+    let img = model.encode_image(&b.pixels, &req).embeds.expect("embeds were requested");
+    let txt = model.encode_text(&b.input_ids, &b.attention_mask, &req).embeds.expect("embeds were requested");
+    let norm = |x: Tensor| &x / x.norm_scalaropt_dim(2, [-1], true);
+    let logits = norm(img).mm(&norm(txt).tr()) * model.logit_scale.exp();
+    let n = logits.size()[0];
+    let target = Tensor::arange(n, (Kind::Int64, logits.device()));
+    let loss = (logits.cross_entropy_for_logits(&target) + logits.tr().cross_entropy_for_logits(&target)) / 2.0;
+    let accuracy = logits.argmax(-1, false).eq_tensor(&target).to_kind(Kind::Float).mean(None);
+    (loss, accuracy)
+}
+
+/// Trains shapes-clip into `dir` (config, tokenizer, processor, weights,
+/// training.json). `on_step` sees every step.
+pub fn train_shapes_clip(
+    dir: &Path,
+    params: &CheckedShapesClip,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<TrainSummary, ZooError> {
+    let p = &params.0;
+    let start = Instant::now();
+    tch::set_num_threads(p.threads);
+    tch::manual_seed(p.seed as i64);
+    let config = write_model_files(dir, p)?;
+    let tokenizer = TextTokenizer::from_dir(dir, MAX_POSITIONS, 0).map_err(extract_err)?;
+    let processor = ImageProcessor::from_dir(dir).map_err(extract_err)?;
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = ClipModel::new(vs.root(), &config);
+    init_embeddings(&vs);
+    let parameters: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    let mut opt = nn::AdamW { wd: p.weight_decay, ..Default::default() }
+        .build(&vs, p.learning_rate)
+        .map_err(|e| ZooError::Model(e.to_string()))?;
+    let mut sampler = GroupSampler::new(TRAIN_SEED_OFFSET + p.seed);
+    let mut losses = Vec::with_capacity(p.steps);
+    for step in 0..p.steps {
+        let batch = next_batch(&mut sampler, p.batch_size, &processor, &tokenizer)?;
+        opt.set_lr(learning_rate(p, step));
+        let (loss, accuracy) = contrastive_loss(&model, &batch);
+        opt.backward_step_clip_norm(&loss, 1.0);
+        // CLIP clamps the temperature at 100.
+        tch::no_grad(|| {
+            let mut scale = model.logit_scale.shallow_clone();
+            let _ = scale.clamp_max_(100f64.ln());
+        });
+        let loss = loss.double_value(&[]);
+        if !loss.is_finite() {
+            return Err(ZooError::Model(format!("training diverged at step {step} (loss {loss})")));
+        }
+        losses.push(loss);
+        on_step(StepReport { step: step + 1, steps: p.steps, loss, batch_accuracy: accuracy.double_value(&[]) });
+    }
+    write_safetensors(&dir.join("model.safetensors"), &vs.variables())?;
+    let tenth = p.steps.div_ceil(10);
+    let summary = TrainSummary {
+        params: p.clone(),
+        parameters,
+        seconds: start.elapsed().as_secs_f64(),
+        final_loss: *losses.last().expect("steps >= 1"),
+        loss_by_tenth: losses.chunks(tenth).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect(),
+    };
+    let record = serde_json::to_value(&summary).map_err(|e| ZooError::Model(e.to_string()))?;
+    write_json(&dir.join("training.json"), &record)?;
+    Ok(summary)
+}

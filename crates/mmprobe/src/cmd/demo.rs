@@ -1,0 +1,218 @@
+//! `mmprobe demo`: the whole job on the bundled model and dataset: extract
+//! both towers, probe every concept at every layer (control task, intervals),
+//! directions, geometry, the report, and a table of the best layer per concept.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use mmprobe_analysis::directions::Method;
+use mmprobe_analysis::logistic::LogisticParams;
+use mmprobe_analysis::results;
+use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, ProbeRow};
+use mmprobe_analysis::{Filters, ProbeParams};
+use mmprobe_extract::{ExtractOptions, LayerSpec, RunOptions, Selector, Site, Tower};
+use mmprobe_store::Store;
+
+use super::progress::{SampleBar, bar};
+use super::zoo::SHAPES_CLIP_DIR;
+
+const SHAPES_DATA: &str = "datasets/shapes/data.csv";
+/// The generating factors the demo probes; `background` is the nuisance no caption names.
+const CONCEPTS: [&str; 5] = ["colour", "shape", "size", "position", "background"];
+
+#[derive(Args, Debug)]
+pub struct DemoCmd {
+    /// Where the store, results and report go (the store is rebuilt on each run).
+    #[arg(long, default_value = "demo-out")]
+    out: PathBuf,
+    /// A CLIP checkpoint folder (default: the bundled shapes-clip).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A dataset manifest with the shapes concept columns (default: the bundled split).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Bootstrap resamples for each accuracy's 95% interval.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
+}
+
+/// A bundled file: relative to the working directory, else to the source tree
+/// this binary was built from.
+fn bundled(rel: &str) -> anyhow::Result<PathBuf> {
+    let here = PathBuf::from(rel);
+    if here.exists() {
+        return Ok(here);
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel);
+    if built.exists() {
+        return Ok(built);
+    }
+    bail!("cannot find the bundled {rel}: run from the repository root or pass --model and --data")
+}
+
+fn step(name: &str) {
+    eprintln!("== {name}");
+}
+
+pub fn run(a: DemoCmd) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let model = match a.model {
+        Some(m) => m,
+        None => bundled(SHAPES_CLIP_DIR)?,
+    };
+    let data = match a.data {
+        Some(d) => d,
+        None => bundled(SHAPES_DATA)?,
+    };
+    let (store_dir, results_dir, report_dir) = (a.out.join("store"), a.out.join("results"), a.out.join("report"));
+    std::fs::create_dir_all(&results_dir).with_context(|| format!("cannot create {}", results_dir.display()))?;
+
+    step(&format!("extract {} on {}", model.display(), data.display()));
+    let opts = ExtractOptions {
+        model: model.clone(),
+        data,
+        out: store_dir.clone(),
+        towers: Some(vec![Tower::Vision, Tower::Text]),
+        sites: vec![Site::Resid, Site::Embeds],
+        layers: LayerSpec::All,
+        selectors: vec![Selector::Cls, Selector::Eos, Selector::Mean, Selector::Pooled],
+        run: RunOptions::default(),
+        shard: (0, 1),
+        skip_bad: false,
+        force: true,
+        chunk_size: 1024,
+        logit_lens: None,
+    };
+    let progress = SampleBar::new();
+    let summary = mmprobe_extract::extract(&opts, &progress);
+    progress.0.finish_and_clear();
+    super::extract::print_summary(&summary?);
+
+    let store = Store::open(&store_dir)?;
+    let concepts: Vec<String> = CONCEPTS.map(String::from).to_vec();
+    let all = Filters::default();
+    let partitions = all.matching(&store)?.len();
+
+    step("probe every concept at every layer (5-fold CV, control task, bootstrap intervals)");
+    let params = ProbeParams { folds: 5, seed: 0, bootstrap: a.bootstrap, ..Default::default() }.check()?;
+    let b = bar(partitions, "partitions");
+    let rows = sweep::probe_store(&store, &concepts, &all, &params, &ControlBy::Default, None, &|| b.inc(1));
+    b.finish_and_clear();
+    let rows = rows?;
+    results::write_probes(&results_dir, &rows)?;
+
+    step("concept directions (difference of means, LDA) and their cosines");
+    let logistic = LogisticParams::default().check()?;
+    let b = bar(partitions, "partitions");
+    let dirs =
+        sweep::directions_store(&store, &concepts, &all, &[Method::DiffMeans, Method::Lda], &logistic, &|| b.inc(1));
+    b.finish_and_clear();
+    let (directions, cosines) = dirs?;
+    results::write_directions(&results_dir, &directions, &cosines)?;
+
+    step("geometry: modality gap, cone, retrieval, CKA, separability");
+    let gp = GeometryParams { cka_rows: 1000, silhouette_rows: 2000, seed: 0, concepts: concepts.clone() };
+    let b = bar(partitions * concepts.len(), "concept x partition");
+    let geo = sweep::geometry_store(&store, &all, &gp, &logistic, &|| b.inc(1));
+    b.finish_and_clear();
+    let (report, cka, sep) = geo?;
+    results::write_geometry(&results_dir, &report, &cka, &sep)?;
+
+    step("report");
+    std::fs::create_dir_all(&report_dir)?;
+    let written = mmprobe_plot::write_report(&store_dir, &results_dir, &report_dir)?;
+
+    println!();
+    print_best_layers(&rows);
+    println!();
+    print_findings(&rows);
+    if let (Some(gap), Some(r1)) = (report.modality_gap, report.retrieval_i2t_r1) {
+        println!("modality gap {gap:.3}; image-to-text retrieval R@1 {r1:.3} over {} pairs", report.pairs);
+    }
+    println!();
+    println!("results {}", results_dir.display());
+    println!("report  {}", written.html.display());
+    println!("done in {:.1} s", t0.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn where_(r: &ProbeRow) -> String {
+    match &r.partition {
+        Some(p) => format!("{}/{}/{}/{}", p.tower, p.site, p.layer, p.selector),
+        None => "-".into(),
+    }
+}
+
+/// Per concept and tower: the partition with the highest cross-validated accuracy.
+fn print_best_layers(rows: &[ProbeRow]) {
+    println!("best layer per concept (tower/site/layer/selector; accuracy with 95% CI; control task)");
+    println!(
+        "{:<11} {:<26} {:>8} {:>17} {:>8} {:>11}",
+        "concept", "where", "accuracy", "95% CI", "control", "selectivity"
+    );
+    for concept in CONCEPTS {
+        for tower in [Tower::Vision, Tower::Text] {
+            let best = rows
+                .iter()
+                .filter(|r| r.concept == concept && r.partition.as_ref().is_some_and(|p| p.tower == tower))
+                .filter(|r| r.accuracy.is_some())
+                .max_by(|a, b| a.accuracy.partial_cmp(&b.accuracy).expect("accuracies are finite"));
+            let Some(r) = best else { continue };
+            let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+            println!(
+                "{:<11} {:<26} {:>8} {:>17} {:>8} {:>11}",
+                concept,
+                where_(r),
+                f(r.accuracy),
+                format!("[{}, {}]", f(r.accuracy_ci_low), f(r.accuracy_ci_high)),
+                f(r.control_accuracy),
+                f(r.selectivity)
+            );
+        }
+    }
+}
+
+fn find<'a>(
+    rows: &'a [ProbeRow],
+    concept: &str,
+    tower: Tower,
+    site: Site,
+    layer: usize,
+    sel: Selector,
+) -> Option<&'a ProbeRow> {
+    rows.iter().find(|r| {
+        r.concept == concept
+            && r.partition
+                .as_ref()
+                .is_some_and(|p| p.tower == tower && p.site == site && p.layer == layer && p.selector == sel)
+    })
+}
+
+/// What the bundled model is known to do, read off this run's numbers.
+fn print_findings(rows: &[ProbeRow]) {
+    let last = rows
+        .iter()
+        .filter_map(|r| r.partition.as_ref())
+        .filter(|p| p.tower == Tower::Vision && p.site == Site::Resid)
+        .map(|p| p.layer)
+        .max();
+    let Some(last) = last else { return };
+    let acc = |r: Option<&ProbeRow>| r.and_then(|r| r.accuracy).map_or("-".into(), |v| format!("{v:.3}"));
+    for concept in ["colour", "shape"] {
+        let r = find(rows, concept, Tower::Vision, Site::Resid, last, Selector::Cls);
+        println!(
+            "{concept} on the last vision layer (resid {last}, cls): accuracy {}, selectivity {}",
+            acc(r),
+            r.and_then(|r| r.selectivity).map_or("-".into(), |v| format!("{v:.3}"))
+        );
+    }
+    let early = find(rows, "background", Tower::Vision, Site::Resid, 1, Selector::Cls);
+    let embeds = find(rows, "background", Tower::Vision, Site::Embeds, 0, Selector::Pooled);
+    println!(
+        "background (never captioned): accuracy {} at vision resid 1 (cls), {} at the image embeds",
+        acc(early),
+        acc(embeds)
+    );
+}
