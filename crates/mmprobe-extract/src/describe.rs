@@ -26,6 +26,8 @@ pub struct ModelInfo {
     pub towers: Vec<TowerInfo>,
     /// Width of the shared `embeds` space, when the family has one.
     pub embeds_width: Option<i64>,
+    /// Family-specific facts worth printing (name, value).
+    pub details: Vec<(String, String)>,
 }
 
 impl ModelInfo {
@@ -55,6 +57,7 @@ impl ModelInfo {
                         },
                     ],
                     embeds_width: Some(c.projection_dim),
+                    details: Vec::new(),
                 })
             }
             Family::Llava => {
@@ -80,6 +83,27 @@ impl ModelInfo {
                         },
                     ],
                     embeds_width: None,
+                    details: vec![
+                        (
+                            "image".into(),
+                            format!(
+                                "{} tokens per image from vision hidden states {:?} ({:?} strategy), token id {}",
+                                c.image_seq_length,
+                                c.vision_feature_layer.0,
+                                c.vision_feature_select_strategy,
+                                c.image_token_index
+                            ),
+                        ),
+                        (
+                            "decoder".into(),
+                            format!(
+                                "{} kv heads, vocabulary {}, {} head",
+                                t.kv_heads(),
+                                t.vocab_size,
+                                if c.tied() { "tied" } else { "untied" }
+                            ),
+                        ),
+                    ],
                 })
             }
         }

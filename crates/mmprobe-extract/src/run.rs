@@ -776,11 +776,13 @@ fn logit_lens(
     k: usize,
     tok: &PromptTokenizer,
 ) -> Vec<LensRow> {
+    let kind = m.language_model.embed_tokens.ws.kind();
     let mut rows = Vec::new();
     for (layer, h) in raw {
         for &sel in plan.selectors.iter().filter(|s| **s != Selector::All && s.fits(Tower::Decoder, Site::Resid)) {
             let Some(picked) = pick(h, sel, layout) else { continue };
-            let logits = m.logits(&picked.rows).to_kind(tch::Kind::Float);
+            // Mean selectors average in f32; the head runs in the model's dtype.
+            let logits = m.logits(&picked.rows.to_kind(kind)).to_kind(tch::Kind::Float);
             let k = (k as i64).min(logits.size()[1]);
             let (values, ids) = logits.topk(k, -1, true, true);
             let values = Vec::<f32>::try_from(values.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();

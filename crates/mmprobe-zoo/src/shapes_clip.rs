@@ -50,7 +50,7 @@ impl Default for ShapesClipParams {
     fn default() -> Self {
         ShapesClipParams {
             seed: 0,
-            steps: 2000,
+            steps: 3500,
             batch_size: 128,
             learning_rate: 2e-3,
             warmup_steps: 60,
@@ -195,10 +195,13 @@ pub fn write_model_files(dir: &Path, p: &ShapesClipParams) -> Result<ClipConfig,
 /// transformers' CLIP initialisation scale for embeddings (std 0.02); tch's
 /// default (std 1) makes the text tower, which has no pre-norm, slow to start.
 fn init_embeddings(vs: &nn::VarStore) {
+    // Sorted: the random draws must come in the same order every run (a HashMap's order varies).
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
     tch::no_grad(|| {
-        for (name, mut t) in vs.variables() {
+        for (name, mut t) in vars {
             if name.contains("embedding") && !name.ends_with("bias") && !name.contains("patch_embedding") {
-                let _ = t.copy_(&(t.randn_like() * 0.02));
+                t.copy_(&(t.randn_like() * 0.02));
             }
         }
     });

@@ -64,10 +64,12 @@ fn tokenizer_and_image_processor_give_transformers_inputs() {
     let proc = ImageProcessor::from_dir(&model_dir()).unwrap();
     let want = r.tensor("pixel_values").unwrap();
     let images = ds.images.as_ref().unwrap();
-    for i in [0usize, 1, 150, 299] {
-        let img = open_rgb(&ds.root.join(images[i].as_deref().unwrap())).unwrap();
+    let rows = Vec::<i64>::try_from(r.tensor("pixel_rows").unwrap()).unwrap();
+    assert!(!rows.is_empty());
+    for (k, &i) in rows.iter().enumerate() {
+        let img = open_rgb(&ds.root.join(images[i as usize].as_deref().unwrap())).unwrap();
         let got = Tensor::from_slice(&proc.process(&img)).view([3, 64, 64]);
-        assert!(max_abs_diff(&got, &want.get(i as i64)) < 1e-5, "pixels of row {i}");
+        assert!(max_abs_diff(&got, &want.get(k as i64)) < 1e-5, "pixels of row {i}");
     }
 }
 

@@ -145,3 +145,37 @@ fn inspect_describes_both_towers() {
     assert!(s.lines().any(|l| l.starts_with("text") && l.split_whitespace().nth(4) == Some("32")), "{s}");
     assert!(s.contains("embeds    width 12"), "{s}");
 }
+
+#[test]
+fn inspect_and_extract_take_a_llava_folder_with_the_same_flags() {
+    let model = fixtures().join("llava/llava-gqa");
+    let out = bin().args(["inspect", "--model"]).arg(&model).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.contains("family    llava"), "{s}");
+    assert!(s.lines().any(|l| l.starts_with("decoder") && l.contains("resid[0..=3]")), "{s}");
+    assert!(s.contains("16 tokens per image"), "{s}");
+
+    // No prompt column: the default llava-1.5 prompt around each text; default selectors.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 3);
+    let store = tmp.path().join("store");
+    let out = bin()
+        .args(["extract", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()])
+        .args(["--out", store.to_str().unwrap(), "--logit-lens", "3", "--batch-size", "2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = Store::open(&store).unwrap();
+    let parts: Vec<String> = s.partitions().unwrap().iter().map(|p| p.to_string()).collect();
+    assert!(parts.contains(&"tower=decoder/site=resid/layer=3/selector=mean_image".to_string()), "{parts:?}");
+    assert!(parts.contains(&"tower=vision/site=resid/layer=0/selector=cls".to_string()), "{parts:?}");
+    let lens = mmprobe_store::store::read_parquet(&store.join("logit_lens.parquet")).unwrap();
+    // 3 samples x 4 layers x 3 decoder selectors (last, mean_image, mean_text) x top-3.
+    assert_eq!(lens.height(), 3 * 4 * 3 * 3);
+
+    // --logit-lens on a model without a decoder is refused in one line.
+    let out = bin().args(extract_args(&data, &tmp.path().join("s2"))).args(["--logit-lens", "2"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--logit-lens needs a decoder tower"));
+}

@@ -48,7 +48,7 @@ impl Rotary {
         match kind.as_str() {
             "default" => {}
             // Positions divided by the factor.
-            "linear" => inv_freq = inv_freq / factor,
+            "linear" => inv_freq /= factor,
             other => return Err(format!("rope type '{other}' is not supported (default, linear)")),
         }
         Ok(Rotary { inv_freq })

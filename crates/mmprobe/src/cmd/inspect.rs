@@ -29,5 +29,8 @@ pub fn run(model: &Path) -> anyhow::Result<()> {
     if let Some(w) = info.embeds_width {
         println!("embeds    width {w} (shared image/text space)");
     }
+    for (name, value) in &info.details {
+        println!("{name:<9} {value}");
+    }
     Ok(())
 }
