@@ -30,6 +30,17 @@ pub struct ModelInfo {
     pub details: Vec<(String, String)>,
 }
 
+/// A CLIP vision transformer, in either family: patches plus CLS.
+fn vision_tower(v: &crate::clip::ClipVisionConfig) -> TowerInfo {
+    TowerInfo {
+        tower: Tower::Vision,
+        layers: v.num_hidden_layers,
+        width: v.hidden_size,
+        heads: v.num_attention_heads,
+        max_tokens: v.num_patches() + 1,
+    }
+}
+
 impl ModelInfo {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let md = ModelDir::open(dir)?;
@@ -41,13 +52,7 @@ impl ModelInfo {
                 Ok(ModelInfo {
                     family: Family::Clip,
                     towers: vec![
-                        TowerInfo {
-                            tower: Tower::Vision,
-                            layers: v.num_hidden_layers,
-                            width: v.hidden_size,
-                            heads: v.num_attention_heads,
-                            max_tokens: v.num_patches() + 1,
-                        },
+                        vision_tower(v),
                         TowerInfo {
                             tower: Tower::Text,
                             layers: t.num_hidden_layers,
@@ -67,13 +72,7 @@ impl ModelInfo {
                 Ok(ModelInfo {
                     family: Family::Llava,
                     towers: vec![
-                        TowerInfo {
-                            tower: Tower::Vision,
-                            layers: v.num_hidden_layers,
-                            width: v.hidden_size,
-                            heads: v.num_attention_heads,
-                            max_tokens: v.num_patches() + 1,
-                        },
+                        vision_tower(v),
                         TowerInfo {
                             tower: Tower::Decoder,
                             layers: t.num_hidden_layers,

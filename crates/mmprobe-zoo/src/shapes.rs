@@ -69,6 +69,20 @@ impl ShapeSample {
         if self.row == 1 && self.col == 1 { "centre".into() } else { format!("{} {}", ROWS[self.row], COLS[self.col]) }
     }
 
+    /// Colour, shape, size and position drawn in that order (plain background,
+    /// first template). The order of draws is part of every seed's output.
+    pub fn random_object(rng: &mut ChaCha8Rng) -> Self {
+        ShapeSample {
+            colour: rng.random_range(0..COLOURS.len()),
+            shape: rng.random_range(0..SHAPES.len()),
+            size: rng.random_range(0..SIZES.len()),
+            row: rng.random_range(0..3),
+            col: rng.random_range(0..3),
+            background: 0,
+            template: 0,
+        }
+    }
+
     pub fn caption(&self) -> String {
         let text = TEMPLATES[self.template]
             .replace("{size}", SIZES[self.size].0)
@@ -174,15 +188,9 @@ impl Iterator for ShapeStream {
 
     fn next(&mut self) -> Option<Self::Item> {
         let rng = &mut self.factors;
-        let s = ShapeSample {
-            colour: rng.random_range(0..COLOURS.len()),
-            shape: rng.random_range(0..SHAPES.len()),
-            size: rng.random_range(0..SIZES.len()),
-            row: rng.random_range(0..3),
-            col: rng.random_range(0..3),
-            background: rng.random_range(0..BACKGROUNDS.len()),
-            template: rng.random_range(0..TEMPLATES.len()),
-        };
+        let mut s = ShapeSample::random_object(rng);
+        s.background = rng.random_range(0..BACKGROUNDS.len());
+        s.template = rng.random_range(0..TEMPLATES.len());
         let mut img_rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(1_000_003).wrapping_add(self.next as u64));
         self.next += 1;
         let img = draw(&s, self.side, &mut img_rng);

@@ -258,15 +258,7 @@ impl GroupSampler {
 
     fn group(&mut self) -> Vec<(ShapeSample, RgbImage)> {
         let rng = &mut self.factors;
-        let base = ShapeSample {
-            colour: rng.random_range(0..COLOURS.len()),
-            shape: rng.random_range(0..SHAPES.len()),
-            size: rng.random_range(0..SIZES.len()),
-            row: rng.random_range(0..3),
-            col: rng.random_range(0..3),
-            background: 0,
-            template: 0,
-        };
+        let base = ShapeSample::random_object(rng);
         let mut members = vec![base.clone()];
         let mut shapes = vec![base.shape];
         let mut cells = vec![base.row * 3 + base.col];
