@@ -294,26 +294,35 @@ impl GroupSampler {
     }
 }
 
+/// Generated images as the model's pixel batch [N, 3, H, W], through the checkpoint's processor.
+pub(crate) fn pixel_batch<'a>(proc: &ImageProcessor, images: impl ExactSizeIterator<Item = &'a RgbImage>) -> Tensor {
+    let (h, w) = proc.output_size();
+    let n = images.len();
+    let mut pixels = Vec::with_capacity(n * 3 * h * w);
+    for img in images {
+        let (iw, ih) = img.dimensions();
+        pixels.extend(proc.process(&Rgb8::new(iw as usize, ih as usize, img.as_raw().clone())));
+    }
+    Tensor::from_slice(&pixels).view([n as i64, 3, h as i64, w as i64])
+}
+
 fn next_batch(
     sampler: &mut GroupSampler,
     n: usize,
     proc: &ImageProcessor,
     tok: &TextTokenizer,
 ) -> Result<Batch, ZooError> {
-    let (h, w) = proc.output_size();
-    let mut pixels = Vec::with_capacity(n * 3 * h * w);
-    let mut captions = Vec::with_capacity(n);
-    while captions.len() < n {
-        for (sample, img) in sampler.group().into_iter().take(n - captions.len()) {
-            let (iw, ih) = img.dimensions();
-            pixels.extend(proc.process(&Rgb8::new(iw as usize, ih as usize, img.into_raw())));
-            captions.push(sample.caption());
-        }
+    let mut samples = Vec::with_capacity(n);
+    while samples.len() < n {
+        let group = sampler.group();
+        let room = n - samples.len();
+        samples.extend(group.into_iter().take(room));
     }
+    let captions: Vec<String> = samples.iter().map(|(s, _)| s.caption()).collect();
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
     let tokens = tok.encode_batch(&refs).map_err(extract_err)?;
     Ok(Batch {
-        pixels: Tensor::from_slice(&pixels).view([n as i64, 3, h as i64, w as i64]),
+        pixels: pixel_batch(proc, samples.iter().map(|(_, img)| img)),
         input_ids: tokens.input_ids,
         attention_mask: tokens.attention_mask,
     })

@@ -9,13 +9,14 @@
 use std::path::Path;
 
 use mmprobe_extract::clip::LoadedClip;
-use mmprobe_extract::preprocess::{ImageProcessor, Rgb8};
+use mmprobe_extract::preprocess::ImageProcessor;
 use mmprobe_extract::tokenize::TextTokenizer;
 use mmprobe_extract::{DType, SiteRequest};
 use tch::{Device, Kind, Tensor};
 
 use crate::ZooError;
 use crate::shapes::{COLOURS, SHAPES, SIZES, ShapeSample, ShapeStream};
+use crate::shapes_clip::pixel_batch;
 
 /// Held-out images come from this seed unless told otherwise: neither the
 /// bundled split (seed 0) nor the training stream (seeds from 1000).
@@ -108,13 +109,7 @@ pub fn zero_shot_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<ZeroSho
     let mut stream = ShapeStream::new(seed, side).take(n).peekable();
     while stream.peek().is_some() {
         let batch: Vec<(ShapeSample, image::RgbImage)> = stream.by_ref().take(128).collect();
-        let (h, w) = processor.output_size();
-        let mut pixels = Vec::with_capacity(batch.len() * 3 * h * w);
-        for (_, img) in &batch {
-            let (iw, ih) = img.dimensions();
-            pixels.extend(processor.process(&Rgb8::new(iw as usize, ih as usize, img.as_raw().clone())));
-        }
-        let pixels = Tensor::from_slice(&pixels).view([batch.len() as i64, 3, h as i64, w as i64]);
+        let pixels = pixel_batch(&processor, batch.iter().map(|(_, img)| img));
         let probs = tch::no_grad(|| {
             let img = unit(model.encode_image(&pixels, &req).embeds.expect("asked"));
             (img.mm(&text_emb.tr()) * model.logit_scale.exp()).softmax(-1, Kind::Float)
