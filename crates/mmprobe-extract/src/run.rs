@@ -590,7 +590,7 @@ impl Inputs<'_> {
                 continue;
             }
             if let Some(tok) = self.prompts {
-                match prompt_tokens(tok, &row_prompt(self.dataset, i), self.processor.is_some()) {
+                match prompt_tokens(tok, &row_prompt(self.dataset, i), self.dataset.images.is_some()) {
                     Ok(t) => {
                         prompt_rows.insert(i, t);
                     }

@@ -77,7 +77,7 @@ impl TextTokenizer {
 
 /// The pad token as transformers would pick it: tokenizer.json's padding
 /// settings, else tokenizer_config.json / special_tokens_map.json's pad_token.
-fn pad_token(dir: &Path, tok: &Tokenizer) -> Option<u32> {
+pub(crate) fn pad_token(dir: &Path, tok: &Tokenizer) -> Option<u32> {
     if let Some(p) = tok.get_padding() {
         return Some(p.pad_id);
     }

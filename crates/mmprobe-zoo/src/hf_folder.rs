@@ -4,6 +4,7 @@
 //! leaves a half-written checkpoint.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
@@ -15,10 +16,15 @@ fn io(path: &Path, e: impl std::fmt::Display) -> ZooError {
     ZooError::Io { path: path.display().to_string(), message: e.to_string() }
 }
 
+/// The store's atomic write (temporary beside the target, synced, renamed).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ZooError> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    mmprobe_store::layout::write_atomic(path, |f| {
+        f.write_all(bytes).map_err(|source| mmprobe_store::StoreError::Io { path: path.to_path_buf(), source })
+    })
+    .map_err(|e| match e {
+        mmprobe_store::StoreError::Io { source, .. } => io(path, source),
+        e => io(path, e),
+    })
 }
 
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ZooError> {

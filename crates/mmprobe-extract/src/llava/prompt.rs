@@ -8,6 +8,7 @@ use tch::Tensor;
 use tokenizers::Tokenizer;
 
 use crate::error::{ExtractError, Result};
+use crate::tokenize::pad_token;
 
 /// The prompt used when a row has no `prompt` column: llava-1.5's format.
 pub fn default_prompt(text: Option<&str>, has_image: bool) -> String {
@@ -54,12 +55,7 @@ impl PromptTokenizer {
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default();
         let left_padding = settings.get("padding_side").and_then(|v| v.as_str()) == Some("left");
-        let named_pad = match settings.get("pad_token") {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(obj) => obj.get("content").and_then(|c| c.as_str()).map(str::to_string),
-            None => None,
-        };
-        let pad_id = named_pad.and_then(|n| inner.token_to_id(&n)).or(config_pad.map(|p| p as u32)).unwrap_or(0);
+        let pad_id = pad_token(dir, &inner).or(config_pad.map(|p| p as u32)).unwrap_or(0);
         Ok(PromptTokenizer {
             inner,
             path,
