@@ -38,6 +38,24 @@ pub const TEMPLATES: [&str; 5] = [
     "a picture of a {colour} {shape} placed in the {position}, {size}",
 ];
 
+/// The concepts a caption names, each with its VQA question (after the image).
+pub const CONCEPTS: [&str; 4] = ["colour", "shape", "size", "position"];
+pub const QUESTIONS: [&str; 4] = [
+    "What colour is the shape?",
+    "What shape is in the picture?",
+    "Is the shape small, medium or large?",
+    "Where is the shape?",
+];
+/// The open question whose answer is [`ShapeSample::description`]: the
+/// `prompt` column, so a decoder's states at its last token are not given
+/// any concept by the text.
+pub const DESCRIBE: &str = "Describe the picture.";
+
+/// A decoder prompt in llava-1.5's chat format, the image first.
+pub fn chat_prompt(question: &str) -> String {
+    format!("USER: <image> {question} ASSISTANT:")
+}
+
 #[derive(Debug, Clone)]
 pub struct ShapesParams {
     pub n: usize,
@@ -83,6 +101,21 @@ impl ShapeSample {
         }
     }
 
+    /// The answer to the question about `concept` (one of [`CONCEPTS`]).
+    pub fn answer(&self, concept: &str) -> String {
+        match concept {
+            "colour" => COLOURS[self.colour].0.into(),
+            "shape" => SHAPES[self.shape].into(),
+            "size" => SIZES[self.size].0.into(),
+            _ => self.position(),
+        }
+    }
+
+    /// The answer to [`DESCRIBE`]: every captioned concept in one fixed order.
+    pub fn description(&self) -> String {
+        format!("{} {} {} in the {}", SIZES[self.size].0, COLOURS[self.colour].0, SHAPES[self.shape], self.position())
+    }
+
     pub fn caption(&self) -> String {
         let text = TEMPLATES[self.template]
             .replace("{size}", SIZES[self.size].0)
@@ -115,6 +148,48 @@ pub fn caption_words() -> Vec<String> {
                     words.push(t.to_string());
                 }
             }
+        }
+    }
+    words
+}
+
+/// A text's tokens under the word tokenizers' rules (`\w+|[^\w\s]+`, lowercased).
+pub fn words_of(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut last_alnum = None;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            if !word.is_empty() {
+                out.push(std::mem::take(&mut word));
+            }
+            last_alnum = None;
+            continue;
+        }
+        let alnum = c.is_alphanumeric() || c == '_';
+        if last_alnum.is_some_and(|a| a != alnum) && !word.is_empty() {
+            out.push(std::mem::take(&mut word));
+        }
+        word.extend(c.to_lowercase());
+        last_alnum = Some(alnum);
+    }
+    if !word.is_empty() {
+        out.push(word);
+    }
+    out
+}
+
+/// Every word a VQA prompt or answer can hold, in a fixed order (the
+/// shapes-llava tokenizer's vocabulary; `<image>` is a special token).
+pub fn vqa_words() -> Vec<String> {
+    let mut texts: Vec<String> =
+        QUESTIONS.iter().chain([&DESCRIBE]).map(|q| chat_prompt(q).replace("<image>", "")).collect();
+    texts.extend(caption_words());
+    texts.push("in the".into());
+    let mut words: Vec<String> = Vec::new();
+    for w in texts.iter().flat_map(|t| words_of(t)) {
+        if !words.contains(&w) {
+            words.push(w);
         }
     }
     words
@@ -217,34 +292,30 @@ pub fn generate_shapes(dir: &Path, p: &ShapesParams) -> Result<PathBuf, ZooError
     let images = dir.join("images");
     std::fs::create_dir_all(&images).map_err(|e| io(&images, &e))?;
     let mut csv = String::from("id,image,text,colour,shape,size,position,row,col,background");
-    for c in ["colour", "shape", "size", "position"] {
+    for c in CONCEPTS {
         let _ = write!(csv, ",question_{c},answer_{c}");
     }
-    csv.push('\n');
+    csv.push_str(",prompt\n");
     for (i, (s, img)) in ShapeStream::new(p.seed, p.size).take(p.n).enumerate() {
         let name = format!("images/{i:05}.png");
         img.save(dir.join(&name)).map_err(|e| io(&dir.join(&name), &e))?;
-        let pos = s.position();
-        let fields = [
+        let mut fields = vec![
             format!("s{i:05}"),
             name,
             s.caption(),
             COLOURS[s.colour].0.into(),
             SHAPES[s.shape].into(),
             SIZES[s.size].0.into(),
-            pos.clone(),
+            s.position(),
             ROWS[s.row].into(),
             COLS[s.col].into(),
             BACKGROUNDS[s.background].into(),
-            "<image> What colour is the shape?".into(),
-            COLOURS[s.colour].0.into(),
-            "<image> What shape is in the picture?".into(),
-            SHAPES[s.shape].into(),
-            "<image> Is the shape small, medium or large?".into(),
-            SIZES[s.size].0.into(),
-            "<image> Where is the shape?".into(),
-            pos,
         ];
+        for (c, q) in CONCEPTS.iter().zip(QUESTIONS) {
+            fields.push(format!("<image> {q}"));
+            fields.push(s.answer(c));
+        }
+        fields.push(chat_prompt(DESCRIBE));
         csv += &fields.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",");
         csv.push('\n');
     }

@@ -17,9 +17,10 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
 use crate::ZooError;
-use crate::caption_tokenizer::CaptionVocab;
 use crate::hf_folder::{write_json, write_safetensors};
 use crate::shapes::{BACKGROUNDS, COLOURS, SHAPES, SIZES, ShapeSample, TEMPLATES, caption_words, draw};
+use crate::training::{StepReport, TrainSummary, cosine_lr, redraw_normal, trainable_parameters};
+use crate::word_tokenizer::{self, WordVocab};
 
 /// Training images come from this seed offset, far from the seeds datasets are
 /// generated with (the bundled split is seed 0; `zoo eval` uses its own).
@@ -99,33 +100,12 @@ impl ShapesClipParams {
     }
 }
 
-/// One training step's report, for progress display.
-#[derive(Debug, Clone, Copy)]
-pub struct StepReport {
-    pub step: usize,
-    pub steps: usize,
-    pub loss: f64,
-    /// In-batch image-to-text accuracy (argmax of each row is its own caption).
-    pub batch_accuracy: f64,
-}
-
-/// What a finished training run reports (also written to `training.json`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TrainSummary {
-    pub params: ShapesClipParams,
-    pub parameters: i64,
-    pub seconds: f64,
-    pub final_loss: f64,
-    /// Mean loss over each tenth of training.
-    pub loss_by_tenth: Vec<f64>,
-}
-
 fn extract_err(e: ExtractError) -> ZooError {
     ZooError::Model(e.to_string())
 }
 
 /// config.json in transformers' CLIPConfig layout.
-fn config_json(p: &ShapesClipParams, vocab: &CaptionVocab) -> Value {
+fn config_json(p: &ShapesClipParams, vocab: &WordVocab) -> Value {
     let tower = |extra: Value| {
         let mut v = json!({
             "hidden_size": p.width,
@@ -149,9 +129,9 @@ fn config_json(p: &ShapesClipParams, vocab: &CaptionVocab) -> Value {
             "model_type": "clip_text_model",
             "vocab_size": vocab.len(),
             "max_position_embeddings": MAX_POSITIONS,
-            "pad_token_id": vocab.id(crate::caption_tokenizer::PAD),
-            "bos_token_id": vocab.id(crate::caption_tokenizer::BOS),
-            "eos_token_id": vocab.id(crate::caption_tokenizer::EOS),
+            "pad_token_id": vocab.id(word_tokenizer::PAD),
+            "bos_token_id": vocab.id(word_tokenizer::CLIP_BOS),
+            "eos_token_id": vocab.id(word_tokenizer::CLIP_EOS),
         })),
         "vision_config": tower(json!({
             "model_type": "clip_vision_model",
@@ -183,36 +163,13 @@ fn preprocessor_json() -> Value {
 pub fn write_model_files(dir: &Path, p: &ShapesClipParams) -> Result<ClipConfig, ZooError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| ZooError::Io { path: dir.display().to_string(), message: e.to_string() })?;
-    let vocab = CaptionVocab::new(&caption_words());
+    let vocab = WordVocab::clip(&caption_words());
     let config = config_json(p, &vocab);
     write_json(&dir.join("config.json"), &config)?;
     write_json(&dir.join("preprocessor_config.json"), &preprocessor_json())?;
     write_json(&dir.join("tokenizer.json"), &vocab.tokenizer_json())?;
-    write_json(&dir.join("tokenizer_config.json"), &vocab.tokenizer_config(MAX_POSITIONS))?;
+    write_json(&dir.join("tokenizer_config.json"), &vocab.tokenizer_config(MAX_POSITIONS, "right"))?;
     serde_json::from_value(config).map_err(|e| ZooError::Model(format!("config.json: {e}")))
-}
-
-/// transformers' CLIP initialisation scale for embeddings (std 0.02); tch's
-/// default (std 1) makes the text tower, which has no pre-norm, slow to start.
-fn init_embeddings(vs: &nn::VarStore) {
-    // Sorted: the random draws must come in the same order every run (a HashMap's order varies).
-    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    tch::no_grad(|| {
-        for (name, mut t) in vars {
-            if name.contains("embedding") && !name.ends_with("bias") && !name.contains("patch_embedding") {
-                t.copy_(&(t.randn_like() * 0.02));
-            }
-        }
-    });
-}
-
-fn learning_rate(p: &ShapesClipParams, step: usize) -> f64 {
-    if step < p.warmup_steps {
-        return p.learning_rate * (step + 1) as f64 / p.warmup_steps as f64;
-    }
-    let t = (step - p.warmup_steps) as f64 / (p.steps - p.warmup_steps).max(1) as f64;
-    p.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
 /// A batch of generated images and captions as model inputs.
@@ -348,7 +305,7 @@ pub fn train_shapes_clip(
     dir: &Path,
     params: &CheckedShapesClip,
     on_step: &mut dyn FnMut(StepReport),
-) -> Result<TrainSummary, ZooError> {
+) -> Result<TrainSummary<ShapesClipParams>, ZooError> {
     let p = &params.0;
     let start = Instant::now();
     tch::set_num_threads(p.threads);
@@ -359,8 +316,10 @@ pub fn train_shapes_clip(
 
     let vs = nn::VarStore::new(Device::Cpu);
     let model = ClipModel::new(vs.root(), &config);
-    init_embeddings(&vs);
-    let parameters: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    redraw_normal(&vs, 0.02, |name| {
+        name.contains("embedding") && !name.ends_with("bias") && !name.contains("patch_embedding")
+    });
+    let parameters = trainable_parameters(&vs);
     let mut opt = nn::AdamW { wd: p.weight_decay, ..Default::default() }
         .build(&vs, p.learning_rate)
         .map_err(|e| ZooError::Model(e.to_string()))?;
@@ -368,7 +327,7 @@ pub fn train_shapes_clip(
     let mut losses = Vec::with_capacity(p.steps);
     for step in 0..p.steps {
         let batch = next_batch(&mut sampler, p.batch_size, &processor, &tokenizer)?;
-        opt.set_lr(learning_rate(p, step));
+        opt.set_lr(cosine_lr(p.learning_rate, p.warmup_steps, p.steps, step));
         let (loss, accuracy) = contrastive_loss(&model, &batch);
         opt.backward_step_clip_norm(&loss, 1.0);
         // CLIP clamps the temperature at 100.
@@ -384,14 +343,7 @@ pub fn train_shapes_clip(
         on_step(StepReport { step: step + 1, steps: p.steps, loss, batch_accuracy: accuracy.double_value(&[]) });
     }
     write_safetensors(&dir.join("model.safetensors"), &vs.variables())?;
-    let tenth = p.steps.div_ceil(10);
-    let summary = TrainSummary {
-        params: p.clone(),
-        parameters,
-        seconds: start.elapsed().as_secs_f64(),
-        final_loss: *losses.last().expect("steps >= 1"),
-        loss_by_tenth: losses.chunks(tenth).map(|c| c.iter().sum::<f64>() / c.len() as f64).collect(),
-    };
+    let summary = TrainSummary::new(p.clone(), parameters, start.elapsed().as_secs_f64(), &losses);
     let record = serde_json::to_value(&summary).map_err(|e| ZooError::Model(e.to_string()))?;
     write_json(&dir.join("training.json"), &record)?;
     Ok(summary)

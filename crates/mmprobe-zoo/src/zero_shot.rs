@@ -15,7 +15,7 @@ use mmprobe_extract::{DType, SiteRequest};
 use tch::{Device, Kind, Tensor};
 
 use crate::ZooError;
-use crate::shapes::{COLOURS, SHAPES, SIZES, ShapeSample, ShapeStream};
+use crate::shapes::{COLOURS, CONCEPTS, SHAPES, SIZES, ShapeSample, ShapeStream};
 use crate::shapes_clip::pixel_batch;
 
 /// Held-out images come from this seed unless told otherwise: neither the
@@ -35,8 +35,6 @@ pub struct ZeroShotReport {
     pub seed: u64,
     pub concepts: Vec<ConceptAccuracy>,
 }
-
-const CONCEPTS: [&str; 4] = ["colour", "shape", "size", "position"];
 
 /// Each concept's value index for a sample, in CONCEPTS order.
 fn values(s: &ShapeSample) -> [usize; 4] {

@@ -62,6 +62,11 @@ fn generation_is_deterministic_and_labels_match_pixels() {
         assert!(r[2].contains(&r[3]) && r[2].contains(&r[4]) && r[2].contains(&r[5]), "caption {}", r[2]);
         assert!(!r[2].contains(&r[9]), "the background is never named");
         assert_eq!(r[11], r[3]);
+        assert_eq!(
+            r[header.len() - 1],
+            "USER: <image> Describe the picture. ASSISTANT:",
+            "the decoder prompt names no concept"
+        );
         shapes_seen.insert(r[4].clone());
     }
     assert_eq!(shapes_seen.len(), SHAPES.len());

@@ -46,7 +46,7 @@ enum Command {
         #[command(subcommand)]
         cmd: cmd::datasets::DatasetsCmd,
     },
-    /// Toy models with known concepts: list, train from a recipe, evaluate zero-shot.
+    /// Toy models with known concepts: list, train from a recipe, evaluate on held-out images.
     Zoo {
         #[command(subcommand)]
         cmd: cmd::zoo::ZooCmd,

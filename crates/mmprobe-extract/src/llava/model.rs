@@ -246,6 +246,14 @@ impl LlavaModel {
     /// The vision tower with the requested sites kept, and the projected
     /// image features [B, image_seq_length, D].
     pub fn encode_image(&self, pixel_values: &Tensor, req: &SiteRequest) -> (Captured, Tensor) {
+        let (cap, feats) = self.vision_features(pixel_values, req);
+        (cap, self.multi_modal_projector.forward(&feats))
+    }
+
+    /// The vision tower with the requested sites kept, and the selected
+    /// feature layers concatenated [B, image_seq_length, layers x width],
+    /// before the projector (a frozen tower's part of `encode_image`).
+    pub fn vision_features(&self, pixel_values: &Tensor, req: &SiteRequest) -> (Captured, Tensor) {
         let mut vreq = req.clone();
         vreq.resid.extend(self.feature_layers.iter().copied());
         let (mut cap, _pooled) = self.vision_tower.forward(pixel_values, &vreq);
@@ -260,10 +268,10 @@ impl LlavaModel {
                 }
             })
             .collect();
-        let projected = self.multi_modal_projector.forward(&Tensor::cat(&feats, -1));
+        let feats = Tensor::cat(&feats, -1);
         cap.resid.retain(|l, _| req.resid.contains(l));
         cap.pooled = None;
-        (cap, projected)
+        (cap, feats)
     }
 
     /// The decoder over a padded batch. `input_ids`/`attention_mask` [B, T];

@@ -1,6 +1,7 @@
-//! `mmprobe demo`: the whole job on the bundled model and dataset: extract
-//! both towers, probe every concept at every layer (control task, intervals),
-//! directions, geometry, the report, and a table of the best layer per concept.
+//! `mmprobe demo`: the whole job on the bundled models and dataset: extract
+//! both towers of shapes-clip and the decoder of shapes-llava, probe every
+//! concept at every layer (control task, intervals), directions, geometry,
+//! the reports, and a table of the best layer per concept.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,7 +17,7 @@ use mmprobe_extract::{ExtractOptions, LayerSpec, RunOptions, Selector, Site, Tow
 use mmprobe_store::Store;
 
 use super::progress::{SampleBar, bar};
-use super::zoo::SHAPES_CLIP_DIR;
+use super::zoo::{SHAPES_CLIP_DIR, SHAPES_LLAVA_DIR};
 
 const SHAPES_DATA: &str = "datasets/shapes/data.csv";
 /// The generating factors the demo probes; `background` is the nuisance no caption names.
@@ -33,6 +34,13 @@ pub struct DemoCmd {
     /// A dataset manifest with the shapes concept columns (default: the bundled split).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// A LLaVA checkpoint whose decoder is extracted and probed too, into
+    /// OUT/llava (default: the bundled shapes-llava, when it is there).
+    #[arg(long, conflicts_with = "no_llava")]
+    llava: Option<PathBuf>,
+    /// Only the CLIP part.
+    #[arg(long)]
+    no_llava: bool,
     /// Bootstrap resamples for each accuracy's 95% interval.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
@@ -56,28 +64,37 @@ fn step(name: &str) {
     eprintln!("== {name}");
 }
 
-pub fn run(a: DemoCmd) -> anyhow::Result<()> {
-    let t0 = Instant::now();
-    let model = match a.model {
-        Some(m) => m,
-        None => bundled(SHAPES_CLIP_DIR)?,
-    };
-    let data = match a.data {
-        Some(d) => d,
-        None => bundled(SHAPES_DATA)?,
-    };
-    let (store_dir, results_dir, report_dir) = (a.out.join("store"), a.out.join("results"), a.out.join("report"));
+/// One model's part of the demo: what to extract and where it all goes.
+struct Job<'a> {
+    model: PathBuf,
+    data: &'a Path,
+    towers: Vec<Tower>,
+    sites: Vec<Site>,
+    selectors: Vec<Selector>,
+    dir: PathBuf,
+}
+
+/// What one model's part produced.
+struct Done {
+    rows: Vec<ProbeRow>,
+    geometry: sweep::GeometryReport,
+    report: PathBuf,
+}
+
+/// Extract, probe, directions, geometry and report for one model, under `job.dir`.
+fn analyse(job: &Job, bootstrap: usize) -> anyhow::Result<Done> {
+    let (store_dir, results_dir, report_dir) = (job.dir.join("store"), job.dir.join("results"), job.dir.join("report"));
     std::fs::create_dir_all(&results_dir).with_context(|| format!("cannot create {}", results_dir.display()))?;
 
-    step(&format!("extract {} on {}", model.display(), data.display()));
+    step(&format!("extract {} on {}", job.model.display(), job.data.display()));
     let opts = ExtractOptions {
-        model: model.clone(),
-        data,
+        model: job.model.clone(),
+        data: job.data.to_path_buf(),
         out: store_dir.clone(),
-        towers: Some(vec![Tower::Vision, Tower::Text]),
-        sites: vec![Site::Resid, Site::Embeds],
+        towers: Some(job.towers.clone()),
+        sites: job.sites.clone(),
         layers: LayerSpec::All,
-        selectors: vec![Selector::Cls, Selector::Eos, Selector::Mean, Selector::Pooled],
+        selectors: job.selectors.clone(),
         run: RunOptions::default(),
         shard: (0, 1),
         skip_bad: false,
@@ -96,7 +113,7 @@ pub fn run(a: DemoCmd) -> anyhow::Result<()> {
     let partitions = all.matching(&store)?.len();
 
     step("probe every concept at every layer (5-fold CV, control task, bootstrap intervals)");
-    let params = ProbeParams { folds: 5, seed: 0, bootstrap: a.bootstrap, ..Default::default() }.check()?;
+    let params = ProbeParams { folds: 5, seed: 0, bootstrap, ..Default::default() }.check()?;
     let b = bar(partitions, "partitions");
     let rows = sweep::probe_store(&store, &concepts, &all, &params, &ControlBy::Default, None, &|| b.inc(1));
     b.finish_and_clear();
@@ -117,23 +134,76 @@ pub fn run(a: DemoCmd) -> anyhow::Result<()> {
     let b = bar(partitions * concepts.len(), "concept x partition");
     let geo = sweep::geometry_store(&store, &all, &gp, &logistic, &|| b.inc(1));
     b.finish_and_clear();
-    let (report, cka, sep) = geo?;
-    results::write_geometry(&results_dir, &report, &cka, &sep)?;
+    let (geometry, cka, sep) = geo?;
+    results::write_geometry(&results_dir, &geometry, &cka, &sep)?;
 
     step("report");
     std::fs::create_dir_all(&report_dir)?;
     let written = mmprobe_plot::write_report(&store_dir, &results_dir, &report_dir)?;
+    Ok(Done { rows, geometry, report: written.html })
+}
+
+pub fn run(a: DemoCmd) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let model = match a.model {
+        Some(m) => m,
+        None => bundled(SHAPES_CLIP_DIR)?,
+    };
+    let data = match a.data {
+        Some(d) => d,
+        None => bundled(SHAPES_DATA)?,
+    };
+    // shapes-llava comes with the bundled shapes-clip only: it is built on its vision tower.
+    let llava = match (&a.llava, a.no_llava) {
+        (_, true) => None,
+        (Some(l), false) => Some(l.clone()),
+        (None, false) => bundled(SHAPES_LLAVA_DIR).ok(),
+    };
+    let clip = analyse(
+        &Job {
+            model,
+            data: &data,
+            towers: vec![Tower::Vision, Tower::Text],
+            sites: vec![Site::Resid, Site::Embeds],
+            selectors: vec![Selector::Cls, Selector::Eos, Selector::Mean, Selector::Pooled],
+            dir: a.out.clone(),
+        },
+        a.bootstrap,
+    )?;
+    let llava = match llava {
+        Some(model) => Some(analyse(
+            &Job {
+                model,
+                data: &data,
+                towers: vec![Tower::Decoder],
+                sites: vec![Site::Resid],
+                selectors: vec![Selector::Last, Selector::MeanImage, Selector::MeanText],
+                dir: a.out.join("llava"),
+            },
+            a.bootstrap,
+        )?),
+        None => None,
+    };
 
     println!();
+    let mut rows: Vec<&ProbeRow> = clip.rows.iter().collect();
+    rows.extend(llava.iter().flat_map(|l| &l.rows));
     print_best_layers(&rows);
     println!();
-    print_findings(&rows);
-    if let (Some(gap), Some(r1)) = (report.modality_gap, report.retrieval_i2t_r1) {
-        println!("modality gap {gap:.3}; image-to-text retrieval R@1 {r1:.3} over {} pairs", report.pairs);
+    print_findings(&clip.rows);
+    if let Some(l) = &llava {
+        print_decoder_findings(&l.rows);
+    }
+    let g = &clip.geometry;
+    if let (Some(gap), Some(r1)) = (g.modality_gap, g.retrieval_i2t_r1) {
+        println!("modality gap {gap:.3}; image-to-text retrieval R@1 {r1:.3} over {} pairs", g.pairs);
     }
     println!();
-    println!("results {}", results_dir.display());
-    println!("report  {}", written.html.display());
+    println!("results {}", a.out.join("results").display());
+    println!("report  {}", clip.report.display());
+    if let Some(l) = &llava {
+        println!("report  {} (shapes-llava decoder)", l.report.display());
+    }
     println!("done in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
@@ -146,14 +216,14 @@ fn where_(r: &ProbeRow) -> String {
 }
 
 /// Per concept and tower: the partition with the highest cross-validated accuracy.
-fn print_best_layers(rows: &[ProbeRow]) {
+fn print_best_layers(rows: &[&ProbeRow]) {
     println!("best layer per concept (tower/site/layer/selector; accuracy with 95% CI; control task)");
     println!(
         "{:<11} {:<26} {:>8} {:>17} {:>8} {:>11}",
         "concept", "where", "accuracy", "95% CI", "control", "selectivity"
     );
     for concept in CONCEPTS {
-        for tower in [Tower::Vision, Tower::Text] {
+        for tower in [Tower::Vision, Tower::Text, Tower::Decoder] {
             let best = rows
                 .iter()
                 .filter(|r| r.concept == concept && r.partition.as_ref().is_some_and(|p| p.tower == tower))
@@ -224,4 +294,27 @@ fn print_findings(rows: &[ProbeRow]) {
         early.map_or("-".into(), where_),
         acc(embeds)
     );
+}
+
+/// The decoder: where each concept is best read, at the image tokens and at
+/// the last prompt token (where the answer's first word is predicted).
+fn print_decoder_findings(rows: &[ProbeRow]) {
+    let best = |concept: &str, sel: Selector| {
+        rows.iter()
+            .filter(|r| r.concept == concept && r.partition.as_ref().is_some_and(|p| p.selector == sel))
+            .filter(|r| r.accuracy.is_some())
+            .max_by(|a, b| a.accuracy.partial_cmp(&b.accuracy).expect("accuracies are finite"))
+    };
+    let acc = |r: Option<&ProbeRow>| {
+        r.map_or("-".into(), |r| {
+            format!("{:.3} (layer {})", r.accuracy.unwrap_or(f64::NAN), r.partition.as_ref().map_or(0, |p| p.layer))
+        })
+    };
+    for concept in ["colour", "shape", "size", "position"] {
+        println!(
+            "decoder {concept}: best {} at the image tokens (mean_image), {} at the last prompt token",
+            acc(best(concept, Selector::MeanImage)),
+            acc(best(concept, Selector::Last))
+        );
+    }
 }

@@ -1,13 +1,14 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
-use mmprobe_zoo::ShapesClipParams;
+use mmprobe_zoo::{ShapesClipParams, ShapesLlavaParams, StepReport};
 
 use super::progress::bar;
 
 /// Where the bundled toy models live, relative to the repository root.
 pub const SHAPES_CLIP_DIR: &str = "datasets/models/shapes-clip";
+pub const SHAPES_LLAVA_DIR: &str = "datasets/models/shapes-llava";
 
 #[derive(Subcommand, Debug)]
 pub enum ZooCmd {
@@ -15,7 +16,7 @@ pub enum ZooCmd {
     List,
     /// Train a toy model from its recipe (deterministic for a seed and thread count).
     Train(TrainArgs),
-    /// Zero-shot accuracy per concept on a freshly generated held-out split.
+    /// Accuracy per concept on a freshly generated held-out split (CLIP: zero-shot; LLaVA: VQA answers).
     Eval(EvalArgs),
 }
 
@@ -23,46 +24,73 @@ pub enum ZooCmd {
 pub enum ZooModel {
     /// A small CLIP trained contrastively on the shapes dataset's captions.
     ShapesClip,
+    /// A small LLaVA: shapes-clip's vision tower (frozen), a projector and a
+    /// Llama decoder trained to answer the shapes dataset's questions.
+    ShapesLlava,
 }
 
+impl ZooModel {
+    fn dir(self) -> &'static str {
+        match self {
+            ZooModel::ShapesClip => SHAPES_CLIP_DIR,
+            ZooModel::ShapesLlava => SHAPES_LLAVA_DIR,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ZooModel::ShapesClip => "shapes-clip",
+            ZooModel::ShapesLlava => "shapes-llava",
+        }
+    }
+}
+
+/// Unset options take the model's recipe defaults (see `zoo list`).
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     model: ZooModel,
-    /// The folder to write (a Hugging Face CLIP checkpoint).
+    /// The folder to write [default: the model's folder under datasets/models/].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// shapes-llava: the shapes-clip checkpoint whose vision tower it builds on.
     #[arg(long, default_value = SHAPES_CLIP_DIR)]
-    out: PathBuf,
-    #[arg(long, default_value_t = ShapesClipParams::default().seed)]
-    seed: u64,
-    #[arg(long, default_value_t = ShapesClipParams::default().steps)]
-    steps: usize,
-    #[arg(long, default_value_t = ShapesClipParams::default().batch_size)]
-    batch_size: usize,
+    clip: PathBuf,
+    /// Seed of the initial weights and of the generated training stream [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Optimiser steps [default: the recipe's, see `zoo list`].
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Images per step (shapes-clip: captions too; shapes-llava: one question each).
+    #[arg(long)]
+    batch_size: Option<usize>,
     /// CPU threads. Float sums depend on it: the same seed and threads give the same weights.
-    #[arg(long, default_value_t = ShapesClipParams::default().threads)]
-    threads: i32,
-    /// Width of both towers and of the joint embedding.
-    #[arg(long, default_value_t = ShapesClipParams::default().width)]
-    width: i64,
-    /// Layers per tower.
-    #[arg(long, default_value_t = ShapesClipParams::default().layers)]
-    layers: usize,
-    /// Vision patch size in pixels (the images are 64 x 64).
-    #[arg(long, default_value_t = ShapesClipParams::default().patch_size)]
-    patch_size: i64,
-    #[arg(long, default_value_t = ShapesClipParams::default().learning_rate)]
-    learning_rate: f64,
+    #[arg(long)]
+    threads: Option<i32>,
+    /// Width of the trained towers (shapes-clip: both towers and the joint embedding; shapes-llava: the decoder).
+    #[arg(long)]
+    width: Option<i64>,
+    /// Layers per trained tower.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// shapes-clip: vision patch size in pixels (the images are 64 x 64).
+    #[arg(long)]
+    patch_size: Option<i64>,
+    /// Peak learning rate (AdamW, linear warm-up then cosine decay).
+    #[arg(long)]
+    learning_rate: Option<f64>,
 }
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     model: ZooModel,
-    /// The checkpoint folder to evaluate.
-    #[arg(long, default_value = SHAPES_CLIP_DIR)]
-    dir: PathBuf,
+    /// The checkpoint folder to evaluate [default: the model's folder under datasets/models/].
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// Held-out images to generate.
     #[arg(long, default_value_t = 1000)]
     n: usize,
-    /// Seed of the held-out split (the training stream uses seeds from 1000, the bundled split 0).
+    /// Seed of the held-out split (training streams use seeds from 1000, the bundled split 0).
     #[arg(long, default_value_t = mmprobe_zoo::zero_shot::EVAL_SEED)]
     seed: u64,
 }
@@ -70,7 +98,18 @@ pub struct EvalArgs {
 pub fn run(cmd: ZooCmd) -> anyhow::Result<()> {
     match cmd {
         ZooCmd::List => {
-            println!("shapes-clip  CLIP trained on `datasets generate shapes` captions  ({SHAPES_CLIP_DIR})");
+            let c = ShapesClipParams::default();
+            let l = ShapesLlavaParams::default();
+            println!(
+                "shapes-clip   CLIP trained on `datasets generate shapes` captions  ({SHAPES_CLIP_DIR})\n              \
+                 {} steps of {}, width {}, {} layers, patch {}",
+                c.steps, c.batch_size, c.width, c.layers, c.patch_size
+            );
+            println!(
+                "shapes-llava  LLaVA on shapes-clip's vision tower, answering the dataset's questions  \
+                 ({SHAPES_LLAVA_DIR})\n              {} steps of {}, decoder width {}, {} layers",
+                l.steps, l.batch_size, l.width, l.layers
+            );
             Ok(())
         }
         ZooCmd::Train(a) => train(a),
@@ -78,42 +117,96 @@ pub fn run(cmd: ZooCmd) -> anyhow::Result<()> {
     }
 }
 
-fn train(a: TrainArgs) -> anyhow::Result<()> {
-    let ZooModel::ShapesClip = a.model;
-    let params = ShapesClipParams {
-        seed: a.seed,
-        steps: a.steps,
-        batch_size: a.batch_size,
-        threads: a.threads,
-        width: a.width,
-        layers: a.layers,
-        patch_size: a.patch_size,
-        learning_rate: a.learning_rate,
-        ..Default::default()
-    }
-    .check()?;
-    let bar = bar(a.steps, "steps");
-    let result = mmprobe_zoo::train_shapes_clip(&a.out, &params, &mut |r| {
+/// Runs a recipe behind a progress bar.
+fn with_progress<T>(steps: usize, run: impl FnOnce(&mut dyn FnMut(StepReport)) -> T) -> T {
+    let bar = bar(steps, "steps");
+    let out = run(&mut |r| {
         bar.set_position(r.step as u64);
         bar.set_message(format!("loss {:.3}  batch acc {:.2}", r.loss, r.batch_accuracy));
     });
     bar.finish_and_clear();
-    let s = result.with_context(|| format!("training shapes-clip into {}", a.out.display()))?;
+    out
+}
+
+fn report(name: &str, out: &Path, parameters: i64, steps: usize, seconds: f64, final_loss: f64) {
     println!(
-        "trained shapes-clip ({} parameters) for {} steps in {:.0} s; final loss {:.3}",
-        s.parameters, s.params.steps, s.seconds, s.final_loss
+        "trained {name} ({parameters} parameters) for {steps} steps in {seconds:.0} s; final loss {final_loss:.3}"
     );
-    println!("wrote {}", a.out.display());
+    println!("wrote {}", out.display());
+}
+
+fn train(a: TrainArgs) -> anyhow::Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(a.model.dir()));
+    let context = || format!("training {} into {}", a.model.name(), out.display());
+    match a.model {
+        ZooModel::ShapesClip => {
+            let d = ShapesClipParams::default();
+            let params = ShapesClipParams {
+                seed: a.seed.unwrap_or(d.seed),
+                steps: a.steps.unwrap_or(d.steps),
+                batch_size: a.batch_size.unwrap_or(d.batch_size),
+                threads: a.threads.unwrap_or(d.threads),
+                width: a.width.unwrap_or(d.width),
+                layers: a.layers.unwrap_or(d.layers),
+                patch_size: a.patch_size.unwrap_or(d.patch_size),
+                learning_rate: a.learning_rate.unwrap_or(d.learning_rate),
+                ..d
+            };
+            let steps = params.steps;
+            let params = params.check()?;
+            let s = with_progress(steps, |f| mmprobe_zoo::train_shapes_clip(&out, &params, f)).with_context(context)?;
+            report(a.model.name(), &out, s.parameters, s.params.steps, s.seconds, s.final_loss);
+        }
+        ZooModel::ShapesLlava => {
+            anyhow::ensure!(
+                a.patch_size.is_none(),
+                "--patch-size is shapes-clip's; shapes-llava keeps its vision tower"
+            );
+            let d = ShapesLlavaParams::default();
+            let params = ShapesLlavaParams {
+                seed: a.seed.unwrap_or(d.seed),
+                steps: a.steps.unwrap_or(d.steps),
+                batch_size: a.batch_size.unwrap_or(d.batch_size),
+                threads: a.threads.unwrap_or(d.threads),
+                width: a.width.unwrap_or(d.width),
+                layers: a.layers.unwrap_or(d.layers),
+                learning_rate: a.learning_rate.unwrap_or(d.learning_rate),
+                ..d
+            };
+            let steps = params.steps;
+            let params = params.check()?;
+            let s = with_progress(steps, |f| mmprobe_zoo::train_shapes_llava(&out, &a.clip, &params, f))
+                .with_context(context)?;
+            report(a.model.name(), &out, s.parameters, s.params.steps, s.seconds, s.final_loss);
+        }
+    }
     Ok(())
 }
 
 fn eval(a: EvalArgs) -> anyhow::Result<()> {
-    let ZooModel::ShapesClip = a.model;
-    let r = mmprobe_zoo::zero_shot_shapes(&a.dir, a.n, a.seed)?;
-    println!("zero-shot accuracy of {} on {} held-out images (seed {})", a.dir.display(), r.n, r.seed);
-    println!("{:<10} {:>8} {:>9} {:>7}", "concept", "classes", "accuracy", "chance");
-    for c in &r.concepts {
-        println!("{:<10} {:>8} {:>9.3} {:>7.3}", c.concept, c.classes, c.accuracy, 1.0 / c.classes as f64);
+    let dir = a.dir.clone().unwrap_or_else(|| PathBuf::from(a.model.dir()));
+    match a.model {
+        ZooModel::ShapesClip => {
+            let r = mmprobe_zoo::zero_shot_shapes(&dir, a.n, a.seed)?;
+            println!("zero-shot accuracy of {} on {} held-out images (seed {})", dir.display(), r.n, r.seed);
+            println!("{:<10} {:>8} {:>9} {:>7}", "concept", "classes", "accuracy", "chance");
+            for c in &r.concepts {
+                println!("{:<10} {:>8} {:>9.3} {:>7.3}", c.concept, c.classes, c.accuracy, 1.0 / c.classes as f64);
+            }
+        }
+        ZooModel::ShapesLlava => {
+            let r = mmprobe_zoo::vqa_shapes(&dir, a.n, a.seed)?;
+            println!(
+                "VQA accuracy (greedy answers, exact words) of {} on {} held-out images (seed {})",
+                dir.display(),
+                r.n,
+                r.seed
+            );
+            println!("{:<10} {:>9}", "question", "accuracy");
+            for t in &r.tasks {
+                println!("{:<10} {:>9.3}", t.task, t.accuracy);
+            }
+        }
     }
     Ok(())
 }

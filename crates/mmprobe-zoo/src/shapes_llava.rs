@@ -1,0 +1,333 @@
+//! `shapes-llava`: a small LLaVA built on shapes-clip's vision tower (frozen),
+//! with a projector and a small Llama decoder trained to answer the shapes
+//! dataset's VQA prompts, using mmprobe's own LLaVA code (mmprobe-extract).
+//! Saved in the Hugging Face LLaVA format (transformers 5 key layout).
+//! Deterministic for a seed and a thread count.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+use mmprobe_extract::llava::{LlavaConfig, LlavaModel, PromptTokenizer};
+use mmprobe_extract::preprocess::ImageProcessor;
+use mmprobe_extract::weights::Checkpoint;
+use mmprobe_extract::{ExtractError, SiteRequest};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde_json::{Value, json};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::ZooError;
+use crate::hf_folder::{write_json, write_safetensors};
+use crate::shapes::{CONCEPTS, DESCRIBE, QUESTIONS, ShapeSample, ShapeStream, chat_prompt, vqa_words};
+use crate::shapes_clip::{IMAGE_SIDE, pixel_batch};
+use crate::training::{StepReport, TrainSummary, cosine_lr, freeze_prefix, redraw_normal, trainable_parameters};
+use crate::word_tokenizer::{self, WordVocab};
+
+/// Training images come from this generator seed plus the recipe's seed:
+/// apart from shapes-clip's training stream (1000 + seed), the bundled split
+/// (0) and the held-out split (999).
+pub const TRAIN_SEED_OFFSET: u64 = 2_000;
+/// A prompt (65 image positions, 13 words at most) and the longest answer fit.
+pub const MAX_POSITIONS: i64 = 96;
+/// Tasks per image: the four concept questions and the description.
+pub const TASKS: usize = CONCEPTS.len() + 1;
+
+/// The recipe's hyperparameters, unchecked.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ShapesLlavaParams {
+    pub seed: u64,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// The decoder's width.
+    pub width: i64,
+    pub layers: usize,
+    pub heads: i64,
+    pub kv_heads: i64,
+    /// libtorch CPU threads: float sums depend on it, so it is part of the recipe.
+    pub threads: i32,
+}
+
+impl Default for ShapesLlavaParams {
+    fn default() -> Self {
+        ShapesLlavaParams {
+            seed: 0,
+            steps: 3000,
+            batch_size: 64,
+            learning_rate: 3e-3,
+            warmup_steps: 50,
+            weight_decay: 0.05,
+            width: 64,
+            layers: 3,
+            heads: 4,
+            kv_heads: 2,
+            threads: 2,
+        }
+    }
+}
+
+/// Parameters that passed [`ShapesLlavaParams::check`].
+#[derive(Debug, Clone)]
+pub struct CheckedShapesLlava(ShapesLlavaParams);
+
+impl ShapesLlavaParams {
+    pub fn check(self) -> Result<CheckedShapesLlava, ZooError> {
+        let bad = |m: String| Err(ZooError::Params(m));
+        if self.steps == 0 {
+            return bad("steps must be at least 1".into());
+        }
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1".into());
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad(format!("learning rate {} must be positive", self.learning_rate));
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return bad(format!("weight decay {} must be in [0, 1)", self.weight_decay));
+        }
+        if self.heads <= 0 || self.width <= 0 || self.width % self.heads != 0 || (self.width / self.heads) % 2 != 0 {
+            return bad(format!("width {} must be heads {} times an even head size (RoPE)", self.width, self.heads));
+        }
+        if self.kv_heads <= 0 || self.heads % self.kv_heads != 0 {
+            return bad(format!("heads {} must be a multiple of kv heads {}", self.heads, self.kv_heads));
+        }
+        if self.layers == 0 {
+            return bad("layers must be at least 1".into());
+        }
+        if self.threads < 1 {
+            return bad("threads must be at least 1".into());
+        }
+        Ok(CheckedShapesLlava(self))
+    }
+}
+
+fn extract_err(e: ExtractError) -> ZooError {
+    ZooError::Model(e.to_string())
+}
+
+fn read_json(path: &Path) -> Result<Value, ZooError> {
+    let io = |m: String| ZooError::Io { path: path.display().to_string(), message: m };
+    let bytes = std::fs::read(path).map_err(|e| io(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| io(e.to_string()))
+}
+
+/// config.json in transformers' LlavaConfig layout. The projector reads the
+/// last two vision layers at every position (CLS too): shapes-clip's CLS is
+/// the only token its loss trained, and its last layer's patch outputs feed
+/// nothing in CLIP.
+fn config_json(p: &ShapesLlavaParams, vision: &Value, vocab: &WordVocab) -> Value {
+    let patches = (IMAGE_SIDE as i64 / vision["patch_size"].as_i64().unwrap_or(1)).pow(2);
+    json!({
+        "architectures": ["LlavaForConditionalGeneration"],
+        "model_type": "llava",
+        "dtype": "float32",
+        "image_token_index": vocab.id(word_tokenizer::IMAGE),
+        "image_seq_length": patches + 1,
+        "projector_hidden_act": "gelu",
+        "vision_feature_select_strategy": "full",
+        "vision_feature_layer": [-2, -1],
+        "multimodal_projector_bias": true,
+        "tie_word_embeddings": false,
+        "vision_config": vision,
+        "text_config": {
+            "model_type": "llama",
+            "vocab_size": vocab.len(),
+            "hidden_size": p.width,
+            "intermediate_size": p.width * 3,
+            "num_hidden_layers": p.layers,
+            "num_attention_heads": p.heads,
+            "num_key_value_heads": p.kv_heads,
+            "hidden_act": "silu",
+            "max_position_embeddings": MAX_POSITIONS,
+            "rms_norm_eps": 1e-5,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+            "attention_bias": false,
+            "mlp_bias": false,
+            "tie_word_embeddings": false,
+            "bos_token_id": vocab.id(word_tokenizer::LLAMA_BOS),
+            "eos_token_id": vocab.id(word_tokenizer::LLAMA_EOS),
+            "pad_token_id": vocab.id(word_tokenizer::PAD),
+        },
+    })
+}
+
+/// What transformers' LlavaProcessor reads: one image token per CLS and patch.
+fn processor_json(patch_size: i64) -> Value {
+    json!({
+        "processor_class": "LlavaProcessor",
+        "image_token": word_tokenizer::IMAGE,
+        "patch_size": patch_size,
+        "vision_feature_select_strategy": "full",
+        "num_additional_image_tokens": 1
+    })
+}
+
+/// Writes everything but the weights: config, tokenizer, processors.
+pub fn write_model_files(dir: &Path, clip_dir: &Path, p: &ShapesLlavaParams) -> Result<LlavaConfig, ZooError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| ZooError::Io { path: dir.display().to_string(), message: e.to_string() })?;
+    let clip = read_json(&clip_dir.join("config.json"))?;
+    let vision = clip.get("vision_config").cloned().ok_or_else(|| ZooError::Io {
+        path: clip_dir.join("config.json").display().to_string(),
+        message: "no vision_config: not a CLIP checkpoint".into(),
+    })?;
+    let vocab = WordVocab::llama(&vqa_words());
+    let config = config_json(p, &vision, &vocab);
+    write_json(&dir.join("config.json"), &config)?;
+    write_json(&dir.join("preprocessor_config.json"), &read_json(&clip_dir.join("preprocessor_config.json"))?)?;
+    write_json(&dir.join("processor_config.json"), &processor_json(vision["patch_size"].as_i64().unwrap_or(1)))?;
+    write_json(&dir.join("tokenizer.json"), &vocab.tokenizer_json())?;
+    write_json(&dir.join("tokenizer_config.json"), &vocab.tokenizer_config(MAX_POSITIONS as usize, "left"))?;
+    LlavaConfig::from_value(config).map_err(|e| ZooError::Model(format!("config.json: {e}")))
+}
+
+/// A task's prompt and answer for a sample (task < [`TASKS`]; the last is the description).
+pub fn task_text(s: &ShapeSample, task: usize) -> (String, String) {
+    match CONCEPTS.get(task) {
+        Some(c) => (chat_prompt(QUESTIONS[task]), s.answer(c)),
+        None => (chat_prompt(DESCRIBE), s.description()),
+    }
+}
+
+/// Prompts with their answers and `</s>`, as ids [B, T], a mask, pixels, and
+/// next-token targets [B, T] (-100 except where the next token is part of the answer).
+pub(crate) struct VqaBatch {
+    pub pixels: Tensor,
+    pub input_ids: Tensor,
+    pub attention_mask: Tensor,
+    pub targets: Tensor,
+}
+
+pub(crate) fn vqa_batch(
+    samples: &[(ShapeSample, image::RgbImage, usize)],
+    proc: &ImageProcessor,
+    tok: &PromptTokenizer,
+) -> Result<VqaBatch, ZooError> {
+    let mut rows = Vec::with_capacity(samples.len());
+    let mut prompt_lens = Vec::with_capacity(samples.len());
+    for (s, _, task) in samples {
+        let (prompt, answer) = task_text(s, *task);
+        prompt_lens.push(tok.encode(&prompt).map_err(extract_err)?.len());
+        rows.push(tok.encode(&format!("{prompt} {answer} {}", word_tokenizer::LLAMA_EOS)).map_err(extract_err)?);
+    }
+    let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+    let batch = tok.pad(rows);
+    let (b, t) = batch.input_ids.size2().expect("ids are [batch, tokens]");
+    let ids = Vec::<i64>::try_from(batch.input_ids.flatten(0, -1)).map_err(|e| ZooError::Model(e.to_string()))?;
+    let mut targets = vec![-100i64; (b * t) as usize];
+    let t = t as usize;
+    for (i, (&len, &plen)) in lens.iter().zip(&prompt_lens).enumerate() {
+        let start = if tok.left_padding { t - len } else { 0 };
+        for j in plen..len {
+            targets[i * t + start + j - 1] = ids[i * t + start + j];
+        }
+    }
+    Ok(VqaBatch {
+        pixels: pixel_batch(proc, samples.iter().map(|(_, img, _)| img)),
+        input_ids: batch.input_ids,
+        attention_mask: batch.attention_mask,
+        targets: Tensor::from_slice(&targets).view([b, t as i64]),
+    })
+}
+
+/// Next-token logits [B, T, V] of a batch; the vision tower runs without gradients.
+pub(crate) fn vqa_logits(model: &LlavaModel, pixels: &Tensor, ids: &Tensor, mask: &Tensor) -> Tensor {
+    let none = SiteRequest::default();
+    let feats = tch::no_grad(|| model.vision_features(pixels, &none).1);
+    let image = model.multi_modal_projector.forward(&feats);
+    let last = model.language_model.layers.len();
+    let out = model.decode(ids, mask, Some(&image), &none, &[last]);
+    let (_, h) = out.raw_resid.into_iter().next().expect("the last layer's stream was asked for");
+    model.logits(&h)
+}
+
+/// Mean cross-entropy over answer tokens, and the share of them predicted right.
+fn answer_loss(logits: &Tensor, targets: &Tensor) -> (Tensor, Tensor) {
+    let v = logits.size()[2];
+    let flat = logits.view([-1, v]);
+    let targets = targets.view([-1]);
+    let loss = flat.cross_entropy_loss::<Tensor>(&targets, None, Reduction::Mean, -100, 0.0);
+    let answer = targets.ne(-100);
+    let right = flat.argmax(-1, false).eq_tensor(&targets).logical_and(&answer);
+    let accuracy = right.to_kind(Kind::Float).sum(Kind::Float) / answer.to_kind(Kind::Float).sum(Kind::Float);
+    (loss, accuracy)
+}
+
+/// Canonical variable names (mmprobe's LlavaModel) as transformers 5 saves them.
+fn checkpoint_key(name: &str) -> String {
+    if let Some(rest) = name.strip_prefix("vision_tower.") {
+        format!("model.vision_tower.vision_model.{rest}")
+    } else if name.starts_with("lm_head.") {
+        name.to_string()
+    } else {
+        format!("model.{name}")
+    }
+}
+
+/// Trains shapes-llava into `dir` from the shapes-clip checkpoint in
+/// `clip_dir` (its vision tower, frozen). `on_step` sees every step.
+pub fn train_shapes_llava(
+    dir: &Path,
+    clip_dir: &Path,
+    params: &CheckedShapesLlava,
+    on_step: &mut dyn FnMut(StepReport),
+) -> Result<TrainSummary<ShapesLlavaParams>, ZooError> {
+    let p = &params.0;
+    let start = Instant::now();
+    tch::set_num_threads(p.threads);
+    tch::manual_seed(p.seed as i64);
+    let config = write_model_files(dir, clip_dir, p)?;
+    let text = &config.text_config;
+    let tokenizer =
+        PromptTokenizer::from_dir(dir, config.image_token_index, config.image_seq_length, text.pad_token_id)
+            .map_err(extract_err)?;
+    let processor = ImageProcessor::from_dir(dir).map_err(extract_err)?;
+
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = LlavaModel::new(vs.root(), &config).map_err(ZooError::Model)?;
+    redraw_normal(&vs, 0.02, |name| name.ends_with("embed_tokens.weight"));
+    let clip = Checkpoint::open(clip_dir).map_err(extract_err)?;
+    tch::no_grad(|| -> Result<(), ZooError> {
+        for (name, mut var) in vs.variables() {
+            if let Some(rest) = name.strip_prefix("vision_tower.") {
+                var.copy_(&clip.tensor(&format!("vision_model.{rest}")).map_err(extract_err)?);
+            }
+        }
+        Ok(())
+    })?;
+    freeze_prefix(&vs, "vision_tower.");
+    let parameters = trainable_parameters(&vs);
+    let mut opt = nn::AdamW { wd: p.weight_decay, ..Default::default() }
+        .build(&vs, p.learning_rate)
+        .map_err(|e| ZooError::Model(e.to_string()))?;
+
+    let side = processor.output_size().0 as u32;
+    let mut images = ShapeStream::new(TRAIN_SEED_OFFSET + p.seed, side);
+    let mut tasks = ChaCha8Rng::seed_from_u64(TRAIN_SEED_OFFSET + p.seed);
+    let mut losses = Vec::with_capacity(p.steps);
+    for step in 0..p.steps {
+        let samples: Vec<_> =
+            images.by_ref().take(p.batch_size).map(|(s, img)| (s, img, tasks.random_range(0..TASKS))).collect();
+        let batch = vqa_batch(&samples, &processor, &tokenizer)?;
+        opt.set_lr(cosine_lr(p.learning_rate, p.warmup_steps, p.steps, step));
+        let logits = vqa_logits(&model, &batch.pixels, &batch.input_ids, &batch.attention_mask);
+        let (loss, accuracy) = answer_loss(&logits, &batch.targets);
+        opt.backward_step_clip_norm(&loss, 1.0);
+        let loss = loss.double_value(&[]);
+        if !loss.is_finite() {
+            return Err(ZooError::Model(format!("training diverged at step {step} (loss {loss})")));
+        }
+        losses.push(loss);
+        on_step(StepReport { step: step + 1, steps: p.steps, loss, batch_accuracy: accuracy.double_value(&[]) });
+    }
+    let saved: HashMap<String, Tensor> = vs.variables().into_iter().map(|(n, t)| (checkpoint_key(&n), t)).collect();
+    write_safetensors(&dir.join("model.safetensors"), &saved)?;
+    let summary = TrainSummary::new(p.clone(), parameters, start.elapsed().as_secs_f64(), &losses);
+    let record = serde_json::to_value(&summary).map_err(|e| ZooError::Model(e.to_string()))?;
+    write_json(&dir.join("training.json"), &record)?;
+    Ok(summary)
+}

@@ -1,0 +1,139 @@
+//! VQA accuracy of a shapes LLaVA per question on a freshly generated split:
+//! the model answers each question by greedy decoding (up to `</s>`), and an
+//! answer counts when its words equal the true answer's. Loaded from the
+//! folder the way extraction loads it, so the saved checkpoint is what is measured.
+
+use std::path::Path;
+
+use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
+use mmprobe_extract::preprocess::ImageProcessor;
+use mmprobe_extract::{DType, SiteRequest};
+use tch::{Device, Kind, Tensor};
+
+use crate::ZooError;
+use crate::shapes::{CONCEPTS, ShapeSample, ShapeStream, words_of};
+use crate::shapes_clip::pixel_batch;
+use crate::shapes_llava::{TASKS, task_text};
+use crate::word_tokenizer::LLAMA_EOS;
+
+/// The description's answer has 6 words at most; one more for `</s>`.
+const MAX_NEW_TOKENS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct TaskAccuracy {
+    /// A concept, or `describe` (every word of the description right).
+    pub task: &'static str,
+    pub accuracy: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct VqaReport {
+    pub n: usize,
+    pub seed: u64,
+    pub tasks: Vec<TaskAccuracy>,
+}
+
+fn model_err(e: mmprobe_extract::ExtractError) -> ZooError {
+    ZooError::Model(e.to_string())
+}
+
+fn tensor_err(e: tch::TchError) -> ZooError {
+    ZooError::Model(e.to_string())
+}
+
+pub fn vqa_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<VqaReport, ZooError> {
+    if n == 0 {
+        return Err(ZooError::Params("--n must be at least 1".into()));
+    }
+    let llava = LoadedLlava::load(model_dir, Device::Cpu, DType::F32).map_err(model_err)?;
+    let model = &llava.model;
+    let c = &model.config;
+    let mut tok =
+        PromptTokenizer::from_dir(model_dir, c.image_token_index, c.image_seq_length, c.text_config.pad_token_id)
+            .map_err(model_err)?;
+    // Generation appends at the end, so every prompt ends there.
+    tok.left_padding = true;
+    let processor = ImageProcessor::from_dir(model_dir).map_err(model_err)?;
+    let side = processor.output_size().0 as u32;
+    let none = SiteRequest::default();
+
+    let mut correct = [0usize; TASKS];
+    let mut stream = ShapeStream::new(seed, side).take(n).peekable();
+    while stream.peek().is_some() {
+        let batch: Vec<(ShapeSample, image::RgbImage)> = stream.by_ref().take(100).collect();
+        let pixels = pixel_batch(&processor, batch.iter().map(|(_, img)| img));
+        let image = tch::no_grad(|| model.encode_image(&pixels, &none).1);
+        for (task, right) in correct.iter_mut().enumerate() {
+            let prompts: Vec<String> = batch.iter().map(|(s, _)| task_text(s, task).0).collect();
+            let answers = greedy_answers(&llava, &tok, &image, &prompts)?;
+            for ((s, _), words) in batch.iter().zip(answers) {
+                *right += (words == words_of(&task_text(s, task).1)) as usize;
+            }
+        }
+    }
+    let names = CONCEPTS.iter().copied().chain(["describe"]);
+    let tasks = names.zip(correct).map(|(task, k)| TaskAccuracy { task, accuracy: k as f64 / n as f64 }).collect();
+    Ok(VqaReport { n, seed, tasks })
+}
+
+/// Greedy answers to one prompt per image, as words up to (not including)
+/// `</s>`. `image` holds the projected features [B, image_seq_length, D]
+/// (`LlavaModel::encode_image`); `tok` must pad on the left.
+pub fn greedy_answers(
+    llava: &LoadedLlava,
+    tok: &PromptTokenizer,
+    image: &Tensor,
+    prompts: &[String],
+) -> Result<Vec<Vec<String>>, ZooError> {
+    if !tok.left_padding {
+        return Err(ZooError::Params("greedy answers need prompts padded on the left".into()));
+    }
+    let eos = tok.encode(LLAMA_EOS).map_err(model_err)?.last().map(|t| t.id as i64).unwrap_or(-1);
+    let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+    let batch = tok.encode_batch(&refs).map_err(model_err)?;
+    let ids = greedy(llava, &batch.input_ids, &batch.attention_mask, image, eos)?;
+    Ok(ids.into_iter().map(|row| row.iter().filter_map(|&i| tok.id_to_token(i as u32)).collect()).collect())
+}
+
+/// Greedy continuations of left-padded prompts, each up to (not including) `eos`.
+fn greedy(
+    llava: &LoadedLlava,
+    ids: &Tensor,
+    mask: &Tensor,
+    image: &Tensor,
+    eos: i64,
+) -> Result<Vec<Vec<i64>>, ZooError> {
+    let model = &llava.model;
+    let b = ids.size()[0];
+    let (mut ids, mut mask) = (ids.shallow_clone(), mask.shallow_clone());
+    let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
+    let mut done = vec![false; b as usize];
+    let last = model.language_model.layers.len();
+    for _ in 0..MAX_NEW_TOKENS {
+        let next = tch::no_grad(|| {
+            let d = model.decode(&ids, &mask, Some(image), &SiteRequest::default(), &[last]);
+            let h = &d.raw_resid[0].1;
+            let t = h.size()[1];
+            // Left padding: every row's last token is at the end.
+            let logits = model.logits(&h.narrow(1, t - 1, 1));
+            // An emitted image token would be taken for a placeholder on the next pass.
+            let image_token = model.config.image_token_index;
+            if (0..logits.size()[2]).contains(&image_token) {
+                let _ = logits.narrow(-1, image_token, 1).fill_(f64::NEG_INFINITY);
+            }
+            logits.argmax(-1, false)
+        });
+        let picked = Vec::<i64>::try_from(next.flatten(0, -1)).map_err(tensor_err)?;
+        for (i, &id) in picked.iter().enumerate() {
+            if !done[i] {
+                if id == eos { done[i] = true } else { out[i].push(id) }
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        ids = Tensor::cat(&[ids, next.to_kind(Kind::Int64)], 1);
+        mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
+    }
+    Ok(out)
+}
