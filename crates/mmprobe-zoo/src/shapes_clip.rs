@@ -3,7 +3,6 @@
 //! format. Deterministic for a seed and a thread count.
 
 use std::path::Path;
-use std::time::Instant;
 
 use image::RgbImage;
 use mmprobe_extract::clip::{ClipConfig, ClipModel};
@@ -13,13 +12,13 @@ use mmprobe_extract::{ExtractError, SiteRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::ZooError;
-use crate::hf_folder::{write_json, write_safetensors};
+use crate::hf_folder::write_json;
 use crate::shapes::{BACKGROUNDS, COLOURS, SHAPES, SIZES, ShapeSample, TEMPLATES, caption_words, draw};
-use crate::training::{StepReport, TrainSummary, cosine_lr, redraw_normal, trainable_parameters};
+use crate::training::{Schedule, StepReport, TrainSummary, redraw_normal, save_run, trainable_parameters};
 use crate::word_tokenizer::{self, WordVocab};
 
 /// Training images come from this seed offset, far from the seeds datasets are
@@ -32,35 +31,31 @@ pub const IMAGE_SIDE: u32 = 64;
 /// The recipe's hyperparameters, unchecked.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ShapesClipParams {
-    pub seed: u64,
-    pub steps: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    pub warmup_steps: usize,
-    pub weight_decay: f64,
+    #[serde(flatten)]
+    pub schedule: Schedule,
     /// Width of both towers and of the joint embedding.
     pub width: i64,
     pub layers: usize,
     pub heads: i64,
     pub patch_size: i64,
-    /// libtorch CPU threads: float sums depend on it, so it is part of the recipe.
-    pub threads: i32,
 }
 
 impl Default for ShapesClipParams {
     fn default() -> Self {
         ShapesClipParams {
-            seed: 0,
-            steps: 3500,
-            batch_size: 128,
-            learning_rate: 2e-3,
-            warmup_steps: 60,
-            weight_decay: 0.05,
+            schedule: Schedule {
+                seed: 0,
+                steps: 3500,
+                batch_size: 128,
+                learning_rate: 2e-3,
+                warmup_steps: 60,
+                weight_decay: 0.05,
+                threads: 2,
+            },
             width: 64,
             layers: 4,
             heads: 4,
             patch_size: 8,
-            threads: 2,
         }
     }
 }
@@ -71,19 +66,9 @@ pub struct CheckedShapesClip(ShapesClipParams);
 
 impl ShapesClipParams {
     pub fn check(self) -> Result<CheckedShapesClip, ZooError> {
+        // A contrastive loss needs a negative in every batch.
+        self.schedule.check(2)?;
         let bad = |m: String| Err(ZooError::Params(m));
-        if self.steps == 0 {
-            return bad("steps must be at least 1".into());
-        }
-        if self.batch_size < 2 {
-            return bad(format!("batch size {} is too small for a contrastive loss (at least 2)", self.batch_size));
-        }
-        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad(format!("learning rate {} must be positive", self.learning_rate));
-        }
-        if !(0.0..1.0).contains(&self.weight_decay) {
-            return bad(format!("weight decay {} must be in [0, 1)", self.weight_decay));
-        }
         if self.width <= 0 || self.heads <= 0 || self.width % self.heads != 0 {
             return bad(format!("width {} must be a positive multiple of heads {}", self.width, self.heads));
         }
@@ -92,9 +77,6 @@ impl ShapesClipParams {
         }
         if self.patch_size <= 0 || IMAGE_SIDE as i64 % self.patch_size != 0 {
             return bad(format!("patch size {} must divide the image side {IMAGE_SIDE}", self.patch_size));
-        }
-        if self.threads < 1 {
-            return bad("threads must be at least 1".into());
         }
         Ok(CheckedShapesClip(self))
     }
@@ -307,9 +289,7 @@ pub fn train_shapes_clip(
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<TrainSummary<ShapesClipParams>, ZooError> {
     let p = &params.0;
-    let start = Instant::now();
-    tch::set_num_threads(p.threads);
-    tch::manual_seed(p.seed as i64);
+    let start = p.schedule.start();
     let config = write_model_files(dir, p)?;
     let tokenizer = TextTokenizer::from_dir(dir, MAX_POSITIONS, 0).map_err(extract_err)?;
     let processor = ImageProcessor::from_dir(dir).map_err(extract_err)?;
@@ -320,31 +300,18 @@ pub fn train_shapes_clip(
         name.contains("embedding") && !name.ends_with("bias") && !name.contains("patch_embedding")
     });
     let parameters = trainable_parameters(&vs);
-    let mut opt = nn::AdamW { wd: p.weight_decay, ..Default::default() }
-        .build(&vs, p.learning_rate)
-        .map_err(|e| ZooError::Model(e.to_string()))?;
-    let mut sampler = GroupSampler::new(TRAIN_SEED_OFFSET + p.seed);
-    let mut losses = Vec::with_capacity(p.steps);
-    for step in 0..p.steps {
-        let batch = next_batch(&mut sampler, p.batch_size, &processor, &tokenizer)?;
-        opt.set_lr(cosine_lr(p.learning_rate, p.warmup_steps, p.steps, step));
-        let (loss, accuracy) = contrastive_loss(&model, &batch);
-        opt.backward_step_clip_norm(&loss, 1.0);
+    let mut sampler = GroupSampler::new(TRAIN_SEED_OFFSET + p.schedule.seed);
+    let losses = p.schedule.optimise(
+        &vs,
+        on_step,
+        |_| Ok(contrastive_loss(&model, &next_batch(&mut sampler, p.schedule.batch_size, &processor, &tokenizer)?)),
         // CLIP clamps the temperature at 100.
-        tch::no_grad(|| {
-            let mut scale = model.logit_scale.shallow_clone();
-            let _ = scale.clamp_max_(100f64.ln());
-        });
-        let loss = loss.double_value(&[]);
-        if !loss.is_finite() {
-            return Err(ZooError::Model(format!("training diverged at step {step} (loss {loss})")));
-        }
-        losses.push(loss);
-        on_step(StepReport { step: step + 1, steps: p.steps, loss, batch_accuracy: accuracy.double_value(&[]) });
-    }
-    write_safetensors(&dir.join("model.safetensors"), &vs.variables())?;
-    let summary = TrainSummary::new(p.clone(), parameters, start.elapsed().as_secs_f64(), &losses);
-    let record = serde_json::to_value(&summary).map_err(|e| ZooError::Model(e.to_string()))?;
-    write_json(&dir.join("training.json"), &record)?;
-    Ok(summary)
+        || {
+            tch::no_grad(|| {
+                let mut scale = model.logit_scale.shallow_clone();
+                let _ = scale.clamp_max_(100f64.ln());
+            })
+        },
+    )?;
+    save_run(dir, &vs.variables(), p, parameters, start, &losses)
 }

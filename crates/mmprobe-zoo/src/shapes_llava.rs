@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::Instant;
 
 use mmprobe_extract::llava::{LlavaConfig, LlavaModel, PromptTokenizer};
 use mmprobe_extract::preprocess::ImageProcessor;
@@ -15,14 +14,16 @@ use mmprobe_extract::{ExtractError, SiteRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::ZooError;
-use crate::hf_folder::{write_json, write_safetensors};
+use crate::hf_folder::write_json;
 use crate::shapes::{CONCEPTS, DESCRIBE, QUESTIONS, ShapeSample, ShapeStream, chat_prompt, vqa_words};
 use crate::shapes_clip::{IMAGE_SIDE, pixel_batch};
-use crate::training::{StepReport, TrainSummary, cosine_lr, freeze_prefix, redraw_normal, trainable_parameters};
+use crate::training::{
+    Schedule, StepReport, TrainSummary, freeze_prefix, redraw_normal, save_run, trainable_parameters,
+};
 use crate::word_tokenizer::{self, WordVocab};
 
 /// Training images come from this generator seed plus the recipe's seed:
@@ -37,35 +38,31 @@ pub const TASKS: usize = CONCEPTS.len() + 1;
 /// The recipe's hyperparameters, unchecked.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ShapesLlavaParams {
-    pub seed: u64,
-    pub steps: usize,
-    pub batch_size: usize,
-    pub learning_rate: f64,
-    pub warmup_steps: usize,
-    pub weight_decay: f64,
+    #[serde(flatten)]
+    pub schedule: Schedule,
     /// The decoder's width.
     pub width: i64,
     pub layers: usize,
     pub heads: i64,
     pub kv_heads: i64,
-    /// libtorch CPU threads: float sums depend on it, so it is part of the recipe.
-    pub threads: i32,
 }
 
 impl Default for ShapesLlavaParams {
     fn default() -> Self {
         ShapesLlavaParams {
-            seed: 0,
-            steps: 3000,
-            batch_size: 64,
-            learning_rate: 3e-3,
-            warmup_steps: 50,
-            weight_decay: 0.05,
+            schedule: Schedule {
+                seed: 0,
+                steps: 3000,
+                batch_size: 64,
+                learning_rate: 3e-3,
+                warmup_steps: 50,
+                weight_decay: 0.05,
+                threads: 2,
+            },
             width: 64,
             layers: 3,
             heads: 4,
             kv_heads: 2,
-            threads: 2,
         }
     }
 }
@@ -76,19 +73,8 @@ pub struct CheckedShapesLlava(ShapesLlavaParams);
 
 impl ShapesLlavaParams {
     pub fn check(self) -> Result<CheckedShapesLlava, ZooError> {
+        self.schedule.check(1)?;
         let bad = |m: String| Err(ZooError::Params(m));
-        if self.steps == 0 {
-            return bad("steps must be at least 1".into());
-        }
-        if self.batch_size == 0 {
-            return bad("batch size must be at least 1".into());
-        }
-        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return bad(format!("learning rate {} must be positive", self.learning_rate));
-        }
-        if !(0.0..1.0).contains(&self.weight_decay) {
-            return bad(format!("weight decay {} must be in [0, 1)", self.weight_decay));
-        }
         if self.heads <= 0 || self.width <= 0 || self.width % self.heads != 0 || (self.width / self.heads) % 2 != 0 {
             return bad(format!("width {} must be heads {} times an even head size (RoPE)", self.width, self.heads));
         }
@@ -97,9 +83,6 @@ impl ShapesLlavaParams {
         }
         if self.layers == 0 {
             return bad("layers must be at least 1".into());
-        }
-        if self.threads < 1 {
-            return bad("threads must be at least 1".into());
         }
         Ok(CheckedShapesLlava(self))
     }
@@ -277,9 +260,7 @@ pub fn train_shapes_llava(
     on_step: &mut dyn FnMut(StepReport),
 ) -> Result<TrainSummary<ShapesLlavaParams>, ZooError> {
     let p = &params.0;
-    let start = Instant::now();
-    tch::set_num_threads(p.threads);
-    tch::manual_seed(p.seed as i64);
+    let start = p.schedule.start();
     let config = write_model_files(dir, clip_dir, p)?;
     let text = &config.text_config;
     let tokenizer =
@@ -301,33 +282,23 @@ pub fn train_shapes_llava(
     })?;
     freeze_prefix(&vs, "vision_tower.");
     let parameters = trainable_parameters(&vs);
-    let mut opt = nn::AdamW { wd: p.weight_decay, ..Default::default() }
-        .build(&vs, p.learning_rate)
-        .map_err(|e| ZooError::Model(e.to_string()))?;
-
     let side = processor.output_size().0 as u32;
-    let mut images = ShapeStream::new(TRAIN_SEED_OFFSET + p.seed, side);
-    let mut tasks = ChaCha8Rng::seed_from_u64(TRAIN_SEED_OFFSET + p.seed);
-    let mut losses = Vec::with_capacity(p.steps);
-    for step in 0..p.steps {
-        let samples: Vec<_> =
-            images.by_ref().take(p.batch_size).map(|(s, img)| (s, img, tasks.random_range(0..TASKS))).collect();
-        let batch = vqa_batch(&samples, &processor, &tokenizer)?;
-        opt.set_lr(cosine_lr(p.learning_rate, p.warmup_steps, p.steps, step));
-        let logits = vqa_logits(&model, &batch.pixels, &batch.input_ids, &batch.attention_mask);
-        let (loss, accuracy) = answer_loss(&logits, &batch.targets);
-        opt.backward_step_clip_norm(&loss, 1.0);
-        let loss = loss.double_value(&[]);
-        if !loss.is_finite() {
-            return Err(ZooError::Model(format!("training diverged at step {step} (loss {loss})")));
-        }
-        losses.push(loss);
-        on_step(StepReport { step: step + 1, steps: p.steps, loss, batch_accuracy: accuracy.double_value(&[]) });
-    }
+    let seed = TRAIN_SEED_OFFSET + p.schedule.seed;
+    let (mut images, mut tasks) = (ShapeStream::new(seed, side), ChaCha8Rng::seed_from_u64(seed));
+    let losses = p.schedule.optimise(
+        &vs,
+        on_step,
+        |_| {
+            let samples: Vec<_> = images
+                .by_ref()
+                .take(p.schedule.batch_size)
+                .map(|(s, img)| (s, img, tasks.random_range(0..TASKS)))
+                .collect();
+            let batch = vqa_batch(&samples, &processor, &tokenizer)?;
+            Ok(answer_loss(&vqa_logits(&model, &batch.pixels, &batch.input_ids, &batch.attention_mask), &batch.targets))
+        },
+        || {},
+    )?;
     let saved: HashMap<String, Tensor> = vs.variables().into_iter().map(|(n, t)| (checkpoint_key(&n), t)).collect();
-    write_safetensors(&dir.join("model.safetensors"), &saved)?;
-    let summary = TrainSummary::new(p.clone(), parameters, start.elapsed().as_secs_f64(), &losses);
-    let record = serde_json::to_value(&summary).map_err(|e| ZooError::Model(e.to_string()))?;
-    write_json(&dir.join("training.json"), &record)?;
-    Ok(summary)
+    save_run(dir, &saved, p, parameters, start, &losses)
 }

@@ -2,8 +2,109 @@
 //! transformers-style initial scales, freezing a module, and the progress
 //! and summary types.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
 use tch::Tensor;
-use tch::nn::VarStore;
+use tch::nn::{self, OptimizerConfig, VarStore};
+
+use crate::ZooError;
+use crate::hf_folder::{write_json, write_safetensors};
+
+/// The optimisation side of a recipe: AdamW with a linear warm-up and a
+/// cosine decay, on a generated stream drawn from `seed`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Schedule {
+    pub seed: u64,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// libtorch CPU threads: float sums depend on it, so it is part of the recipe.
+    pub threads: i32,
+}
+
+impl Schedule {
+    /// Refuses what cannot train; `min_batch` is the recipe's smallest useful batch.
+    pub fn check(&self, min_batch: usize) -> Result<(), ZooError> {
+        let bad = |m: String| Err(ZooError::Params(m));
+        if self.steps == 0 {
+            return bad("steps must be at least 1".into());
+        }
+        if self.batch_size < min_batch {
+            return bad(format!("batch size {} is below this recipe's {min_batch}", self.batch_size));
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return bad(format!("learning rate {} must be positive", self.learning_rate));
+        }
+        if !(0.0..1.0).contains(&self.weight_decay) {
+            return bad(format!("weight decay {} must be in [0, 1)", self.weight_decay));
+        }
+        if self.threads < 1 {
+            return bad("threads must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The learning rate at `step` (0-based).
+    pub fn learning_rate_at(&self, step: usize) -> f64 {
+        cosine_lr(self.learning_rate, self.warmup_steps, self.steps, step)
+    }
+
+    /// Sets libtorch's threads and seed: call before any weight is drawn.
+    pub fn start(&self) -> Instant {
+        tch::set_num_threads(self.threads);
+        tch::manual_seed(self.seed as i64);
+        Instant::now()
+    }
+
+    /// Runs every step: `batch_loss(step)` returns the loss and the batch
+    /// accuracy, AdamW updates `vs`'s trainable variables (gradients clipped
+    /// at norm 1), then `after_update` runs. Returns each step's loss.
+    pub fn optimise(
+        &self,
+        vs: &VarStore,
+        on_step: &mut dyn FnMut(StepReport),
+        mut batch_loss: impl FnMut(usize) -> Result<(Tensor, Tensor), ZooError>,
+        mut after_update: impl FnMut(),
+    ) -> Result<Vec<f64>, ZooError> {
+        let mut opt = nn::AdamW { wd: self.weight_decay, ..Default::default() }
+            .build(vs, self.learning_rate)
+            .map_err(|e| ZooError::Model(e.to_string()))?;
+        let mut losses = Vec::with_capacity(self.steps);
+        for step in 0..self.steps {
+            opt.set_lr(self.learning_rate_at(step));
+            let (loss, accuracy) = batch_loss(step)?;
+            opt.backward_step_clip_norm(&loss, 1.0);
+            after_update();
+            let loss = loss.double_value(&[]);
+            if !loss.is_finite() {
+                return Err(ZooError::Model(format!("training diverged at step {step} (loss {loss})")));
+            }
+            losses.push(loss);
+            on_step(StepReport { step: step + 1, steps: self.steps, loss, batch_accuracy: accuracy.double_value(&[]) });
+        }
+        Ok(losses)
+    }
+}
+
+/// Writes the trained weights and `training.json`, and returns the summary.
+pub fn save_run<P: serde::Serialize + Clone>(
+    dir: &Path,
+    weights: &HashMap<String, Tensor>,
+    params: &P,
+    parameters: i64,
+    start: Instant,
+    losses: &[f64],
+) -> Result<TrainSummary<P>, ZooError> {
+    write_safetensors(&dir.join("model.safetensors"), weights)?;
+    let summary = TrainSummary::new(params.clone(), parameters, start.elapsed().as_secs_f64(), losses);
+    let record = serde_json::to_value(&summary).map_err(|e| ZooError::Model(e.to_string()))?;
+    write_json(&dir.join("training.json"), &record)?;
+    Ok(summary)
+}
 
 /// One training step's report, for progress display.
 #[derive(Debug, Clone, Copy)]

@@ -4,20 +4,30 @@
 use mmprobe_extract::DType;
 use mmprobe_extract::clip::LoadedClip;
 use mmprobe_extract::tokenize::TextTokenizer;
+use mmprobe_zoo::training::Schedule;
 use mmprobe_zoo::{ShapesClipParams, train_shapes_clip};
 
+fn schedule(f: impl FnOnce(&mut Schedule)) -> Schedule {
+    let mut s = ShapesClipParams::default().schedule;
+    f(&mut s);
+    s
+}
+
 fn tiny(seed: u64) -> ShapesClipParams {
-    ShapesClipParams { seed, steps: 3, batch_size: 16, width: 16, layers: 1, heads: 2, ..Default::default() }
+    let schedule = schedule(|s| (s.seed, s.steps, s.batch_size) = (seed, 3, 16));
+    ShapesClipParams { schedule, width: 16, layers: 1, heads: 2, ..Default::default() }
 }
 
 #[test]
 fn bad_parameters_are_refused_before_training() {
     for p in [
-        ShapesClipParams { steps: 0, ..Default::default() },
-        ShapesClipParams { batch_size: 1, ..Default::default() },
+        ShapesClipParams { schedule: schedule(|s| s.steps = 0), ..Default::default() },
+        ShapesClipParams { schedule: schedule(|s| s.batch_size = 1), ..Default::default() },
         ShapesClipParams { width: 30, heads: 4, ..Default::default() },
         ShapesClipParams { patch_size: 7, ..Default::default() },
-        ShapesClipParams { learning_rate: f64::NAN, ..Default::default() },
+        ShapesClipParams { schedule: schedule(|s| s.learning_rate = f64::NAN), ..Default::default() },
+        ShapesClipParams { schedule: schedule(|s| s.weight_decay = 1.0), ..Default::default() },
+        ShapesClipParams { schedule: schedule(|s| s.threads = 0), ..Default::default() },
     ] {
         assert!(p.clone().check().is_err(), "{p:?} was accepted");
     }

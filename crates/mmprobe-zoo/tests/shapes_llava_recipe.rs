@@ -9,35 +9,34 @@ use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::weights::Checkpoint;
 use mmprobe_zoo::shapes::{ShapeSample, words_of};
 use mmprobe_zoo::shapes_llava::{TASKS, task_text};
+use mmprobe_zoo::training::Schedule;
 use mmprobe_zoo::{ShapesLlavaParams, train_shapes_llava, vqa_shapes};
 
 fn clip_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/models/shapes-clip")
 }
 
+fn schedule(f: impl FnOnce(&mut Schedule)) -> Schedule {
+    let mut s = ShapesLlavaParams::default().schedule;
+    f(&mut s);
+    s
+}
+
 fn tiny(seed: u64) -> ShapesLlavaParams {
-    ShapesLlavaParams {
-        seed,
-        steps: 3,
-        batch_size: 8,
-        width: 16,
-        layers: 1,
-        heads: 2,
-        kv_heads: 1,
-        ..Default::default()
-    }
+    let schedule = schedule(|s| (s.seed, s.steps, s.batch_size) = (seed, 3, 8));
+    ShapesLlavaParams { schedule, width: 16, layers: 1, heads: 2, kv_heads: 1 }
 }
 
 #[test]
 fn bad_parameters_are_refused_before_training() {
     for p in [
-        ShapesLlavaParams { steps: 0, ..Default::default() },
-        ShapesLlavaParams { batch_size: 0, ..Default::default() },
+        ShapesLlavaParams { schedule: schedule(|s| s.steps = 0), ..Default::default() },
+        ShapesLlavaParams { schedule: schedule(|s| s.batch_size = 0), ..Default::default() },
         ShapesLlavaParams { width: 30, heads: 4, ..Default::default() },
         // Head size 3: RoPE rotates pairs of dimensions.
         ShapesLlavaParams { width: 12, heads: 4, kv_heads: 2, ..Default::default() },
         ShapesLlavaParams { heads: 4, kv_heads: 3, ..Default::default() },
-        ShapesLlavaParams { learning_rate: -1.0, ..Default::default() },
+        ShapesLlavaParams { schedule: schedule(|s| s.learning_rate = -1.0), ..Default::default() },
     ] {
         assert!(p.clone().check().is_err(), "{p:?} was accepted");
     }

@@ -1,7 +1,8 @@
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use mmprobe_zoo::training::Schedule;
 use mmprobe_zoo::{ShapesClipParams, ShapesLlavaParams, StepReport};
 
 use super::progress::bar;
@@ -98,17 +99,16 @@ pub struct EvalArgs {
 pub fn run(cmd: ZooCmd) -> anyhow::Result<()> {
     match cmd {
         ZooCmd::List => {
-            let c = ShapesClipParams::default();
-            let l = ShapesLlavaParams::default();
+            let (c, l) = (ShapesClipParams::default(), ShapesLlavaParams::default());
             println!(
                 "shapes-clip   CLIP trained on `datasets generate shapes` captions  ({SHAPES_CLIP_DIR})\n              \
                  {} steps of {}, width {}, {} layers, patch {}",
-                c.steps, c.batch_size, c.width, c.layers, c.patch_size
+                c.schedule.steps, c.schedule.batch_size, c.width, c.layers, c.patch_size
             );
             println!(
                 "shapes-llava  LLaVA on shapes-clip's vision tower, answering the dataset's questions  \
                  ({SHAPES_LLAVA_DIR})\n              {} steps of {}, decoder width {}, {} layers",
-                l.steps, l.batch_size, l.width, l.layers
+                l.schedule.steps, l.schedule.batch_size, l.width, l.layers
             );
             Ok(())
         }
@@ -128,34 +128,36 @@ fn with_progress<T>(steps: usize, run: impl FnOnce(&mut dyn FnMut(StepReport)) -
     out
 }
 
-fn report(name: &str, out: &Path, parameters: i64, steps: usize, seconds: f64, final_loss: f64) {
-    println!(
-        "trained {name} ({parameters} parameters) for {steps} steps in {seconds:.0} s; final loss {final_loss:.3}"
-    );
-    println!("wrote {}", out.display());
+impl TrainArgs {
+    /// The recipe's schedule with the options given on the command line.
+    fn schedule(&self, d: Schedule) -> Schedule {
+        Schedule {
+            seed: self.seed.unwrap_or(d.seed),
+            steps: self.steps.unwrap_or(d.steps),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            threads: self.threads.unwrap_or(d.threads),
+            learning_rate: self.learning_rate.unwrap_or(d.learning_rate),
+            ..d
+        }
+    }
 }
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(a.model.dir()));
     let context = || format!("training {} into {}", a.model.name(), out.display());
-    match a.model {
+    let s = match a.model {
         ZooModel::ShapesClip => {
             let d = ShapesClipParams::default();
             let params = ShapesClipParams {
-                seed: a.seed.unwrap_or(d.seed),
-                steps: a.steps.unwrap_or(d.steps),
-                batch_size: a.batch_size.unwrap_or(d.batch_size),
-                threads: a.threads.unwrap_or(d.threads),
+                schedule: a.schedule(d.schedule.clone()),
                 width: a.width.unwrap_or(d.width),
                 layers: a.layers.unwrap_or(d.layers),
                 patch_size: a.patch_size.unwrap_or(d.patch_size),
-                learning_rate: a.learning_rate.unwrap_or(d.learning_rate),
                 ..d
             };
-            let steps = params.steps;
-            let params = params.check()?;
+            let (steps, params) = (params.schedule.steps, params.check()?);
             let s = with_progress(steps, |f| mmprobe_zoo::train_shapes_clip(&out, &params, f)).with_context(context)?;
-            report(a.model.name(), &out, s.parameters, s.params.steps, s.seconds, s.final_loss);
+            (s.parameters, s.params.schedule, s.seconds, s.final_loss)
         }
         ZooModel::ShapesLlava => {
             anyhow::ensure!(
@@ -164,22 +166,24 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             );
             let d = ShapesLlavaParams::default();
             let params = ShapesLlavaParams {
-                seed: a.seed.unwrap_or(d.seed),
-                steps: a.steps.unwrap_or(d.steps),
-                batch_size: a.batch_size.unwrap_or(d.batch_size),
-                threads: a.threads.unwrap_or(d.threads),
+                schedule: a.schedule(d.schedule.clone()),
                 width: a.width.unwrap_or(d.width),
                 layers: a.layers.unwrap_or(d.layers),
-                learning_rate: a.learning_rate.unwrap_or(d.learning_rate),
                 ..d
             };
-            let steps = params.steps;
-            let params = params.check()?;
+            let (steps, params) = (params.schedule.steps, params.check()?);
             let s = with_progress(steps, |f| mmprobe_zoo::train_shapes_llava(&out, &a.clip, &params, f))
                 .with_context(context)?;
-            report(a.model.name(), &out, s.parameters, s.params.steps, s.seconds, s.final_loss);
+            (s.parameters, s.params.schedule, s.seconds, s.final_loss)
         }
-    }
+    };
+    let (parameters, schedule, seconds, final_loss) = s;
+    println!(
+        "trained {} ({parameters} parameters) for {} steps in {seconds:.0} s; final loss {final_loss:.3}",
+        a.model.name(),
+        schedule.steps
+    );
+    println!("wrote {}", out.display());
     Ok(())
 }
 
