@@ -27,6 +27,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ZooError> {
     })
 }
 
+/// The folder a model is written to, created with its parents.
+pub fn create_dir(dir: &Path) -> Result<(), ZooError> {
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))
+}
+
+pub fn read_json(path: &Path) -> Result<serde_json::Value, ZooError> {
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| io(path, e))
+}
+
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ZooError> {
     let mut text = serde_json::to_string_pretty(value).map_err(|e| io(path, e))?;
     text.push('\n');

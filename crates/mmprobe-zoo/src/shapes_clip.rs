@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use image::RgbImage;
+use mmprobe_extract::SiteRequest;
 use mmprobe_extract::clip::{ClipConfig, ClipModel};
 use mmprobe_extract::preprocess::{ImageProcessor, Rgb8};
 use mmprobe_extract::tokenize::TextTokenizer;
-use mmprobe_extract::{ExtractError, SiteRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -16,7 +16,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::ZooError;
-use crate::hf_folder::write_json;
+use crate::hf_folder::{create_dir, write_json};
 use crate::shapes::{BACKGROUNDS, COLOURS, SHAPES, SIZES, ShapeSample, TEMPLATES, caption_words, draw};
 use crate::training::{Schedule, StepReport, TrainSummary, redraw_normal, save_run, trainable_parameters};
 use crate::word_tokenizer::{self, WordVocab};
@@ -82,10 +82,6 @@ impl ShapesClipParams {
     }
 }
 
-fn extract_err(e: ExtractError) -> ZooError {
-    ZooError::Model(e.to_string())
-}
-
 /// config.json in transformers' CLIPConfig layout.
 fn config_json(p: &ShapesClipParams, vocab: &WordVocab) -> Value {
     let tower = |extra: Value| {
@@ -143,8 +139,7 @@ fn preprocessor_json() -> Value {
 
 /// Writes everything but the weights: config, tokenizer, image processor.
 pub fn write_model_files(dir: &Path, p: &ShapesClipParams) -> Result<ClipConfig, ZooError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ZooError::Io { path: dir.display().to_string(), message: e.to_string() })?;
+    create_dir(dir)?;
     let vocab = WordVocab::clip(&caption_words());
     let config = config_json(p, &vocab);
     write_json(&dir.join("config.json"), &config)?;
@@ -259,7 +254,7 @@ fn next_batch(
     }
     let captions: Vec<String> = samples.iter().map(|(s, _)| s.caption()).collect();
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
-    let tokens = tok.encode_batch(&refs).map_err(extract_err)?;
+    let tokens = tok.encode_batch(&refs)?;
     Ok(Batch {
         pixels: pixel_batch(proc, samples.iter().map(|(_, img)| img)),
         input_ids: tokens.input_ids,
@@ -291,8 +286,8 @@ pub fn train_shapes_clip(
     let p = &params.0;
     let start = p.schedule.start();
     let config = write_model_files(dir, p)?;
-    let tokenizer = TextTokenizer::from_dir(dir, MAX_POSITIONS, 0).map_err(extract_err)?;
-    let processor = ImageProcessor::from_dir(dir).map_err(extract_err)?;
+    let tokenizer = TextTokenizer::from_dir(dir, MAX_POSITIONS, 0)?;
+    let processor = ImageProcessor::from_dir(dir)?;
 
     let vs = nn::VarStore::new(Device::Cpu);
     let model = ClipModel::new(vs.root(), &config);

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use mmprobe_extract::SiteRequest;
 use mmprobe_extract::llava::{LlavaConfig, LlavaModel, PromptTokenizer};
 use mmprobe_extract::preprocess::ImageProcessor;
 use mmprobe_extract::weights::Checkpoint;
-use mmprobe_extract::{ExtractError, SiteRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -18,7 +18,7 @@ use tch::nn;
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::ZooError;
-use crate::hf_folder::write_json;
+use crate::hf_folder::{create_dir, read_json, write_json};
 use crate::shapes::{CONCEPTS, DESCRIBE, QUESTIONS, ShapeSample, ShapeStream, chat_prompt, vqa_words};
 use crate::shapes_clip::{IMAGE_SIDE, pixel_batch};
 use crate::training::{
@@ -88,16 +88,6 @@ impl ShapesLlavaParams {
     }
 }
 
-fn extract_err(e: ExtractError) -> ZooError {
-    ZooError::Model(e.to_string())
-}
-
-fn read_json(path: &Path) -> Result<Value, ZooError> {
-    let io = |m: String| ZooError::Io { path: path.display().to_string(), message: m };
-    let bytes = std::fs::read(path).map_err(|e| io(e.to_string()))?;
-    serde_json::from_slice(&bytes).map_err(|e| io(e.to_string()))
-}
-
 /// config.json in transformers' LlavaConfig layout. The projector reads the
 /// last two vision layers at every position (CLS too): shapes-clip's CLS is
 /// the only token its loss trained, and its last layer's patch outputs feed
@@ -151,17 +141,17 @@ fn processor_json(patch_size: i64) -> Value {
 
 /// Writes everything but the weights: config, tokenizer, processors.
 pub fn write_model_files(dir: &Path, clip_dir: &Path, p: &ShapesLlavaParams) -> Result<LlavaConfig, ZooError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| ZooError::Io { path: dir.display().to_string(), message: e.to_string() })?;
     let clip = read_json(&clip_dir.join("config.json"))?;
     let vision = clip.get("vision_config").cloned().ok_or_else(|| ZooError::Io {
         path: clip_dir.join("config.json").display().to_string(),
         message: "no vision_config: not a CLIP checkpoint".into(),
     })?;
+    let clip_processor = read_json(&clip_dir.join("preprocessor_config.json"))?;
+    create_dir(dir)?;
     let vocab = WordVocab::llama(&vqa_words());
     let config = config_json(p, &vision, &vocab);
     write_json(&dir.join("config.json"), &config)?;
-    write_json(&dir.join("preprocessor_config.json"), &read_json(&clip_dir.join("preprocessor_config.json"))?)?;
+    write_json(&dir.join("preprocessor_config.json"), &clip_processor)?;
     write_json(&dir.join("processor_config.json"), &processor_json(vision["patch_size"].as_i64().unwrap_or(1)))?;
     write_json(&dir.join("tokenizer.json"), &vocab.tokenizer_json())?;
     write_json(&dir.join("tokenizer_config.json"), &vocab.tokenizer_config(MAX_POSITIONS as usize, "left"))?;
@@ -194,13 +184,13 @@ pub(crate) fn vqa_batch(
     let mut prompt_lens = Vec::with_capacity(samples.len());
     for (s, _, task) in samples {
         let (prompt, answer) = task_text(s, *task);
-        prompt_lens.push(tok.encode(&prompt).map_err(extract_err)?.len());
-        rows.push(tok.encode(&format!("{prompt} {answer} {}", word_tokenizer::LLAMA_EOS)).map_err(extract_err)?);
+        prompt_lens.push(tok.encode(&prompt)?.len());
+        rows.push(tok.encode(&format!("{prompt} {answer} {}", word_tokenizer::LLAMA_EOS))?);
     }
     let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
     let batch = tok.pad(rows);
     let (b, t) = batch.input_ids.size2().expect("ids are [batch, tokens]");
-    let ids = Vec::<i64>::try_from(batch.input_ids.flatten(0, -1)).map_err(|e| ZooError::Model(e.to_string()))?;
+    let ids = Vec::<i64>::try_from(batch.input_ids.flatten(0, -1))?;
     let mut targets = vec![-100i64; (b * t) as usize];
     let t = t as usize;
     for (i, (&len, &plen)) in lens.iter().zip(&prompt_lens).enumerate() {
@@ -264,18 +254,17 @@ pub fn train_shapes_llava(
     let config = write_model_files(dir, clip_dir, p)?;
     let text = &config.text_config;
     let tokenizer =
-        PromptTokenizer::from_dir(dir, config.image_token_index, config.image_seq_length, text.pad_token_id)
-            .map_err(extract_err)?;
-    let processor = ImageProcessor::from_dir(dir).map_err(extract_err)?;
+        PromptTokenizer::from_dir(dir, config.image_token_index, config.image_seq_length, text.pad_token_id)?;
+    let processor = ImageProcessor::from_dir(dir)?;
 
     let vs = nn::VarStore::new(Device::Cpu);
     let model = LlavaModel::new(vs.root(), &config).map_err(ZooError::Model)?;
     redraw_normal(&vs, 0.02, |name| name.ends_with("embed_tokens.weight"));
-    let clip = Checkpoint::open(clip_dir).map_err(extract_err)?;
+    let clip = Checkpoint::open(clip_dir)?;
     tch::no_grad(|| -> Result<(), ZooError> {
         for (name, mut var) in vs.variables() {
             if let Some(rest) = name.strip_prefix("vision_tower.") {
-                var.copy_(&clip.tensor(&format!("vision_model.{rest}")).map_err(extract_err)?);
+                var.copy_(&clip.tensor(&format!("vision_model.{rest}"))?);
             }
         }
         Ok(())

@@ -70,9 +70,7 @@ impl Schedule {
         mut batch_loss: impl FnMut(usize) -> Result<(Tensor, Tensor), ZooError>,
         mut after_update: impl FnMut(),
     ) -> Result<Vec<f64>, ZooError> {
-        let mut opt = nn::AdamW { wd: self.weight_decay, ..Default::default() }
-            .build(vs, self.learning_rate)
-            .map_err(|e| ZooError::Model(e.to_string()))?;
+        let mut opt = nn::AdamW { wd: self.weight_decay, ..Default::default() }.build(vs, self.learning_rate)?;
         let mut losses = Vec::with_capacity(self.steps);
         for step in 0..self.steps {
             opt.set_lr(self.learning_rate_at(step));

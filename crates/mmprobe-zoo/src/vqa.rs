@@ -33,27 +33,18 @@ pub struct VqaReport {
     pub tasks: Vec<TaskAccuracy>,
 }
 
-fn model_err(e: mmprobe_extract::ExtractError) -> ZooError {
-    ZooError::Model(e.to_string())
-}
-
-fn tensor_err(e: tch::TchError) -> ZooError {
-    ZooError::Model(e.to_string())
-}
-
 pub fn vqa_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<VqaReport, ZooError> {
     if n == 0 {
         return Err(ZooError::Params("--n must be at least 1".into()));
     }
-    let llava = LoadedLlava::load(model_dir, Device::Cpu, DType::F32).map_err(model_err)?;
+    let llava = LoadedLlava::load(model_dir, Device::Cpu, DType::F32)?;
     let model = &llava.model;
     let c = &model.config;
     let mut tok =
-        PromptTokenizer::from_dir(model_dir, c.image_token_index, c.image_seq_length, c.text_config.pad_token_id)
-            .map_err(model_err)?;
+        PromptTokenizer::from_dir(model_dir, c.image_token_index, c.image_seq_length, c.text_config.pad_token_id)?;
     // Generation appends at the end, so every prompt ends there.
     tok.left_padding = true;
-    let processor = ImageProcessor::from_dir(model_dir).map_err(model_err)?;
+    let processor = ImageProcessor::from_dir(model_dir)?;
     let side = processor.output_size().0 as u32;
     let none = SiteRequest::default();
 
@@ -88,9 +79,9 @@ pub fn greedy_answers(
     if !tok.left_padding {
         return Err(ZooError::Params("greedy answers need prompts padded on the left".into()));
     }
-    let eos = tok.encode(LLAMA_EOS).map_err(model_err)?.last().map(|t| t.id as i64).unwrap_or(-1);
+    let eos = tok.encode(LLAMA_EOS)?.last().map(|t| t.id as i64).unwrap_or(-1);
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-    let batch = tok.encode_batch(&refs).map_err(model_err)?;
+    let batch = tok.encode_batch(&refs)?;
     let ids = greedy(llava, &batch.input_ids, &batch.attention_mask, image, eos)?;
     Ok(ids.into_iter().map(|row| row.iter().filter_map(|&i| tok.id_to_token(i as u32)).collect()).collect())
 }
@@ -123,7 +114,7 @@ fn greedy(
             }
             logits.argmax(-1, false)
         });
-        let picked = Vec::<i64>::try_from(next.flatten(0, -1)).map_err(tensor_err)?;
+        let picked = Vec::<i64>::try_from(next.flatten(0, -1))?;
         for (i, &id) in picked.iter().enumerate() {
             if !done[i] {
                 if id == eos { done[i] = true } else { out[i].push(id) }

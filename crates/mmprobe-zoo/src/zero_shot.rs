@@ -67,20 +67,15 @@ fn unit(x: Tensor) -> Tensor {
     &x / x.norm_scalaropt_dim(2, [-1], true)
 }
 
-fn model_err(e: mmprobe_extract::ExtractError) -> ZooError {
-    ZooError::Model(e.to_string())
-}
-
 pub fn zero_shot_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<ZeroShotReport, ZooError> {
     if n == 0 {
         return Err(ZooError::Params("--n must be at least 1".into()));
     }
-    let clip = LoadedClip::load(model_dir, Device::Cpu, DType::F32).map_err(model_err)?;
+    let clip = LoadedClip::load(model_dir, Device::Cpu, DType::F32)?;
     let model = &clip.model;
     let max_len = model.config.text_config.max_position_embeddings as usize;
-    let tokenizer =
-        TextTokenizer::from_dir(model_dir, max_len, model.config.text_config.pad_token_id as u32).map_err(model_err)?;
-    let processor = ImageProcessor::from_dir(model_dir).map_err(model_err)?;
+    let tokenizer = TextTokenizer::from_dir(model_dir, max_len, model.config.text_config.pad_token_id as u32)?;
+    let processor = ImageProcessor::from_dir(model_dir)?;
     let side = processor.output_size().0 as u32;
     let req = SiteRequest { embeds: true, ..Default::default() };
 
@@ -90,7 +85,7 @@ pub fn zero_shot_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<ZeroSho
         let mut parts = Vec::new();
         for chunk in texts.chunks(256) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let b = tokenizer.encode_batch(&refs).map_err(model_err)?;
+            let b = tokenizer.encode_batch(&refs)?;
             parts.push(unit(model.encode_text(&b.input_ids, &b.attention_mask, &req).embeds.expect("asked")));
         }
         Ok(Tensor::cat(&parts, 0))
@@ -113,8 +108,7 @@ pub fn zero_shot_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<ZeroSho
             (img.mm(&text_emb.tr()) * model.logit_scale.exp()).softmax(-1, Kind::Float)
         });
         for (c, m) in membership.iter().enumerate() {
-            let pred =
-                Vec::<i64>::try_from(probs.mm(m).argmax(-1, false)).map_err(|e| ZooError::Model(e.to_string()))?;
+            let pred = Vec::<i64>::try_from(probs.mm(m).argmax(-1, false))?;
             for ((s, _), p) in batch.iter().zip(pred) {
                 correct[c] += (values(s)[c] as i64 == p) as usize;
             }
