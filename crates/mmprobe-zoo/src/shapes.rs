@@ -135,19 +135,18 @@ impl ShapeSample {
 
 /// Every word a caption can hold, in a fixed order (the caption tokenizer's vocabulary).
 pub fn caption_words() -> Vec<String> {
-    let mut words: Vec<String> = vec!["an".into()];
     // What a template word keeps once its placeholder is cut: "{position}:" -> ":".
     let fixed = TEMPLATES.iter().flat_map(|t| t.split(' ')).map(|w| w.rsplit('}').next().unwrap_or(w));
     let values = COLOURS.iter().map(|c| c.0).chain(SHAPES).chain(SIZES.iter().map(|s| s.0)).chain(ROWS).chain(COLS);
-    for w in fixed.chain(values) {
-        // Punctuation is its own token ("size," -> "size" ",").
-        for part in w.split_inclusive([',', ':']) {
-            let (word, punct) = part.split_at(part.trim_end_matches([',', ':']).len());
-            for t in [word, punct] {
-                if !t.is_empty() && !words.iter().any(|x| x == t) {
-                    words.push(t.to_string());
-                }
-            }
+    distinct_words(["an"].into_iter().chain(fixed).chain(values))
+}
+
+/// The words of `texts` (see [`words_of`]) in order of first appearance.
+fn distinct_words<'a>(texts: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    for w in texts.into_iter().flat_map(words_of) {
+        if !words.contains(&w) {
+            words.push(w);
         }
     }
     words
@@ -182,17 +181,10 @@ pub fn words_of(text: &str) -> Vec<String> {
 /// Every word a VQA prompt or answer can hold, in a fixed order (the
 /// shapes-llava tokenizer's vocabulary; `<image>` is a special token).
 pub fn vqa_words() -> Vec<String> {
-    let mut texts: Vec<String> =
+    let prompts: Vec<String> =
         QUESTIONS.iter().chain([&DESCRIBE]).map(|q| chat_prompt(q).replace("<image>", "")).collect();
-    texts.extend(caption_words());
-    texts.push("in the".into());
-    let mut words: Vec<String> = Vec::new();
-    for w in texts.iter().flat_map(|t| words_of(t)) {
-        if !words.contains(&w) {
-            words.push(w);
-        }
-    }
-    words
+    let captions = caption_words();
+    distinct_words(prompts.iter().chain(&captions).map(String::as_str).chain(["in the"]))
 }
 
 /// Whether pixel (x, y) (in units of the image side, centred on the shape) is inside.

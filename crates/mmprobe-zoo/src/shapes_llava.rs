@@ -168,14 +168,14 @@ pub fn task_text(s: &ShapeSample, task: usize) -> (String, String) {
 
 /// Prompts with their answers and `</s>`, as ids [B, T], a mask, pixels, and
 /// next-token targets [B, T] (-100 except where the next token is part of the answer).
-pub(crate) struct VqaBatch {
+struct VqaBatch {
     pub pixels: Tensor,
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub targets: Tensor,
 }
 
-pub(crate) fn vqa_batch(
+fn vqa_batch(
     samples: &[(ShapeSample, image::RgbImage, usize)],
     proc: &ImageProcessor,
     tok: &PromptTokenizer,
@@ -207,15 +207,19 @@ pub(crate) fn vqa_batch(
     })
 }
 
-/// Next-token logits [B, T, V] of a batch; the vision tower runs without gradients.
-pub(crate) fn vqa_logits(model: &LlavaModel, pixels: &Tensor, ids: &Tensor, mask: &Tensor) -> Tensor {
-    let none = SiteRequest::default();
-    let feats = tch::no_grad(|| model.vision_features(pixels, &none).1);
-    let image = model.multi_modal_projector.forward(&feats);
+/// The residual stream after the decoder's last layer, before the final norm
+/// [B, T, D]: what `LlavaModel::logits` reads. `image` holds the projected features.
+pub(crate) fn final_stream(model: &LlavaModel, ids: &Tensor, mask: &Tensor, image: &Tensor) -> Tensor {
     let last = model.language_model.layers.len();
-    let out = model.decode(ids, mask, Some(&image), &none, &[last]);
-    let (_, h) = out.raw_resid.into_iter().next().expect("the last layer's stream was asked for");
-    model.logits(&h)
+    let out = model.decode(ids, mask, Some(image), &SiteRequest::default(), &[last]);
+    out.raw_resid.into_iter().next().expect("the last layer's stream was asked for").1
+}
+
+/// Next-token logits [B, T, V] of a batch; the vision tower runs without gradients.
+fn vqa_logits(model: &LlavaModel, pixels: &Tensor, ids: &Tensor, mask: &Tensor) -> Tensor {
+    let feats = tch::no_grad(|| model.vision_features(pixels, &SiteRequest::default()).1);
+    let image = model.multi_modal_projector.forward(&feats);
+    model.logits(&final_stream(model, ids, mask, &image))
 }
 
 /// Mean cross-entropy over answer tokens, and the share of them predicted right.

@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 use crate::ZooError;
 use crate::shapes::{CONCEPTS, ShapeSample, ShapeStream, words_of};
 use crate::shapes_clip::pixel_batch;
-use crate::shapes_llava::{TASKS, task_text};
+use crate::shapes_llava::{TASKS, final_stream, task_text};
 use crate::word_tokenizer::LLAMA_EOS;
 
 /// The description's answer has 6 words at most; one more for `</s>`.
@@ -55,11 +55,9 @@ pub fn vqa_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<VqaReport, Zo
         let pixels = pixel_batch(&processor, batch.iter().map(|(_, img)| img));
         let image = tch::no_grad(|| model.encode_image(&pixels, &none).1);
         for (task, right) in correct.iter_mut().enumerate() {
-            let prompts: Vec<String> = batch.iter().map(|(s, _)| task_text(s, task).0).collect();
+            let (prompts, truths): (Vec<String>, Vec<String>) = batch.iter().map(|(s, _)| task_text(s, task)).unzip();
             let answers = greedy_answers(&llava, &tok, &image, &prompts)?;
-            for ((s, _), words) in batch.iter().zip(answers) {
-                *right += (words == words_of(&task_text(s, task).1)) as usize;
-            }
+            *right += answers.iter().zip(&truths).filter(|(words, truth)| **words == words_of(truth)).count();
         }
     }
     let names = CONCEPTS.iter().copied().chain(["describe"]);
@@ -99,11 +97,9 @@ fn greedy(
     let (mut ids, mut mask) = (ids.shallow_clone(), mask.shallow_clone());
     let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
     let mut done = vec![false; b as usize];
-    let last = model.language_model.layers.len();
     for _ in 0..MAX_NEW_TOKENS {
         let next = tch::no_grad(|| {
-            let d = model.decode(&ids, &mask, Some(image), &SiteRequest::default(), &[last]);
-            let h = &d.raw_resid[0].1;
+            let h = final_stream(model, &ids, &mask, image);
             let t = h.size()[1];
             // Left padding: every row's last token is at the end.
             let logits = model.logits(&h.narrow(1, t - 1, 1));

@@ -1,9 +1,9 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use mmprobe_zoo::training::Schedule;
-use mmprobe_zoo::{ShapesClipParams, ShapesLlavaParams, StepReport};
+use mmprobe_zoo::{ShapesClipParams, ShapesLlavaParams, StepReport, TrainSummary};
 
 use super::progress::bar;
 
@@ -145,7 +145,7 @@ impl TrainArgs {
 fn train(a: TrainArgs) -> anyhow::Result<()> {
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(a.model.dir()));
     let context = || format!("training {} into {}", a.model.name(), out.display());
-    let s = match a.model {
+    match a.model {
         ZooModel::ShapesClip => {
             let d = ShapesClipParams::default();
             let params = ShapesClipParams {
@@ -157,7 +157,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             };
             let (steps, params) = (params.schedule.steps, params.check()?);
             let s = with_progress(steps, |f| mmprobe_zoo::train_shapes_clip(&out, &params, f)).with_context(context)?;
-            (s.parameters, s.params.schedule, s.seconds, s.final_loss)
+            report(a.model, &out, steps, &s);
         }
         ZooModel::ShapesLlava => {
             anyhow::ensure!(
@@ -174,17 +174,21 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
             let (steps, params) = (params.schedule.steps, params.check()?);
             let s = with_progress(steps, |f| mmprobe_zoo::train_shapes_llava(&out, &a.clip, &params, f))
                 .with_context(context)?;
-            (s.parameters, s.params.schedule, s.seconds, s.final_loss)
+            report(a.model, &out, steps, &s);
         }
-    };
-    let (parameters, schedule, seconds, final_loss) = s;
+    }
+    Ok(())
+}
+
+fn report<P>(model: ZooModel, out: &Path, steps: usize, s: &TrainSummary<P>) {
     println!(
-        "trained {} ({parameters} parameters) for {} steps in {seconds:.0} s; final loss {final_loss:.3}",
-        a.model.name(),
-        schedule.steps
+        "trained {} ({} parameters) for {steps} steps in {:.0} s; final loss {:.3}",
+        model.name(),
+        s.parameters,
+        s.seconds,
+        s.final_loss
     );
     println!("wrote {}", out.display());
-    Ok(())
 }
 
 fn eval(a: EvalArgs) -> anyhow::Result<()> {
