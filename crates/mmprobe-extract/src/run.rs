@@ -141,8 +141,14 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let (model, weights) = std::thread::scope(|s| {
         let hashes = s.spawn(|| hash_weights(&opts.model));
         let model = match md.family {
-            Family::Clip => LoadedClip::load(&opts.model, device, opts.run.dtype).map(Model::Clip),
-            Family::Llava => LoadedLlava::load(&opts.model, device, opts.run.dtype).map(Model::Llava),
+            Family::Clip => LoadedClip::load(&opts.model, device, opts.run.dtype).map(|mut m| {
+                m.set_allow_tf32(opts.run.allow_tf32);
+                Model::Clip(m)
+            }),
+            Family::Llava => LoadedLlava::load(&opts.model, device, opts.run.dtype).map(|mut m| {
+                m.set_allow_tf32(opts.run.allow_tf32);
+                Model::Llava(m)
+            }),
         };
         (model, hashes.join().expect("hashing does not panic"))
     });
@@ -343,6 +349,7 @@ fn provenance(
             weights: hashes,
             dtype: opts.run.dtype.to_string(),
             device: device_name(device),
+            allow_tf32: opts.run.allow_tf32,
         }),
         dataset: Some(DatasetProvenance { path: abs(&opts.data), sha256: dataset.sha256.clone(), rows: dataset.len() }),
         extraction: Some(ExtractionSpec { logit_lens: opts.logit_lens, ..plan.spec(opts.chunk_size) }),
@@ -369,7 +376,7 @@ fn prepare_store(root: &Path, manifest: &Manifest, force: bool) -> Result<()> {
             }
         }
     } else if let Some(old) = existing {
-        old.same_origin(manifest).map_err(|why| {
+        old.same_origin(manifest).and_then(|()| same_precision(&old, manifest)).map_err(|why| {
             ExtractError::Input(format!(
                 "{} already holds a store and {why}; use --force to replace it",
                 root.display()
@@ -384,6 +391,19 @@ fn prepare_store(root: &Path, manifest: &Manifest, force: bool) -> Result<()> {
     }
     std::fs::create_dir_all(root).map_err(|source| ExtractError::Io { path: root.to_path_buf(), source })?;
     Ok(manifest.write(root)?)
+}
+
+/// TF32 changes the numbers as a dtype does: a store is added to only with the setting it was made with.
+fn same_precision(old: &Manifest, new: &Manifest) -> std::result::Result<(), String> {
+    let (Some(a), Some(b)) = (&old.model, &new.model) else { return Err("no model recorded".into()) };
+    let name = |m: &ModelProvenance| match m.allow_tf32 {
+        true => format!("{} with --allow-tf32", m.dtype),
+        false => m.dtype.clone(),
+    };
+    match a.allow_tf32 == b.allow_tf32 {
+        true => Ok(()),
+        false => Err(format!("it was extracted in {}, not {}", name(a), name(b))),
+    }
 }
 
 /// Temporaries of dead processes (a killed run) are removed; live ones

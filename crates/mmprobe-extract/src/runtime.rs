@@ -120,22 +120,40 @@ pub struct RunOptions {
     pub batch_size: usize,
     /// libtorch intra-op threads; `None` keeps libtorch's default.
     pub threads: Option<usize>,
+    /// f32 on CUDA may use TF32 (`--allow-tf32`): cuDNN runs the patch
+    /// embedding's convolution in TF32. Without it f32 is IEEE f32 throughout.
+    pub allow_tf32: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { device: DeviceChoice::Auto, dtype: DType::F32, batch_size: 32, threads: None }
+        RunOptions { device: DeviceChoice::Auto, dtype: DType::F32, batch_size: 32, threads: None, allow_tf32: false }
     }
 }
 
 impl RunOptions {
-    /// Applies the thread count and resolves the device.
+    /// Applies the thread count and resolves the device. f32 on CUDA without
+    /// `allow_tf32` is refused while the environment makes libtorch run every
+    /// f32 matmul in TF32 ([`TF32_MATMUL_OVERRIDE`]).
     pub fn apply(&self) -> Result<Device, RuntimeError> {
         if let Some(n) = self.threads {
             tch::set_num_threads(n.max(1) as i32);
         }
-        self.device.resolve()
+        let device = self.device.resolve()?;
+        if device.is_cuda() && self.dtype == DType::F32 && !self.allow_tf32 && tf32_matmul_forced() {
+            return Err(RuntimeError::Tf32Forced);
+        }
+        Ok(device)
     }
+}
+
+/// When this environment variable is `1` (NVIDIA's PyTorch containers set
+/// it), libtorch runs f32 matmuls on CUDA in TF32 whatever the program asks.
+pub const TF32_MATMUL_OVERRIDE: &str = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE";
+
+/// libtorch reads [`TF32_MATMUL_OVERRIDE`] as a flag that is on only when it is `1`.
+pub fn tf32_matmul_forced() -> bool {
+    std::env::var(TF32_MATMUL_OVERRIDE).is_ok_and(|v| v == "1")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,6 +166,11 @@ pub enum RuntimeError {
     NoCuda(usize),
     #[error("cuda:{index} was asked for but libtorch sees only {count} CUDA device(s)")]
     CudaOutOfRange { index: usize, count: usize },
+    #[error(
+        "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 makes libtorch run f32 matmuls on CUDA in TF32: \
+         unset it (or set it to 0) for f32, or pass --allow-tf32"
+    )]
+    Tf32Forced,
     #[error("libtorch does not compute: {0}")]
     Broken(String),
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_close, clip_dir, device, reference};
-use mmprobe_extract::clip::LoadedClip;
+use mmprobe_extract::clip::{LoadedClip, PatchCompute};
 use mmprobe_extract::{DType, SiteRequest};
 use tch::Device;
 
@@ -62,6 +62,29 @@ fn tiny_a_matches_transformers() {
 #[test]
 fn tiny_b_bf16_sharded_legacy_eos_matches_transformers() {
     check_model("tiny-b");
+}
+
+#[test]
+fn every_patch_computation_matches_transformers() {
+    let dir = clip_dir("tiny-a");
+    let r = reference(&dir);
+    let mut clip = LoadedClip::load(&dir, device(), DType::F32).unwrap();
+    assert_eq!(clip.model.vision_model.patch_compute, PatchCompute::Matmul, "f32 loads exact");
+    clip.set_allow_tf32(true);
+    assert_eq!(clip.model.vision_model.patch_compute, PatchCompute::ConvTf32);
+    let pixels = r.tensor("pixel_values").unwrap().to_device(device());
+    let want = r.tensor("vision.resid.0").unwrap();
+    // TF32 keeps 10 mantissa bits: its convolution is checked on the CPU only.
+    let ways: &[PatchCompute] = match device() {
+        Device::Cpu => &[PatchCompute::Matmul, PatchCompute::Conv, PatchCompute::ConvTf32],
+        _ => &[PatchCompute::Matmul],
+    };
+    for &how in ways {
+        clip.model.vision_model.patch_compute = how;
+        let got =
+            tch::no_grad(|| clip.model.encode_image(&pixels, &SiteRequest { resid: [0].into(), ..Default::default() }));
+        assert_close(&format!("{how:?} vision resid 0"), &got.resid[&0], &want, TOL);
+    }
 }
 
 #[test]

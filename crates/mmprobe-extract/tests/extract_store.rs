@@ -54,6 +54,7 @@ fn options(model: &str, data: &Path, out: &Path) -> ExtractOptions {
             dtype: DType::F32,
             batch_size: 2,
             threads: None,
+            allow_tf32: false,
         },
         shard: (0, 1),
         skip_bad: false,
@@ -307,4 +308,55 @@ fn a_store_of_another_model_is_refused_unless_forced() {
     let store = Store::open(&out).unwrap();
     let p = Partition { tower: Tower::Text, site: Site::Embeds, layer: 0, selector: Selector::Pooled };
     assert_eq!(store.load(p).unwrap().matrix.dim(), (3, 12), "tiny-b's projection width");
+}
+
+#[test]
+fn allow_tf32_is_recorded_and_a_store_is_resumed_only_with_its_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 5);
+    let (exact, tf32) = (tmp.path().join("exact"), tmp.path().join("tf32"));
+    let mut o = options("tiny-a", &data, &exact);
+    // On the CPU TF32 does not exist: the setting changes the arithmetic's order only.
+    o.run.device = DeviceChoice::Cpu;
+    o.towers = Some(vec![Tower::Vision]);
+    o.sites = vec![Site::Resid, Site::Embeds];
+    o.selectors = vec![Selector::Cls, Selector::Mean, Selector::Pooled];
+    extract(&o, &Quiet).unwrap();
+    let mut t = o.clone();
+    t.out = tf32.clone();
+    t.run.allow_tf32 = true;
+    extract(&t, &Quiet).unwrap();
+
+    let (a, b) = (Store::open(&exact).unwrap(), Store::open(&tf32).unwrap());
+    let model = |s: &Store| s.manifest.as_ref().unwrap().model.clone().unwrap();
+    assert!(!model(&a).allow_tf32 && model(&b).allow_tf32);
+    assert_eq!((model(&b).dtype.as_str(), model(&b).device.as_str()), ("f32", "cpu"));
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(tf32.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(json["model"]["allow_tf32"], serde_json::Value::Bool(true), "{json}");
+    // The convolution (--allow-tf32) and the exact GEMM give the same states up to rounding.
+    let parts = a.partitions().unwrap();
+    assert_eq!(parts, b.partitions().unwrap());
+    for p in parts {
+        let (x, y) = (matrix(&a, p).2, matrix(&b, p).2);
+        let scale = x.abs().max().double_value(&[]);
+        let d = (&x - &y).abs().max().double_value(&[]);
+        assert!(d <= 1e-5 * scale, "{p}: max |diff| {d:e} of max |x| {scale:e}");
+    }
+
+    // Another TF32 setting is refused like another dtype, either way round, unless forced.
+    for (store, allow, want) in
+        [(&exact, true, "in f32, not f32 with --allow-tf32"), (&tf32, false, "in f32 with --allow-tf32, not f32")]
+    {
+        let mut r = o.clone();
+        (r.out, r.run.allow_tf32) = (store.clone(), allow);
+        let e = extract(&r, &Quiet).unwrap_err().to_string();
+        assert!(e.contains("already holds a store") && e.contains(want) && e.contains("--force"), "{e}");
+    }
+    // The same setting resumes (here: finds every chunk done).
+    let s = extract(&t, &Quiet).unwrap();
+    assert_eq!((s.samples_run, s.samples_resumed), (0, 5));
+    t.force = true;
+    t.run.allow_tf32 = false;
+    extract(&t, &Quiet).unwrap();
+    assert!(!model(&Store::open(&tf32).unwrap()).allow_tf32);
 }

@@ -6,12 +6,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{assert_close, device, fixtures, max_abs_diff};
+use common::{assert_close, device, device_choice, fixtures, max_abs_diff};
 use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::weights::Checkpoint;
 use mmprobe_extract::{
-    DType, DeviceChoice, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract,
+    DType, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract,
 };
 use mmprobe_store::{Partition, Store};
 use tch::{Kind, Tensor};
@@ -161,7 +161,7 @@ fn extraction_stores_tokens_states_and_logit_lens_like_transformers() {
             sites: vec![Site::Resid],
             layers: LayerSpec::All,
             selectors: vec![Selector::Cls, Selector::Last, Selector::MeanImage, Selector::MeanText, Selector::All],
-            run: RunOptions { device: DeviceChoice::Cpu, dtype: DType::F32, batch_size: 2, threads: None },
+            run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
             shard: (0, 1),
             skip_bad: false,
             force: false,

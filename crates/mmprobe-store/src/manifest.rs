@@ -41,6 +41,9 @@ pub struct ModelProvenance {
     pub weights: BTreeMap<String, String>,
     pub dtype: String,
     pub device: String,
+    /// f32 was let run in TF32 on CUDA (`--allow-tf32`); false when absent.
+    #[serde(default)]
+    pub allow_tf32: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

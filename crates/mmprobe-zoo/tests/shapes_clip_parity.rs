@@ -17,6 +17,14 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Where extraction runs: `MMPROBE_TEST_DEVICE` (e.g. `cuda:0`), else the CPU.
+fn test_device() -> DeviceChoice {
+    match std::env::var("MMPROBE_TEST_DEVICE") {
+        Ok(d) => d.parse().unwrap_or_else(|e| panic!("MMPROBE_TEST_DEVICE={d}: {e}")),
+        Err(_) => DeviceChoice::Cpu,
+    }
+}
+
 fn model_dir() -> PathBuf {
     root().join("datasets/models/shapes-clip")
 }
@@ -85,7 +93,7 @@ fn extracted_embeds_match_transformers() {
         sites: vec![Site::Embeds],
         layers: LayerSpec::All,
         selectors: vec![Selector::Pooled],
-        run: RunOptions { device: DeviceChoice::Cpu, dtype: DType::F32, batch_size: 64, threads: None },
+        run: RunOptions { device: test_device(), dtype: DType::F32, batch_size: 64, ..Default::default() },
         shard: (0, 1),
         skip_bad: false,
         force: false,

@@ -19,6 +19,14 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Where extraction runs: `MMPROBE_TEST_DEVICE` (e.g. `cuda:0`), else the CPU.
+fn test_device() -> DeviceChoice {
+    match std::env::var("MMPROBE_TEST_DEVICE") {
+        Ok(d) => d.parse().unwrap_or_else(|e| panic!("MMPROBE_TEST_DEVICE={d}: {e}")),
+        Err(_) => DeviceChoice::Cpu,
+    }
+}
+
 fn model_dir() -> PathBuf {
     root().join("datasets/models/shapes-llava")
 }
@@ -86,7 +94,7 @@ fn extracted_decoder_states_and_next_tokens_match_transformers() {
         sites: vec![Site::Resid],
         layers: LayerSpec::All,
         selectors: vec![Selector::Last, Selector::MeanImage, Selector::MeanText],
-        run: RunOptions { device: DeviceChoice::Cpu, dtype: DType::F32, batch_size: 64, threads: None },
+        run: RunOptions { device: test_device(), dtype: DType::F32, batch_size: 64, ..Default::default() },
         shard: (0, 1),
         skip_bad: false,
         force: false,
@@ -132,6 +140,7 @@ fn extracted_decoder_states_and_next_tokens_match_transformers() {
 fn greedy_answers_match_transformers_generate() {
     let m = meta();
     let ds = Dataset::open(&data()).unwrap();
+    // On the CPU whatever MMPROBE_TEST_DEVICE says: greedy decoding takes its prompts there.
     let l = LoadedLlava::load(&model_dir(), Device::Cpu, DType::F32).unwrap();
     let tok = tokenizer(&l);
     let proc = ImageProcessor::from_dir(&model_dir()).unwrap();

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use tch::{Device, nn::VarStore};
 
-use super::{ClipConfig, ClipModel};
+use super::{ClipConfig, ClipModel, PatchCompute};
 use crate::error::{ExtractError, Result};
 use crate::family::{Family, ModelDir};
 use crate::runtime::DType;
@@ -31,11 +31,17 @@ impl LoadedClip {
         let config: ClipConfig = md.config()?;
         let weights = Checkpoint::open(dir)?;
         let mut vs = VarStore::new(device);
-        let model = ClipModel::new(vs.root(), &config);
+        let mut model = ClipModel::new(vs.root(), &config);
+        model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
         // Cast before loading so each tensor is converted once, on the way in.
         vs.set_kind(dtype.kind());
         weights.load_into(&vs, str::to_string)?;
         vs.freeze();
         Ok(LoadedClip { model, vs, device, dtype })
+    }
+
+    /// Lets cuDNN run the patch embedding in TF32 (`--allow-tf32`; only f32 on CUDA changes).
+    pub fn set_allow_tf32(&mut self, allow: bool) {
+        self.model.vision_model.patch_compute = PatchCompute::for_run(self.dtype, allow);
     }
 }

@@ -6,4 +6,4 @@ pub mod model;
 
 pub use config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 pub use load::LoadedClip;
-pub use model::ClipModel;
+pub use model::{ClipModel, PatchCompute};

@@ -6,6 +6,7 @@ use tch::{Kind, Tensor};
 
 use super::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
 use crate::capture::{Captured, SiteRequest};
+use crate::runtime::DType;
 
 fn linear(p: nn::Path, i: i64, o: i64, bias: bool) -> nn::Linear {
     nn::linear(p, i, o, nn::LinearConfig { bias, ..Default::default() })
@@ -194,10 +195,74 @@ impl ClipTextTransformer {
     }
 }
 
+/// How the patch embedding, a convolution whose stride is its kernel (no
+/// padding, no bias), is computed. The checkpoint's weight is the same
+/// [hidden, channels, p, p] tensor in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PatchCompute {
+    /// libtorch's convolution with libtorch's settings, as transformers
+    /// computes it. On CUDA that is cuDNN, which runs f32 in TF32 by default.
+    /// What training and 16-bit runs use.
+    #[default]
+    Conv,
+    /// The image cut into non-overlapping p x p patches, each flattened
+    /// (channel, row, column) and multiplied by the flattened kernel: one GEMM,
+    /// which libtorch runs in IEEE f32 on every device (no cuDNN, no TF32).
+    Matmul,
+    /// The convolution with cuDNN explicitly allowed TF32 (`--allow-tf32`).
+    ConvTf32,
+}
+
+impl PatchCompute {
+    /// What an extraction in `dtype` uses: exact in f32 unless TF32 is
+    /// allowed; 16-bit dtypes as before.
+    pub fn for_run(dtype: DType, allow_tf32: bool) -> Self {
+        match (dtype, allow_tf32) {
+            (DType::F32, false) => PatchCompute::Matmul,
+            (DType::F32, true) => PatchCompute::ConvTf32,
+            (DType::F16 | DType::Bf16, _) => PatchCompute::Conv,
+        }
+    }
+}
+
 pub struct ClipVisionEmbeddings {
     pub class_embedding: Tensor,
     pub patch_embedding: nn::Conv2D,
     pub position_embedding: nn::Embedding,
+}
+
+impl ClipVisionEmbeddings {
+    /// pixel_values [B, C, H, W] to patch embeddings [B, (H/p)(W/p), hidden], row-major over the grid.
+    fn patches(&self, pixel_values: &Tensor, how: PatchCompute) -> Tensor {
+        let w = &self.patch_embedding.ws;
+        let (d, c, p, _) = w.size4().expect("the patch embedding weight is [hidden, channels, p, p]");
+        let grid = |y: Tensor| y.flatten(2, -1).transpose(1, 2);
+        match how {
+            PatchCompute::Conv => grid(self.patch_embedding.forward(pixel_values)),
+            PatchCompute::ConvTf32 => grid(pixel_values.internal_convolution(
+                w,
+                None::<Tensor>,
+                [p, p],
+                [0, 0],
+                [1, 1],
+                false,
+                [0, 0],
+                1,
+                false,
+                false,
+                true,
+                true,
+            )),
+            PatchCompute::Matmul => {
+                let (b, _, h, wd) = pixel_values.size4().expect("pixel values are [batch, channels, height, width]");
+                // As the convolution, a remainder narrower than a patch is dropped.
+                let (gh, gw) = (h / p, wd / p);
+                let x = pixel_values.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
+                let x = x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+                x.matmul(&w.reshape([d, c * p * p]).transpose(0, 1))
+            }
+        }
+    }
 }
 
 pub struct ClipVisionTransformer {
@@ -205,6 +270,8 @@ pub struct ClipVisionTransformer {
     pub pre_layrnorm: nn::LayerNorm,
     pub encoder: ClipEncoder,
     pub post_layernorm: nn::LayerNorm,
+    /// How the patch embedding runs; [`PatchCompute::Conv`] until a loader picks.
+    pub patch_compute: PatchCompute,
 }
 
 impl ClipVisionTransformer {
@@ -233,6 +300,7 @@ impl ClipVisionTransformer {
                 c.layer_norm_eps,
             ),
             post_layernorm: layer_norm(&p / "post_layernorm", c.hidden_size, c.layer_norm_eps),
+            patch_compute: PatchCompute::Conv,
         }
     }
 
@@ -240,7 +308,7 @@ impl ClipVisionTransformer {
     /// sites and the pooled output (post-layernorm of the CLS state).
     pub fn forward(&self, pixel_values: &Tensor, req: &SiteRequest) -> (Captured, Tensor) {
         let b = pixel_values.size()[0];
-        let patches = self.embeddings.patch_embedding.forward(pixel_values).flatten(2, -1).transpose(1, 2);
+        let patches = self.embeddings.patches(pixel_values, self.patch_compute);
         let d = patches.size()[2];
         let cls = self.embeddings.class_embedding.view([1, 1, d]).expand([b, 1, d], false);
         let x = Tensor::cat(&[cls, patches], 1) + self.embeddings.position_embedding.ws.unsqueeze(0);
@@ -291,5 +359,52 @@ impl ClipModel {
         }
         out.pooled = Some(pooled);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// Random patch embeddings in f64, where the convolution and the GEMM agree to rounding.
+    fn embeddings(c: i64, d: i64, p: i64) -> (nn::VarStore, ClipVisionEmbeddings) {
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let root = vs.root();
+        let conv = nn::ConvConfig { stride: p, bias: false, ..Default::default() };
+        let e = ClipVisionEmbeddings {
+            class_embedding: root.zeros("class_embedding", &[d]),
+            patch_embedding: nn::conv2d(&root / "patch_embedding", c, d, p, conv),
+            position_embedding: nn::embedding(&root / "position_embedding", 1, d, Default::default()),
+        };
+        vs.set_kind(Kind::Double);
+        (vs, e)
+    }
+
+    #[test]
+    fn every_patch_compute_is_the_convolution() {
+        tch::manual_seed(0);
+        let (_vs, e) = embeddings(3, 8, 4);
+        // A 13 x 18 image: 3 x 4 patches, the remainder dropped as the convolution drops it.
+        let x = Tensor::randn([2, 3, 13, 18], (Kind::Double, Device::Cpu));
+        let want = e.patches(&x, PatchCompute::Conv);
+        assert_eq!(want.size(), [2, 12, 8]);
+        for how in [PatchCompute::Matmul, PatchCompute::ConvTf32] {
+            let got = e.patches(&x, how);
+            assert_eq!(got.size(), want.size(), "{how:?}");
+            let d = (&got - &want).abs().max().double_value(&[]);
+            assert!(d < 1e-12, "{how:?}: max |diff| {d:e}");
+        }
+    }
+
+    #[test]
+    fn f32_runs_the_exact_gemm_unless_tf32_is_allowed() {
+        assert_eq!(PatchCompute::for_run(DType::F32, false), PatchCompute::Matmul);
+        assert_eq!(PatchCompute::for_run(DType::F32, true), PatchCompute::ConvTf32);
+        for dtype in [DType::F16, DType::Bf16] {
+            for allow in [false, true] {
+                assert_eq!(PatchCompute::for_run(dtype, allow), PatchCompute::Conv);
+            }
+        }
     }
 }

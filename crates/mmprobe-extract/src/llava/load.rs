@@ -8,6 +8,7 @@ use std::path::Path;
 use tch::{Device, nn::VarStore};
 
 use super::{LlavaConfig, LlavaModel};
+use crate::clip::PatchCompute;
 use crate::error::{ExtractError, Result};
 use crate::family::{Family, ModelDir};
 use crate::runtime::DType;
@@ -57,8 +58,9 @@ impl LoadedLlava {
         let weights = Checkpoint::open(dir)?;
         let layout = key_layout(&weights);
         let mut vs = VarStore::new(device);
-        let model = LlavaModel::new(vs.root(), &config)
+        let mut model = LlavaModel::new(vs.root(), &config)
             .map_err(|message| ExtractError::BadConfig { path: md.config_path.clone(), message })?;
+        model.vision_tower.patch_compute = PatchCompute::for_run(dtype, false);
         vs.set_kind(dtype.kind());
         weights.load_into(&vs, |name| {
             for (canon, prefix) in &layout {
@@ -70,6 +72,11 @@ impl LoadedLlava {
         })?;
         vs.freeze();
         Ok(LoadedLlava { model, vs, device, dtype })
+    }
+
+    /// Lets cuDNN run the patch embedding in TF32 (`--allow-tf32`; only f32 on CUDA changes).
+    pub fn set_allow_tf32(&mut self, allow: bool) {
+        self.model.vision_tower.patch_compute = PatchCompute::for_run(self.dtype, allow);
     }
 }
 

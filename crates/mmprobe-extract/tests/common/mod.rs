@@ -17,6 +17,11 @@ pub fn device() -> tch::Device {
     }
 }
 
+/// [`device`] as extraction options take it.
+pub fn device_choice() -> mmprobe_extract::DeviceChoice {
+    mmprobe_extract::runtime::device_name(device()).parse().expect("a device name parses")
+}
+
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures")
 }

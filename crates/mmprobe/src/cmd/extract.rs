@@ -36,8 +36,15 @@ pub struct ExtractArgs {
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
     /// Compute dtype (stored activations are always f32): f32, f16, bf16.
+    /// f32 on CUDA is IEEE f32 throughout (no TF32), matching the CPU.
     #[arg(long, default_value = "f32")]
     dtype: DType,
+    /// f32 on CUDA: let cuDNN run the patch-embedding convolution in TF32 (products of
+    /// 10-bit mantissas). Recorded in manifest.json; a store is resumed only with the
+    /// setting it was made with. Matmuls stay f32 unless the environment sets
+    /// TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 (which f32 on CUDA without this flag refuses).
+    #[arg(long)]
+    allow_tf32: bool,
     /// libtorch threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<usize>,
@@ -78,7 +85,13 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
         sites: a.sites,
         layers: a.layers,
         selectors: a.select.unwrap_or_default(),
-        run: RunOptions { device: a.device, dtype: a.dtype, batch_size: a.batch_size, threads: a.threads },
+        run: RunOptions {
+            device: a.device,
+            dtype: a.dtype,
+            batch_size: a.batch_size,
+            threads: a.threads,
+            allow_tf32: a.allow_tf32,
+        },
         shard: a.shard,
         skip_bad: a.skip_bad,
         force: a.force,
