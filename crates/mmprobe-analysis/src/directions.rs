@@ -92,10 +92,16 @@ pub fn lda(x: ArrayView2<f64>, y: &[usize], k: usize) -> Result<Vec<Direction>> 
 
 /// The logistic probe's normal for each class, mapped back from the
 /// standardised space to the activation space (w / scale).
-pub fn probe(x: ArrayView2<f64>, y: &[usize], k: usize, p: &CheckedLogistic) -> Result<Vec<Direction>> {
+pub fn probe(
+    x: ArrayView2<f64>,
+    y: &[usize],
+    k: usize,
+    groups: &crate::folds::Groups,
+    p: &CheckedLogistic,
+) -> Result<Vec<Direction>> {
     let s = Standardizer::fit(x);
     let xs = s.transform(x);
-    let c = logistic::choose_c(xs.view(), y, k, p)?;
+    let c = logistic::choose_c(xs.view(), y, groups, k, p)?;
     let m = logistic::fit(xs.view(), y, k, c, p)?;
     let mut coef = m.coef.clone();
     if m.binary {

@@ -14,6 +14,9 @@ pub enum AnalysisError {
     Partition { partition: String, message: String },
     #[error("{0}")]
     Input(String),
+    /// Too few rows or groups for the folds asked for: a sweep skips the partition and records why.
+    #[error("too small for cross-validation: {0}")]
+    TooSmall(String),
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
 }

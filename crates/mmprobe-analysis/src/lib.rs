@@ -1,5 +1,5 @@
 //! Probes with honest statistics, concept directions, cross-modal geometry
-//! and erasure, on an activation store (METHODS.md has the definitions).
+//! and erasure, on an activation store (docs/methods.md has the definitions).
 //! Never links LibTorch: any store, from any tool, can be analysed.
 
 pub mod cka;
@@ -14,12 +14,13 @@ pub mod linalg;
 pub mod logistic;
 pub mod metrics;
 pub mod probe;
-pub mod results;
 pub mod ridge;
 pub mod rng;
 pub mod scale;
 pub mod select;
+pub mod stats;
 pub mod sweep;
+pub mod tables;
 
 pub use error::{AnalysisError, Result};
 pub use probe::{CheckedProbe, ProbeParams};

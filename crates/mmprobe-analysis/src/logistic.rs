@@ -125,14 +125,14 @@ pub fn fit(x: ArrayView2<f64>, y: &[usize], k: usize, c: f64, p: &CheckedLogisti
 }
 
 /// C from the grid with the best inner-CV accuracy (standardising inside each inner fold).
-pub fn choose_c(x: ArrayView2<f64>, y: &[usize], k: usize, p: &CheckedLogistic) -> Result<f64> {
+pub fn choose_c(x: ArrayView2<f64>, y: &[usize], groups: &folds::Groups, k: usize, p: &CheckedLogistic) -> Result<f64> {
     if let Some(c) = p.0.c {
         return Ok(c);
     }
-    let inner = folds::stratified(y, k, p.0.inner_folds, p.0.seed ^ 0x1A2B)?;
+    let inner = folds::stratified(y, groups, k, p.0.inner_folds, p.0.seed ^ 0x1A2B)?;
     let mut best = (f64::NEG_INFINITY, p.0.c_grid[0]);
     for &c in &p.0.c_grid {
-        let per_fold = folds::each_fold(x, y, &inner, p.0.inner_folds, |d| {
+        let per_fold = folds::each_fold(x, y, groups, &inner, p.0.inner_folds, |d| {
             let pred = argmax_rows(fit(d.train, d.y_train, k, c, p)?.predict_proba(d.test).view());
             let ytest: Vec<usize> = d.test_rows.iter().map(|&i| y[i]).collect();
             Ok(accuracy(&ytest, &pred) * d.test_rows.len() as f64)

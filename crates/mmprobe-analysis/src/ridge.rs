@@ -66,14 +66,14 @@ pub fn fit(x: ArrayView2<f64>, y: &[f64], alpha: f64) -> Result<RidgeModel> {
     Ok(RidgeModel { w, b })
 }
 
-pub fn choose_alpha(x: ArrayView2<f64>, y: &[f64], p: &CheckedRidge) -> Result<f64> {
+pub fn choose_alpha(x: ArrayView2<f64>, y: &[f64], groups: &folds::Groups, p: &CheckedRidge) -> Result<f64> {
     if let Some(a) = p.0.alpha {
         return Ok(a);
     }
-    let inner = folds::shuffled(y.len(), p.0.inner_folds, p.0.seed ^ 0x5EED)?;
+    let inner = folds::shuffled(groups, p.0.inner_folds, p.0.seed ^ 0x5EED)?;
     let mut best = (f64::INFINITY, p.0.alpha_grid[0]);
     for &alpha in &p.0.alpha_grid {
-        let per_fold = folds::each_fold(x, y, &inner, p.0.inner_folds, |d| {
+        let per_fold = folds::each_fold(x, y, groups, &inner, p.0.inner_folds, |d| {
             let pred = fit(d.train, d.y_train, alpha)?.predict(d.test);
             Ok(d.test_rows.iter().zip(pred.iter()).map(|(&i, p)| (y[i] - p).powi(2)).sum::<f64>())
         })?;

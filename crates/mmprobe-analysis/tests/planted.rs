@@ -2,6 +2,7 @@
 //! directions find it, the probe reads it, LEACE removes it.
 
 use mmprobe_analysis::directions;
+use mmprobe_analysis::folds::Groups;
 use mmprobe_analysis::leace::Leace;
 use mmprobe_analysis::logistic::LogisticParams;
 use mmprobe_analysis::probe::{ProbeParams, erased_accuracy, probe_classes};
@@ -41,12 +42,13 @@ fn planted_concept_is_found_read_and_erased() {
     }
     .check()
     .unwrap();
-    let before = probe_classes(x.view(), &y, 2, None, &params).unwrap();
+    let g = Groups::singletons(y.len());
+    let before = probe_classes(x.view(), &y, 2, &g, None, &params).unwrap();
     assert!(before.accuracy > 0.9, "probe accuracy on the planted concept: {}", before.accuracy);
     let (lo, hi) = before.ci.unwrap();
     assert!(lo <= before.accuracy && before.accuracy <= hi && hi - lo < 0.05, "interval {lo}..{hi}");
 
-    let cav = directions::probe(x.view(), &y, 2, &params.logistic).unwrap();
+    let cav = directions::probe(x.view(), &y, 2, &g, &params.logistic).unwrap();
     assert!(cav[0].unit.dot(&dir) > 0.6, "the CAV points along the concept");
 
     let eraser = Leace::fit(x.view(), &y, 2).unwrap();
@@ -56,7 +58,7 @@ fn planted_concept_is_found_read_and_erased() {
     let gap = directions::diff_means(erased.view(), &y, 2)[0].norm;
     assert!(gap < 1e-9, "class means differ by {gap} after LEACE");
     // A fresh probe, with the eraser fit on training folds only, is at chance.
-    let after = erased_accuracy(x.view(), &y, 2, &params).unwrap();
+    let after = erased_accuracy(x.view(), &y, 2, &g, &params).unwrap();
     assert!((after - 0.5).abs() <= 0.05, "probe after LEACE: {after} (chance 0.5)");
 }
 
@@ -75,14 +77,14 @@ fn control_task_and_permutations_expose_memorisation() {
     .check()
     .unwrap();
     let types: Vec<String> = (0..400).map(|i| (i % 40).to_string()).collect();
-    let r = probe_classes(x.view(), &y, 2, Some(&types), &params).unwrap();
+    let r = probe_classes(x.view(), &y, 2, &Groups::singletons(400), Some(&types), &params).unwrap();
     assert!((r.accuracy - 0.5).abs() < 0.1, "{}", r.accuracy);
     assert!(r.p_value.unwrap() > 0.05, "p = {:?}", r.p_value);
     assert!(r.control_accuracy.is_some() && r.selectivity().unwrap().abs() < 0.15);
 
     // A strong planted signal: p at its floor 1/(1+N), selectivity high.
     let (x, y, _) = planted(400, 16, 1.5, 4);
-    let r = probe_classes(x.view(), &y, 2, Some(&types), &params).unwrap();
+    let r = probe_classes(x.view(), &y, 2, &Groups::singletons(400), Some(&types), &params).unwrap();
     assert_eq!(r.p_value, Some(1.0 / 20.0));
     assert!(r.selectivity().unwrap() > 0.3, "selectivity {:?}", r.selectivity());
 }

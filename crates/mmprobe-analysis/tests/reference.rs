@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use mmprobe_analysis::cka::cka;
 use mmprobe_analysis::directions;
+use mmprobe_analysis::folds::Groups;
 use mmprobe_analysis::geometry::{cone, modality_gap, recall_at, silhouette};
 use mmprobe_analysis::leace::Leace;
 use mmprobe_analysis::linalg::shrunk_within_covariance;
@@ -73,7 +74,7 @@ fn cross_validated_logistic_matches_sklearn_with_the_same_c_and_folds() {
         let c = r.scalar(name, "C");
         let p =
             LogisticParams { c: Some(c), max_iterations: 1000, tolerance: 1e-6, ..Default::default() }.check().unwrap();
-        let (oof, _) = cross_val_proba(x.view(), &y, k, &folds, 5, &p, None).unwrap();
+        let (oof, _) = cross_val_proba(x.view(), &y, &Groups::singletons(y.len()), k, &folds, 5, &p, None).unwrap();
         let acc = accuracy(&y, &argmax_rows(oof.view()));
         let want = r.scalar(name, "accuracy");
         assert!((acc - want).abs() <= 0.01, "{name}: accuracy {acc} vs sklearn {want}");

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use mmprobe_analysis::directions::Method;
 use mmprobe_analysis::logistic::LogisticParams;
-use mmprobe_analysis::results;
 use mmprobe_analysis::rng::Rng;
-use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams};
+use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, GroupBy, ProbeSweep};
+use mmprobe_analysis::tables::{self, CosineKind, ProbeKind};
 use mmprobe_analysis::{Filters, ProbeParams};
 use mmprobe_store::part::write_part;
 use mmprobe_store::store::write_parquet;
@@ -20,8 +20,10 @@ fn part(tower: Tower, site: Site, layer: usize, selector: Selector) -> Partition
     Partition { tower, site, layer, selector }
 }
 
-/// Layer L carries the colour concept with strength L; embeds of both towers share it.
-fn make_store(root: &Path, poison: bool) {
+/// Layer L carries the colour concept with strength L; embeds of both towers
+/// share it. Returns the vision and text embeds as written (row = sample).
+fn make_store(root: &Path, poison: bool) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let mut written: Vec<(Partition, Vec<f32>)> = Vec::new();
     let mut rng = Rng::new(1);
     let colour: Vec<usize> = (0..N).map(|i| i % 3).collect();
     let mut write = |p: Partition, d: usize, strength: f32| {
@@ -35,8 +37,12 @@ fn make_store(root: &Path, poison: bool) {
         if poison && p.layer == 2 {
             data[7] = f32::NAN;
         }
-        write_part(p.part(root, 0, 0), &PartRows { width: d, sample: (0..N as u32).collect(), pos: vec![-1; N], data })
-            .unwrap();
+        write_part(
+            p.part(root, 0, 0),
+            &PartRows { width: d, sample: (0..N as u32).collect(), pos: vec![-1; N], data: data.clone() },
+        )
+        .unwrap();
+        written.push((p, data));
     };
     for l in 0..3 {
         write(part(Tower::Vision, Site::Resid, l, Selector::Cls), 8, l as f32 * 1.5);
@@ -63,6 +69,22 @@ fn make_store(root: &Path, poison: bool) {
     )
     .unwrap();
     write_parquet(&root.join("samples.parquet"), &mut samples).unwrap();
+    let rows = |t: Tower| -> Vec<Vec<f32>> {
+        let data = &written.iter().find(|(p, _)| p.tower == t && p.site == Site::Embeds).unwrap().1;
+        data.chunks(6).map(|c| c.to_vec()).collect()
+    };
+    (rows(Tower::Vision), rows(Tower::Text))
+}
+
+fn sweep_of(concepts: &[&str], filters: Filters, control_by: ControlBy) -> ProbeSweep {
+    ProbeSweep {
+        concepts: concepts.iter().map(|c| c.to_string()).collect(),
+        filters,
+        params: params(),
+        control_by,
+        fold_column: None,
+        group_by: GroupBy::Sample,
+    }
 }
 
 fn params() -> mmprobe_analysis::CheckedProbe {
@@ -81,15 +103,12 @@ fn probe_sweep_rows_statistics_and_nulls() {
     make_store(tmp.path(), false);
     let store = Store::open(tmp.path()).unwrap();
     assert!(store.manifest.is_none(), "a store without manifest.json opens");
-    let concepts = vec!["colour".to_string(), "size".to_string()];
-    let rows = sweep::probe_store(&store, &concepts, &Filters::default(), &params(), &ControlBy::Default, None, &|| {})
-        .unwrap();
+    let s = sweep_of(&["colour", "size"], Filters::default(), ControlBy::Default);
+    let rows = sweep::probe_store(&store, &s, &|| {}).unwrap();
     assert_eq!(rows.len(), 2 * 5);
     let by_layer = |l: usize| {
         rows.iter()
-            .find(|r| {
-                r.concept == "colour" && r.partition.unwrap() == part(Tower::Vision, Site::Resid, l, Selector::Cls)
-            })
+            .find(|r| r.concept == "colour" && r.partition == part(Tower::Vision, Site::Resid, l, Selector::Cls))
             .unwrap()
     };
     let (l0, l2) = (by_layer(0), by_layer(2));
@@ -101,15 +120,14 @@ fn probe_sweep_rows_statistics_and_nulls() {
     // random label per colour word, which a probe can still learn: low selectivity.
     assert_eq!(l2.control_by, "text");
     assert!(l2.selectivity.unwrap() < 0.7, "{:?}", l2.selectivity);
-    let size = rows
-        .iter()
-        .find(|r| r.concept == "size" && r.partition.unwrap().layer == 2 && r.partition.unwrap().site == Site::Resid)
-        .unwrap();
-    assert_eq!(size.probe, "ridge");
+    let size =
+        rows.iter().find(|r| r.concept == "size" && r.partition.layer == 2 && r.partition.site == Site::Resid).unwrap();
+    assert_eq!(size.probe, ProbeKind::Ridge);
     assert!(size.r2.unwrap() > 0.8, "{:?}", size.r2);
     let out = tmp.path().join("results");
     std::fs::create_dir_all(&out).unwrap();
-    results::write_probes(&out, &rows).unwrap();
+    tables::probes::write(&out, &rows).unwrap();
+    assert_eq!(tables::probes::read(&out).unwrap(), rows, "probes.parquet reads back as written");
     let df = mmprobe_store::store::read_parquet(&out.join("probes.parquet")).unwrap();
     for c in [
         "concept",
@@ -129,6 +147,10 @@ fn probe_sweep_rows_statistics_and_nulls() {
         "control_accuracy",
         "selectivity",
         "p_value",
+        "p_value_bh",
+        "p_value_holm",
+        "group_by",
+        "interval",
     ] {
         assert!(df.column(c).is_ok(), "probes.parquet lacks {c}");
     }
@@ -141,9 +163,7 @@ fn bad_concepts_and_activations_are_one_line_errors() {
     make_store(tmp.path(), true);
     let store = Store::open(tmp.path()).unwrap();
     let run = |c: &str, f: &Filters| {
-        sweep::probe_store(&store, &[c.to_string()], f, &params(), &ControlBy::Off, None, &|| {})
-            .unwrap_err()
-            .to_string()
+        sweep::probe_store(&store, &sweep_of(&[c], f.clone(), ControlBy::Off), &|| {}).unwrap_err().to_string()
     };
     let layer1 = Filters { layers: Some(vec![1]), sites: Some(vec![Site::Resid]), ..Default::default() };
     let e = run("nope", &layer1);
@@ -160,32 +180,71 @@ fn bad_concepts_and_activations_are_one_line_errors() {
 #[test]
 fn directions_geometry_and_erasure_over_a_store() {
     let tmp = tempfile::tempdir().unwrap();
-    make_store(tmp.path(), false);
+    let (vision, text) = make_store(tmp.path(), false);
     let store = Store::open(tmp.path()).unwrap();
     let logistic = LogisticParams { c: Some(1.0), ..Default::default() }.check().unwrap();
     let concepts = vec!["colour".to_string()];
-    let (dirs, cos) = sweep::directions_store(
+    let found = sweep::directions_store(
         &store,
         &concepts,
         &Filters::default(),
         &[Method::DiffMeans, Method::Lda, Method::Probe],
         &logistic,
+        &GroupBy::Sample,
         &|| {},
     )
     .unwrap();
+    assert!(found.skipped.is_empty());
+    let (dirs, cos) = (found.rows, found.cosines);
     assert_eq!(dirs.len(), 5 * 3 * 3, "5 partitions x 3 methods x 3 classes");
     let red =
         dirs.iter().find(|d| d.class == "red" && d.method == Method::DiffMeans && d.partition.layer == 2).unwrap();
     // red (code 0) sits on feature 0, green and blue on 1 and 2: red minus the
     // rest is (3, -1.5, -1.5, 0...) up to noise, 0.82 of it on feature 0.
     assert!(red.direction[0] > 0.75 && red.direction[1] < -0.3 && red.direction[2] < -0.3, "{:?}", red.direction);
-    assert!(cos.iter().any(|c| c.kind == "towers" && c.cosine > 0.9), "embeds directions agree across towers");
-    assert!(cos.iter().any(|c| c.kind == "layers"));
+    assert!(
+        cos.iter().any(|c| c.kind == CosineKind::Towers && c.cosine > 0.9),
+        "embeds directions agree across towers"
+    );
+    assert!(cos.iter().any(|c| c.kind == CosineKind::Layers));
+    let out = tmp.path().join("results");
+    std::fs::create_dir_all(&out).unwrap();
+    tables::directions::write(&out, &dirs, &cos).unwrap();
+    assert_eq!(tables::directions::read(&out).unwrap(), dirs);
+    assert_eq!(tables::directions::read_cosines(&out).unwrap(), cos);
 
-    let gp = GeometryParams { cka_rows: 1000, silhouette_rows: 1000, seed: 0, concepts: concepts.clone() };
+    let gp =
+        GeometryParams { silhouette_rows: 1000, concepts: concepts.clone(), ..Default::default() }.check().unwrap();
     let (report, cka, sep) = sweep::geometry_store(&store, &Filters::default(), &gp, &logistic, &|| {}).unwrap();
     assert_eq!(report.pairs, N);
-    assert!(report.modality_gap.unwrap() >= 0.0 && report.retrieval_i2t_r5.is_some());
+    // The gap by hand: |mean of unit image rows - mean of unit text rows|.
+    let unit_mean = |rows: &[Vec<f32>]| -> Vec<f64> {
+        let mut m = vec![0.0; 6];
+        for r in rows {
+            let n = r.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+            for (a, v) in m.iter_mut().zip(r) {
+                *a += f64::from(*v) / n / rows.len() as f64;
+            }
+        }
+        m
+    };
+    let (mi, mt) = (unit_mean(&vision), unit_mean(&text));
+    let gap = mi.iter().zip(&mt).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt();
+    assert!((report.modality_gap.unwrap() - gap).abs() < 1e-9, "{:?} vs {gap}", report.modality_gap);
+    // Image-to-text recall@1 by hand: the nearest text by cosine is the image's own.
+    let unit = |r: &[f32]| -> Vec<f64> {
+        let n = r.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+        r.iter().map(|v| f64::from(*v) / n).collect()
+    };
+    let (vi, vt): (Vec<Vec<f64>>, Vec<Vec<f64>>) =
+        (vision.iter().map(|r| unit(r)).collect(), text.iter().map(|r| unit(r)).collect());
+    let hits = (0..N)
+        .filter(|&i| {
+            let cos = |j: usize| vi[i].iter().zip(&vt[j]).map(|(a, b)| a * b).sum::<f64>();
+            (0..N).max_by(|&a, &b| cos(a).total_cmp(&cos(b))) == Some(i)
+        })
+        .count();
+    assert!((report.retrieval_i2t_r1.unwrap() - hits as f64 / N as f64).abs() < 1e-12, "{:?}", report);
     assert!(report.transfer["colour"]["text_to_image"] > 0.9, "{:?}", report.transfer);
     assert_eq!(cka.len(), 5 * 6 / 2);
     assert!(cka.iter().filter(|r| r.a == r.b).all(|r| (r.cka - 1.0).abs() < 1e-9));
@@ -194,14 +253,16 @@ fn directions_geometry_and_erasure_over_a_store() {
     assert!(sep2.fisher_ratio > sep0.fisher_ratio && sep2.silhouette > sep0.silhouette);
 
     let p = params();
-    let erase = sweep::erase_store(
+    let (erase, skipped) = sweep::erase_store(
         &store,
         "colour",
         &Filters { layers: Some(vec![2]), sites: Some(vec![Site::Resid]), ..Default::default() },
         &p,
+        &GroupBy::Sample,
         &|| {},
     )
     .unwrap();
+    assert!(skipped.is_empty());
     assert_eq!(erase.len(), 1);
     assert!(
         erase[0].accuracy_before > 0.95 && (erase[0].accuracy_after - erase[0].chance).abs() < 0.15,

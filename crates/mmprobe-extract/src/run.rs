@@ -89,6 +89,8 @@ pub struct ExtractSummary {
     pub elapsed: Duration,
     /// Every shard of the store is complete.
     pub store_complete: bool,
+    /// Chunks recorded as done whose part files were missing: extracted again.
+    pub chunks_redone: Vec<usize>,
 }
 
 /// One batch, ready for the model.
@@ -193,13 +195,16 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     status.shards = shards;
     status.chunks_total = (0..n_chunks).filter(|c| c % shards == shard).count();
     status.device = device_name(device);
+    let partitions = plan.partitions();
+    let chunks_redone =
+        status.forget_lost_chunks(|c| partitions.iter().filter(|p| p.part(root, shard, c).is_file()).count());
     let pending: Vec<usize> =
         (0..n_chunks).filter(|c| c % shards == shard && !status.chunks_done.contains(c)).collect();
     let chunk_len = |c: usize| (dataset.len() - c * opts.chunk_size).min(opts.chunk_size);
     let total: usize = (0..n_chunks).filter(|c| c % shards == shard).map(chunk_len).sum();
     let todo: usize = pending.iter().map(|&c| chunk_len(c)).sum();
     progress.start(total, total - todo);
-    remove_stale_temporaries(root, &plan.partitions());
+    remove_stale_temporaries(root, &partitions);
 
     let inputs = Inputs {
         dataset: &dataset,
@@ -266,6 +271,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         parts_written,
         elapsed: t0.elapsed(),
         store_complete,
+        chunks_redone,
     })
 }
 
@@ -846,10 +852,12 @@ fn write_parts(root: &Path, mut status: ShardProgress, rx: Receiver<ToWriter>) -
             }
             ToWriter::Lens(chunk, rows) => lens.entry(chunk).or_default().extend(rows),
             ToWriter::ChunkDone(chunk, failures) => {
+                let finished = open.len();
                 for (_, w) in std::mem::take(&mut open) {
                     w.finish()?;
                     parts += 1;
                 }
+                status.chunk_parts.insert(chunk, finished);
                 if let Some(rows) = lens.remove(&chunk) {
                     write_lens_part(root, status.shard, chunk, &rows)?;
                 }

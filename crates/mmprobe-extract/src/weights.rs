@@ -102,7 +102,7 @@ impl Checkpoint {
         let kind = match view.dtype() {
             Dtype::F32 => Kind::Float,
             Dtype::F16 => Kind::Half,
-            // Moved as raw bytes: tch's typed bf16 path is wrong (DESIGN.md).
+            // Moved as raw bytes: tch's typed bf16 path is wrong (README, traps).
             Dtype::BF16 => Kind::BFloat16,
             Dtype::F64 => Kind::Double,
             Dtype::I64 => Kind::Int64,

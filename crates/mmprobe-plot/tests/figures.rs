@@ -5,8 +5,8 @@ use std::path::Path;
 
 use mmprobe_analysis::logistic::LogisticParams;
 use mmprobe_analysis::rng::Rng;
-use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams};
-use mmprobe_analysis::{Filters, ProbeParams, results};
+use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, GroupBy, ProbeSweep};
+use mmprobe_analysis::{Filters, ProbeParams, tables};
 use mmprobe_store::part::write_part;
 use mmprobe_store::store::write_parquet;
 use mmprobe_store::{PartRows, Partition, Selector, Site, Tower};
@@ -14,8 +14,9 @@ use polars::prelude::*;
 
 const N: usize = 90;
 
-/// A store with 4 vision layers, embeds of both towers and two concepts.
-fn make_store(root: &Path) {
+/// A store with 4 vision layers, embeds of both towers and two concepts;
+/// with `red_only`, vision layer 3 holds only the red samples (one colour class there).
+fn make_store(root: &Path, red_only: bool) {
     let mut rng = Rng::new(2);
     let colour: Vec<usize> = (0..N).map(|i| i % 3).collect();
     let shape: Vec<usize> = (0..N).map(|i| (i / 3) % 2).collect();
@@ -28,8 +29,12 @@ fn make_store(root: &Path) {
                 data.push(noise + signal);
             }
         }
-        write_part(p.part(root, 0, 0), &PartRows { width: d, sample: (0..N as u32).collect(), pos: vec![-1; N], data })
-            .unwrap();
+        let keep: Vec<usize> =
+            (0..N).filter(|&i| !(red_only && p.layer == 3 && p.site == Site::Resid) || colour[i] == 0).collect();
+        let data: Vec<f32> = keep.iter().flat_map(|&i| data[i * d..(i + 1) * d].to_vec()).collect();
+        let rows =
+            PartRows { width: d, sample: keep.iter().map(|&i| i as u32).collect(), pos: vec![-1; keep.len()], data };
+        write_part(p.part(root, 0, 0), &rows).unwrap();
     };
     for l in 0..4 {
         write(Partition { tower: Tower::Vision, site: Site::Resid, layer: l, selector: Selector::Cls }, 10, l as f32);
@@ -50,32 +55,37 @@ fn make_store(root: &Path) {
     write_parquet(&root.join("samples.parquet"), &mut samples).unwrap();
 }
 
-fn analyse(store_dir: &Path, out: &Path) {
+fn analyse(store_dir: &Path, out: &Path) -> Vec<tables::ProbeRow> {
     let store = mmprobe_store::Store::open(store_dir).unwrap();
     let concepts = vec!["colour".to_string(), "shape".to_string()];
-    let p = ProbeParams {
-        bootstrap: 50,
-        logistic: LogisticParams { c: Some(1.0), ..Default::default() },
-        ..Default::default()
-    }
-    .check()
-    .unwrap();
-    let rows =
-        sweep::probe_store(&store, &concepts, &Filters::default(), &p, &ControlBy::Default, None, &|| {}).unwrap();
-    results::write_probes(out, &rows).unwrap();
-    let (d, c) = sweep::directions_store(
+    let p = ProbeParams { logistic: LogisticParams { c: Some(1.0), ..Default::default() }, ..Default::default() }
+        .check()
+        .unwrap();
+    let sweep = ProbeSweep {
+        concepts: concepts.clone(),
+        filters: Filters::default(),
+        params: p.clone(),
+        control_by: ControlBy::Default,
+        fold_column: None,
+        group_by: GroupBy::Sample,
+    };
+    let rows = sweep::probe_store(&store, &sweep, &|| {}).unwrap();
+    tables::probes::write(out, &rows).unwrap();
+    let found = sweep::directions_store(
         &store,
         &concepts,
         &Filters::default(),
         &[mmprobe_analysis::directions::Method::DiffMeans],
         &p.logistic,
+        &GroupBy::Sample,
         &|| {},
     )
     .unwrap();
-    results::write_directions(out, &d, &c).unwrap();
-    let gp = GeometryParams { cka_rows: 100, silhouette_rows: 100, seed: 0, concepts: vec![] };
+    tables::directions::write(out, &found.rows, &found.cosines).unwrap();
+    let gp = GeometryParams { cka_rows: 100, silhouette_rows: 100, ..Default::default() }.check().unwrap();
     let (g, k, s) = sweep::geometry_store(&store, &Filters::default(), &gp, &p.logistic, &|| {}).unwrap();
-    results::write_geometry(out, &g, &k, &s).unwrap();
+    tables::geometry::write(out, &g, &k, &s).unwrap();
+    rows
 }
 
 #[test]
@@ -83,7 +93,7 @@ fn report_writes_every_figure_and_links_only_existing_files() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, res, out) = (tmp.path().join("store"), tmp.path().join("results"), tmp.path().join("report"));
     std::fs::create_dir_all(&res).unwrap();
-    make_store(&store);
+    make_store(&store, false);
     analyse(&store, &res);
     let s = mmprobe_plot::write_report(&store, &res, &out).unwrap();
     let names: Vec<String> = s.figures.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
@@ -129,4 +139,19 @@ fn report_writes_every_figure_and_links_only_existing_files() {
         let _ = std::fs::remove_dir_all(&keep);
         std::fs::rename(tmp.path(), &keep).unwrap();
     }
+}
+
+#[test]
+fn a_concept_with_one_class_on_some_partitions_is_skipped_there_not_a_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, res, out) = (tmp.path().join("store"), tmp.path().join("results"), tmp.path().join("report"));
+    std::fs::create_dir_all(&res).unwrap();
+    make_store(&store, true);
+    let rows = analyse(&store, &res);
+    let layer3 = |c: &str| rows.iter().find(|r| r.concept == c && r.partition.layer == 3).unwrap();
+    let skipped = layer3("colour").skipped.clone().unwrap_or_default();
+    assert!(skipped.contains("needs at least 2 classes, found 1 (red)"), "{skipped}");
+    assert!(layer3("shape").skipped.is_none() && layer3("shape").accuracy.is_some());
+    let s = mmprobe_plot::write_report(&store, &res, &out).unwrap();
+    assert!(s.figures.iter().any(|f| f.ends_with("layers_pca_colour.png")));
 }

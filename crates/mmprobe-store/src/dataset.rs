@@ -1,4 +1,4 @@
-//! Dataset manifests (DESIGN.md): CSV, JSONL or Parquet with `id`, `image`,
+//! Dataset manifests (README, "Extracting activations"): CSV, JSONL or Parquet with `id`, `image`,
 //! `text`, `prompt` and any label columns, or an image folder `DIR/<label>/<file>`.
 
 use std::collections::HashSet;

@@ -1,4 +1,4 @@
-//! The activation store of DESIGN.md: `manifest.json`, `samples.parquet`,
+//! The activation store (README, "The store"): `manifest.json`, `samples.parquet`,
 //! `tokens.parquet`, `errors.parquet` and hive-partitioned
 //! `acts/tower=/site=/layer=/selector=/part-<shard>-<n>.parquet`.
 //!

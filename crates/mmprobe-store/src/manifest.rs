@@ -33,6 +33,7 @@ pub struct Manifest {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ModelProvenance {
     pub path: String,
     pub family: String,
@@ -47,6 +48,7 @@ pub struct ModelProvenance {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct DatasetProvenance {
     pub path: String,
     /// sha256 of the manifest file, or of an image folder's listing (paths and sizes).
@@ -56,6 +58,7 @@ pub struct DatasetProvenance {
 
 /// What was asked for. A resumed or sharded run must ask for the same.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ExtractionSpec {
     /// tower -> site -> layers
     pub sites: BTreeMap<String, BTreeMap<String, Vec<usize>>>,
@@ -67,6 +70,7 @@ pub struct ExtractionSpec {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ShardsDone {
     pub count: usize,
     pub completed: Vec<usize>,
@@ -154,6 +158,17 @@ mod tests {
         let m: Manifest = serde_json::from_str(r#"{"format_version": 1}"#).unwrap();
         assert_eq!(m.format_version, 1);
         assert!(m.model.is_none() && m.dataset.is_none());
+    }
+
+    #[test]
+    fn partial_manifest_of_another_tool_reads() {
+        let m: Manifest = serde_json::from_str(
+            r#"{"format_version":1,"model":{"family":"clip","path":"x"},"dataset":{"rows":500},"shards":{}}"#,
+        )
+        .unwrap();
+        let model = m.model.unwrap();
+        assert_eq!((model.family.as_str(), model.path.as_str(), model.config_sha256.as_str()), ("clip", "x", ""));
+        assert_eq!(m.dataset.unwrap().rows, 500);
     }
 
     #[test]

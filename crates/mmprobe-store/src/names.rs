@@ -1,4 +1,4 @@
-//! The names DESIGN.md fixes for towers, sites and selectors. They are the
+//! The fixed names for towers, sites and selectors. They are the
 //! store's partition values, so their spelling is part of the format.
 
 use std::fmt;
@@ -75,7 +75,7 @@ names!(
 );
 
 impl Site {
-    /// The layers a site exists at in a tower of `n` layers (DESIGN.md):
+    /// The layers a site exists at in a tower of `n` layers:
     /// resid 0..=N (0 = embedding output), attn and mlp 1..=N, embeds 0.
     pub fn layers(self, n: usize) -> std::ops::RangeInclusive<usize> {
         match self {

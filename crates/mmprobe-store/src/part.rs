@@ -11,6 +11,7 @@ use polars::prelude::*;
 
 use crate::error::{Result, StoreError, io, pq};
 use crate::layout::{Partition, part_files, tmp_path};
+use crate::store::open_parquet;
 
 /// Rows for one partition: `data` is row-major [rows, width].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -115,8 +116,7 @@ pub struct Activations {
 }
 
 fn read_part(path: &Path, width: &mut Option<usize>, out: &mut PartRows) -> Result<()> {
-    let file = File::open(path).map_err(io(path))?;
-    let df = ParquetReader::new(file).finish().map_err(pq(path))?;
+    let df = ParquetReader::new(open_parquet(path)?).finish().map_err(pq(path))?;
     let bad = |message: String| StoreError::Parquet { path: path.to_path_buf(), message };
     let sample = df.column("sample").map_err(pq(path))?.cast(&DataType::UInt32).map_err(pq(path))?;
     let pos = match df.column("pos") {
@@ -153,6 +153,22 @@ fn read_part(path: &Path, width: &mut Option<usize>, out: &mut PartRows) -> Resu
     Ok(())
 }
 
+/// The distinct sample ids of one partition, read from the `sample` column only.
+pub fn partition_samples(root: &Path, partition: Partition) -> Result<Vec<u32>> {
+    let mut out = Vec::new();
+    for path in part_files(&partition.dir(root))? {
+        let df = ParquetReader::new(open_parquet(&path)?)
+            .with_columns(Some(vec!["sample".into()]))
+            .finish()
+            .map_err(pq(&path))?;
+        let s = df.column("sample").map_err(pq(&path))?.cast(&DataType::UInt32).map_err(pq(&path))?;
+        out.extend(s.u32().map_err(pq(&path))?.into_no_null_iter());
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
 /// Reads every part of one partition folder.
 pub fn read_partition(root: &Path, partition: Partition) -> Result<Activations> {
     let dir = partition.dir(root);
@@ -181,6 +197,19 @@ pub fn read_partition(root: &Path, partition: Partition) -> Result<Activations> 
     // Sort by (sample, pos): part order must not matter.
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by_key(|&i| (rows.sample[i], rows.pos[i]));
+    // A partition holds each (sample, pos) once: a duplicate would put one
+    // sample on both sides of a split and count it twice.
+    let key = |i: usize| (rows.sample[i], rows.pos[i]);
+    let dups: Vec<(u32, i32)> = order.windows(2).filter(|w| key(w[0]) == key(w[1])).map(|w| key(w[0])).collect();
+    if let Some(&(s, p)) = dups.first() {
+        return Err(StoreError::BadPartition {
+            partition: partition.to_string(),
+            message: format!(
+                "{} duplicate rows, first (sample {s}, pos {p}): a part file was written twice or by two runs",
+                dups.len()
+            ),
+        });
+    }
     let mut matrix = Array2::<f32>::zeros((n, width));
     for (r, &i) in order.iter().enumerate() {
         matrix

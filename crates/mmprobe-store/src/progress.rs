@@ -28,6 +28,9 @@ pub struct ShardProgress {
     pub chunks_total: usize,
     pub errors: Vec<FailedInput>,
     pub device: String,
+    /// chunk -> part files written for it, so a rerun notices a lost one.
+    #[serde(default)]
+    pub chunk_parts: std::collections::BTreeMap<usize, usize>,
 }
 
 impl ShardProgress {
@@ -43,6 +46,22 @@ impl ShardProgress {
         let path = Self::path(root, self.shard, self.shards);
         let json = serde_json::to_vec_pretty(self).expect("progress serialises");
         write_atomic(&path, |f| std::io::Write::write_all(f, &json).map_err(io(&path)))
+    }
+
+    /// Forgets the done chunks whose part files are not all there any more
+    /// (`present(chunk)` counts them), so they are extracted again; returns them.
+    pub fn forget_lost_chunks(&mut self, present: impl Fn(usize) -> usize) -> Vec<usize> {
+        let lost: Vec<usize> = self
+            .chunks_done
+            .iter()
+            .copied()
+            .filter(|c| self.chunk_parts.get(c).is_some_and(|&want| present(*c) < want))
+            .collect();
+        for c in &lost {
+            self.chunks_done.remove(c);
+            self.chunk_parts.remove(c);
+        }
+        lost
     }
 
     pub fn complete(&self) -> bool {

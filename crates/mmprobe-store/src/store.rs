@@ -3,7 +3,6 @@
 //! too: only `samples.parquet` (with a `sample` column) and `acts/` are needed.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
@@ -11,7 +10,8 @@ use polars::prelude::*;
 use crate::error::{Result, StoreError, io, pq};
 use crate::layout::{ACTS, Partition, SAMPLES, list_partitions, write_atomic};
 use crate::manifest::Manifest;
-use crate::part::{Activations, read_partition};
+use crate::part::{Activations, partition_samples, read_partition};
+use crate::progress::ShardProgress;
 
 pub struct Store {
     pub root: PathBuf,
@@ -40,6 +40,46 @@ impl Store {
     /// One partition, every row, sorted by (sample, pos). Reads only that folder.
     pub fn load(&self, partition: Partition) -> Result<Activations> {
         read_partition(&self.root, partition)
+    }
+
+    /// What is missing from a store before an analysis reads `partitions`: an
+    /// extraction that did not finish (its progress files), and partitions
+    /// that hold fewer samples than others of the same tower and selector (a
+    /// part file lost). One line each; empty when nothing is missing.
+    pub fn gaps(&self, partitions: &[Partition]) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for sp in ShardProgress::all(&self.root)? {
+            if !sp.complete() {
+                out.push(format!(
+                    "the store is incomplete: shard {}/{} finished {} of {} chunks (run the same extract again to finish it)",
+                    sp.shard,
+                    sp.shards,
+                    sp.chunks_done.len(),
+                    sp.chunks_total
+                ));
+            }
+        }
+        let mut groups: std::collections::BTreeMap<_, Vec<(Partition, Vec<u32>)>> = Default::default();
+        for &p in partitions {
+            groups.entry((p.tower, p.selector)).or_default().push((p, partition_samples(&self.root, p)?));
+        }
+        for members in groups.values() {
+            let mut all: Vec<u32> = members.iter().flat_map(|(_, s)| s.iter().copied()).collect();
+            all.sort_unstable();
+            all.dedup();
+            for (p, s) in members {
+                if s.len() < all.len() {
+                    let first = all.iter().find(|v| s.binary_search(v).is_err()).copied().unwrap_or_default();
+                    out.push(format!(
+                        "partition {p} holds {} of the {} samples its tower and selector have elsewhere (missing {}, e.g. sample {first}): a part file is missing",
+                        s.len(),
+                        all.len(),
+                        all.len() - s.len()
+                    ));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The columns of samples.parquet that are labels (not sample/id/inputs).
@@ -86,8 +126,14 @@ impl Store {
 }
 
 pub fn read_parquet(path: &Path) -> Result<DataFrame> {
-    let f = File::open(path).map_err(io(path))?;
-    ParquetReader::new(f).finish().map_err(pq(path))
+    ParquetReader::new(open_parquet(path)?).finish().map_err(pq(path))
+}
+
+/// A Parquet file's bytes, read into memory. polars memory-maps a `File` and
+/// its mappings outlive the frame, so a sweep over many partitions held every
+/// file it had read in its resident memory; owned bytes are freed with the frame.
+pub fn open_parquet(path: &Path) -> Result<std::io::Cursor<Vec<u8>>> {
+    std::fs::read(path).map(std::io::Cursor::new).map_err(io(path))
 }
 
 /// Writes a frame as Parquet, atomically.

@@ -269,7 +269,7 @@ fn csv_field(s: &str) -> String {
     if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"")) } else { s.to_string() }
 }
 
-/// Writes DIR/images/NNNNN.png and DIR/data.csv (a dataset manifest, DESIGN.md).
+/// Writes DIR/images/NNNNN.png and DIR/data.csv (a dataset manifest, see the README).
 pub fn generate_shapes(dir: &Path, p: &ShapesParams) -> Result<PathBuf, ZooError> {
     if p.n == 0 {
         return Err(ZooError::Params("--n must be at least 1".into()));

@@ -53,10 +53,13 @@ enum Command {
     },
 }
 
-/// Keeps freed memory in the heap instead of returning it to the kernel.
-/// libtorch allocates and frees every layer's activations (megabytes each) per
-/// batch; with glibc's defaults each becomes an mmap/munmap pair and fresh
-/// pages to fault in, which cost about a sixth of a CPU extraction's time.
+/// Keeps freed memory in the heap instead of returning it to the kernel, for
+/// the commands that run a model. libtorch allocates and frees every layer's
+/// activations (megabytes each) per batch; with glibc's defaults each becomes
+/// an mmap/munmap pair and fresh pages to fault in, which cost about a sixth of
+/// a CPU extraction's time. Analysis commands keep glibc's defaults: they hold
+/// a few long-lived results between large per-partition buffers, and a heap
+/// that is never trimmed fragments and grows with every partition read.
 fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
@@ -67,8 +70,10 @@ fn tune_allocator() {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Demo(_) | Command::Extract(_) | Command::Zoo { .. }) {
+        tune_allocator();
+    }
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Doctor => cmd::doctor::run(),

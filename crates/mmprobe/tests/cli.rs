@@ -103,10 +103,37 @@ fn killed_extraction_resumes_to_the_same_store() {
     let done_at_kill = v["chunks_done"].as_array().unwrap().len();
     assert!(done_at_kill < 60, "the run finished before it was killed");
 
+    // Analysis of the interrupted store says so, in one line, and goes on.
+    let res = tmp.path().join("partial-results");
+    let out = bin()
+        .args(["probe", "--store", resumed.to_str().unwrap(), "--concept", "colour", "--select", "cls"])
+        .args(["--repeats", "2", "--folds", "2", "--out", res.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: the store is incomplete: shard 0/1 finished") && stderr.contains("of 60 chunks"),
+        "{stderr}"
+    );
+
     let out = bin().args(extract_args(&data, &resumed)).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("already done before"), "{stdout}");
+    assert_same_store(&whole, &resumed);
+
+    // A part file lost after the run: the rerun notices and extracts that chunk again.
+    let lost = resumed.join("acts/tower=vision/site=resid/layer=1/selector=cls/part-000-000007.parquet");
+    fs::remove_file(&lost).unwrap();
+    let out = bin().args(extract_args(&data, &resumed)).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("1 chunk(s) recorded as done had lost part files and were extracted again (chunks [7])"),
+        "{stdout}"
+    );
+    assert!(lost.exists());
     assert_same_store(&whole, &resumed);
     // No temporaries left behind in any partition.
     for p in Store::open(&resumed).unwrap().partitions().unwrap() {
@@ -178,4 +205,46 @@ fn inspect_and_extract_take_a_llava_folder_with_the_same_flags() {
     let out = bin().args(extract_args(&data, &tmp.path().join("s2"))).args(["--logit-lens", "2"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--logit-lens needs a decoder tower"));
+}
+
+/// A CLIP store whose manifest.json is replaced by another tool's partial one.
+fn store_with_partial_manifest(dir: &Path) -> PathBuf {
+    let data = dataset(dir, 30);
+    let store = dir.join("store");
+    let out = bin().args(extract_args(&data, &store)).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    fs::write(
+        store.join("manifest.json"),
+        r#"{"format_version":1,"model":{"family":"clip","path":"x"},"dataset":{"rows":500}}"#,
+    )
+    .unwrap();
+    store
+}
+
+#[test]
+fn every_analysis_command_takes_another_tools_partial_manifest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_with_partial_manifest(tmp.path());
+    let (s, res) = (store.to_str().unwrap(), tmp.path().join("results"));
+    let r = res.to_str().unwrap();
+    let report = tmp.path().join("report");
+    let runs: [&[&str]; 5] = [
+        &["probe", "--store", s, "--concept", "colour", "--sites", "resid", "--repeats", "2", "--out", r],
+        &["directions", "--store", s, "--concept", "colour", "--sites", "resid,embeds", "--out", r],
+        &["geometry", "--store", s, "--concept", "colour", "--cka-rows", "20", "--folds", "3", "--out", r],
+        &["erase", "--store", s, "--concept", "colour", "--sites", "embeds", "--folds", "3", "--out", r],
+        &["report", "--store", s, "--results", r, "--out", report.to_str().unwrap()],
+    ];
+    for args in runs {
+        let out = bin().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    // Token rows (`all`) are probed over samples: n rows, n_groups samples.
+    let probes = mmprobe_store::store::read_parquet(&res.join("probes.parquet")).unwrap();
+    assert!(probes.column("group_by").is_ok() && probes.column("p_value_holm").is_ok());
+
+    let out = bin().args(["geometry", "--store", s, "--cka-rows", "0", "--out", r]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--cka-rows must be at least 3, got 0") && stderr.trim().lines().count() == 1, "{stderr}");
 }

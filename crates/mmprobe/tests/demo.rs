@@ -15,7 +15,7 @@ type Rows = HashMap<String, (f64, f64)>;
 fn run_demo(out: &Path) -> (Rows, Rows) {
     let run = Command::new(env!("CARGO_BIN_EXE_mmprobe"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["demo", "--out", out.to_str().unwrap(), "--bootstrap", "200"])
+        .args(["demo", "--out", out.to_str().unwrap()])
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();

@@ -6,8 +6,9 @@ use anyhow::Context;
 use clap::Args;
 use mmprobe_analysis::directions::Method;
 use mmprobe_analysis::logistic::LogisticParams;
-use mmprobe_analysis::results;
-use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams};
+use mmprobe_analysis::probe::Interval;
+use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, GroupBy, ProbeSweep};
+use mmprobe_analysis::tables;
 use mmprobe_analysis::{Filters, ProbeParams};
 use mmprobe_store::{Selector, Site, Store, Tower};
 
@@ -56,17 +57,24 @@ pub struct ProbeArgs {
     /// Seed for folds, bootstrap, permutations and control labels.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Keep the rows sharing a value of this samples column in one fold (e.g.
+    /// the image, when several prompts share it); default: each sample's rows.
+    #[arg(long)]
+    group_column: Option<String>,
 }
 
 impl ProbeArgs {
     fn logistic(&self) -> LogisticParams {
         LogisticParams { c: self.c, seed: self.seed, ..Default::default() }
     }
-    fn params(&self, bootstrap: usize, permutations: usize) -> ProbeParams {
-        let mut p = ProbeParams { folds: self.folds, seed: self.seed, bootstrap, permutations, ..Default::default() };
+    fn params(&self) -> ProbeParams {
+        let mut p = ProbeParams { folds: self.folds, seed: self.seed, ..Default::default() };
         p.logistic = self.logistic();
         p.ridge.alpha = self.alpha;
         p
+    }
+    fn group_by(&self) -> GroupBy {
+        self.group_column.clone().map_or(GroupBy::Sample, GroupBy::Column)
     }
 }
 
@@ -91,10 +99,18 @@ pub struct ProbeCmd {
     /// seeded stratified folds, e.g. to reuse a published split.
     #[arg(long)]
     fold_column: Option<String>,
-    /// Label permutations for a p-value (0: none).
+    /// Label permutations for a p-value (0: none); p-values are also adjusted
+    /// across each concept's partitions (p_value_bh, p_value_holm).
     #[arg(long, default_value_t = 0)]
     permutations: usize,
-    /// Bootstrap resamples for the 95% interval of the accuracy.
+    /// Repeats of the k-fold split; the score is the mean over all folds and repeats.
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// The 95% interval: `corrected` (Nadeau-Bengio corrected repeated CV) or
+    /// `bootstrap` (resampled out-of-fold predictions: optimistic, for comparison).
+    #[arg(long, default_value = "corrected")]
+    interval: Interval,
+    /// Bootstrap resamples for `--interval bootstrap`.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
     #[command(flatten)]
@@ -135,6 +151,10 @@ pub struct GeometryCmd {
     /// Samples (seeded subsample) for the silhouette.
     #[arg(long, default_value_t = 2000)]
     silhouette_rows: usize,
+    /// Folds (over samples) of the cross-modal transfer probe.
+    #[arg(long, default_value_t = 5)]
+    folds: usize,
+    /// Seed for the subsamples and the transfer folds.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[command(flatten)]
@@ -161,31 +181,53 @@ pub struct EraseCmd {
 
 fn open(store: &Path, out: &Path) -> anyhow::Result<Store> {
     let s = Store::open(store)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("--out {} is a file, not a folder", out.display());
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create the results folder {}", out.display()))?;
     Ok(s)
+}
+
+/// The matching partitions, after saying in one line each what the store lacks.
+fn partitions(store: &Store, filters: &Filters) -> anyhow::Result<usize> {
+    let parts = filters.matching(store)?;
+    for gap in store.gaps(&parts)? {
+        eprintln!("warning: {gap}");
+    }
+    Ok(parts.len())
 }
 
 pub fn probe(a: ProbeCmd) -> anyhow::Result<()> {
     let store = open(&a.store, &a.out)?;
     let filters = a.filters.filters();
-    let n = filters.matching(&store)?.len();
-    let params = a.probe.params(a.bootstrap, a.permutations).check()?;
-    let control = match (&a.control_by, a.control) {
-        (Some(c), _) => ControlBy::Column(c.clone()),
-        (None, true) => ControlBy::Default,
-        (None, false) => ControlBy::Off,
+    let mut params = a.probe.params();
+    params.permutations = a.permutations;
+    params.repeats = a.repeats;
+    params.interval = a.interval;
+    params.bootstrap = a.bootstrap;
+    let sweep = ProbeSweep {
+        concepts: a.concept.clone(),
+        filters: filters.clone(),
+        params: params.check()?,
+        control_by: match (&a.control_by, a.control) {
+            (Some(c), _) => ControlBy::Column(c.clone()),
+            (None, true) => ControlBy::Default,
+            (None, false) => ControlBy::Off,
+        },
+        fold_column: a.fold_column.clone(),
+        group_by: a.probe.group_by(),
     };
+    let n = partitions(&store, &filters)?;
     let b = bar(n, "partitions");
-    let rows =
-        sweep::probe_store(&store, &a.concept, &filters, &params, &control, a.fold_column.as_deref(), &|| b.inc(1));
+    let rows = sweep::probe_store(&store, &sweep, &|| b.inc(1));
     b.finish_and_clear();
     let rows = rows?;
-    results::write_probes(&a.out, &rows)?;
-    for r in &rows {
-        if r.dropped_null > 0 {
-            println!("{}: {} rows with a null label dropped", r.concept, r.dropped_null);
-            break;
-        }
+    tables::probes::write(&a.out, &rows)?;
+    if let Some(r) = rows.iter().find(|r| r.dropped_null > 0) {
+        println!("{}: {} rows with a null label dropped", r.concept, r.dropped_null);
+    }
+    for r in rows.iter().filter(|r| r.skipped.is_some()) {
+        eprintln!("skipped {} {}: {}", r.concept, r.partition, r.skipped.as_deref().unwrap_or_default());
     }
     println!("{} probes over {n} partitions -> {}", rows.len(), a.out.join("probes.parquet").display());
     Ok(())
@@ -194,33 +236,40 @@ pub fn probe(a: ProbeCmd) -> anyhow::Result<()> {
 pub fn directions(a: DirectionsCmd) -> anyhow::Result<()> {
     let store = open(&a.store, &a.out)?;
     let filters = a.filters.filters();
-    let n = filters.matching(&store)?.len();
     let logistic = a.probe.logistic().check()?;
+    let n = partitions(&store, &filters)?;
     let b = bar(n, "partitions");
-    let res = sweep::directions_store(&store, &a.concept, &filters, &a.method, &logistic, &|| b.inc(1));
+    let res =
+        sweep::directions_store(&store, &a.concept, &filters, &a.method, &logistic, &a.probe.group_by(), &|| b.inc(1));
     b.finish_and_clear();
-    let (rows, cosines) = res?;
-    results::write_directions(&a.out, &rows, &cosines)?;
+    let res = res?;
+    for s in &res.skipped {
+        eprintln!("skipped {s}");
+    }
+    let (rows, cosines) = (res.rows, res.cosines);
+    tables::directions::write(&a.out, &rows, &cosines)?;
     println!("{} directions, {} cosines -> {}", rows.len(), cosines.len(), a.out.join("directions.parquet").display());
     Ok(())
 }
 
 pub fn geometry(a: GeometryCmd) -> anyhow::Result<()> {
-    let store = open(&a.store, &a.out)?;
-    let filters = a.filters.filters();
     let params = GeometryParams {
-        cka_rows: a.cka_rows.max(2),
-        silhouette_rows: a.silhouette_rows.max(2),
+        cka_rows: a.cka_rows,
+        silhouette_rows: a.silhouette_rows,
         seed: a.seed,
         concepts: a.concept.clone(),
-    };
+        folds: a.folds,
+    }
+    .check()?;
+    let store = open(&a.store, &a.out)?;
+    let filters = a.filters.filters();
     let logistic = LogisticParams { seed: a.seed, ..Default::default() }.check()?;
-    let n = filters.matching(&store)?.len() * a.concept.len();
-    let b = bar(n, "concept x partition");
+    let n = partitions(&store, &filters)?;
+    let b = bar(n, "partitions");
     let res = sweep::geometry_store(&store, &filters, &params, &logistic, &|| b.inc(1));
     b.finish_and_clear();
     let (report, cka, sep) = res?;
-    results::write_geometry(&a.out, &report, &cka, &sep)?;
+    tables::geometry::write(&a.out, &report, &cka, &sep)?;
     match report.modality_gap {
         Some(g) => println!(
             "modality gap {g:.4}, cone image {:.4} text {:.4}, i2t R@1 {:.3} R@5 {:.3}, t2i R@1 {:.3} R@5 {:.3} ({} pairs)",
@@ -241,13 +290,16 @@ pub fn geometry(a: GeometryCmd) -> anyhow::Result<()> {
 pub fn erase(a: EraseCmd) -> anyhow::Result<()> {
     let store = open(&a.store, &a.out)?;
     let filters = a.filters.filters();
-    let n = filters.matching(&store)?.len();
-    let params = a.probe.params(0, 0).check()?;
+    let params = a.probe.params().check()?;
+    let n = partitions(&store, &filters)?;
     let b = bar(n, "partitions");
-    let rows = sweep::erase_store(&store, &a.concept, &filters, &params, &|| b.inc(1));
+    let rows = sweep::erase_store(&store, &a.concept, &filters, &params, &a.probe.group_by(), &|| b.inc(1));
     b.finish_and_clear();
-    let rows = rows?;
-    results::write_erase(&a.out, &rows)?;
+    let (rows, skipped) = rows?;
+    for s in &skipped {
+        eprintln!("skipped {s}");
+    }
+    tables::erase::write(&a.out, &rows)?;
     for r in &rows {
         println!(
             "{} {}: probe {:.3} -> {:.3} after LEACE (chance {:.3}, rank {})",

@@ -10,8 +10,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use mmprobe_analysis::directions::Method;
 use mmprobe_analysis::logistic::LogisticParams;
-use mmprobe_analysis::results;
-use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, ProbeRow};
+use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, GroupBy, ProbeSweep};
+use mmprobe_analysis::tables::{self, GeometryReport, ProbeRow};
 use mmprobe_analysis::{Filters, ProbeParams};
 use mmprobe_extract::{ExtractOptions, LayerSpec, RunOptions, Selector, Site, Tower};
 use mmprobe_store::Store;
@@ -41,9 +41,10 @@ pub struct DemoCmd {
     /// Only the CLIP part.
     #[arg(long)]
     no_llava: bool,
-    /// Bootstrap resamples for each accuracy's 95% interval.
-    #[arg(long, default_value_t = 1000)]
-    bootstrap: usize,
+    /// Repeats of the 5-fold split behind each accuracy and its 95% interval
+    /// (Nadeau-Bengio corrected repeated cross-validation).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
 }
 
 /// A bundled file: relative to the working directory, else to the source tree
@@ -77,12 +78,12 @@ struct Job<'a> {
 /// What one model's part produced.
 struct Done {
     rows: Vec<ProbeRow>,
-    geometry: sweep::GeometryReport,
+    geometry: GeometryReport,
     report: PathBuf,
 }
 
 /// Extract, probe, directions, geometry and report for one model, under `job.dir`.
-fn analyse(job: &Job, bootstrap: usize) -> anyhow::Result<Done> {
+fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
     let (store_dir, results_dir, report_dir) = (job.dir.join("store"), job.dir.join("results"), job.dir.join("report"));
     std::fs::create_dir_all(&results_dir).with_context(|| format!("cannot create {}", results_dir.display()))?;
 
@@ -112,30 +113,42 @@ fn analyse(job: &Job, bootstrap: usize) -> anyhow::Result<Done> {
     let all = Filters::default();
     let partitions = all.matching(&store)?.len();
 
-    step("probe every concept at every layer (5-fold CV, control task, bootstrap intervals)");
-    let params = ProbeParams { folds: 5, seed: 0, bootstrap, ..Default::default() }.check()?;
+    step(&format!(
+        "probe every concept at every layer ({repeats} x 5-fold CV over samples, control task, corrected intervals)"
+    ));
+    let sweep = ProbeSweep {
+        concepts: concepts.clone(),
+        filters: all.clone(),
+        params: ProbeParams { folds: 5, repeats, seed: 0, ..Default::default() }.check()?,
+        control_by: ControlBy::Default,
+        fold_column: None,
+        group_by: GroupBy::Sample,
+    };
     let b = bar(partitions, "partitions");
-    let rows = sweep::probe_store(&store, &concepts, &all, &params, &ControlBy::Default, None, &|| b.inc(1));
+    let rows = sweep::probe_store(&store, &sweep, &|| b.inc(1));
     b.finish_and_clear();
     let rows = rows?;
-    results::write_probes(&results_dir, &rows)?;
+    tables::probes::write(&results_dir, &rows)?;
 
     step("concept directions (difference of means, LDA) and their cosines");
     let logistic = LogisticParams::default().check()?;
     let b = bar(partitions, "partitions");
-    let dirs =
-        sweep::directions_store(&store, &concepts, &all, &[Method::DiffMeans, Method::Lda], &logistic, &|| b.inc(1));
+    let methods = [Method::DiffMeans, Method::Lda];
+    let dirs = sweep::directions_store(&store, &concepts, &all, &methods, &logistic, &GroupBy::Sample, &|| b.inc(1));
     b.finish_and_clear();
-    let (directions, cosines) = dirs?;
-    results::write_directions(&results_dir, &directions, &cosines)?;
+    let dirs = dirs?;
+    for s in &dirs.skipped {
+        eprintln!("skipped {s}");
+    }
+    tables::directions::write(&results_dir, &dirs.rows, &dirs.cosines)?;
 
     step("geometry: modality gap, cone, retrieval, CKA, separability");
-    let gp = GeometryParams { cka_rows: 1000, silhouette_rows: 2000, seed: 0, concepts: concepts.clone() };
-    let b = bar(partitions * concepts.len(), "concept x partition");
+    let gp = GeometryParams { concepts: concepts.clone(), ..Default::default() }.check()?;
+    let b = bar(partitions, "partitions");
     let geo = sweep::geometry_store(&store, &all, &gp, &logistic, &|| b.inc(1));
     b.finish_and_clear();
     let (geometry, cka, sep) = geo?;
-    results::write_geometry(&results_dir, &geometry, &cka, &sep)?;
+    tables::geometry::write(&results_dir, &geometry, &cka, &sep)?;
 
     step("report");
     std::fs::create_dir_all(&report_dir)?;
@@ -168,7 +181,7 @@ pub fn run(a: DemoCmd) -> anyhow::Result<()> {
             selectors: vec![Selector::Cls, Selector::Eos, Selector::Mean, Selector::Pooled],
             dir: a.out.clone(),
         },
-        a.bootstrap,
+        a.repeats,
     )?;
     let llava = match llava {
         Some(model) => Some(analyse(
@@ -180,14 +193,14 @@ pub fn run(a: DemoCmd) -> anyhow::Result<()> {
                 selectors: vec![Selector::Last, Selector::MeanImage, Selector::MeanText],
                 dir: a.out.join("llava"),
             },
-            a.bootstrap,
+            a.repeats,
         )?),
         None => None,
     };
 
     println!();
-    let mut rows: Vec<&ProbeRow> = clip.rows.iter().collect();
-    rows.extend(llava.iter().flat_map(|l| &l.rows));
+    let mut rows: Vec<ProbeRow> = clip.rows.clone();
+    rows.extend(llava.iter().flat_map(|l| l.rows.iter().cloned()));
     print_best_layers(&rows);
     println!();
     print_findings(&clip.rows);
@@ -209,36 +222,36 @@ pub fn run(a: DemoCmd) -> anyhow::Result<()> {
 }
 
 fn where_(r: &ProbeRow) -> String {
-    match &r.partition {
-        Some(p) => format!("{}/{}/{}/{}", p.tower, p.site, p.layer, p.selector),
-        None => "-".into(),
-    }
+    let p = r.partition;
+    format!("{}/{}/{}/{}", p.tower, p.site, p.layer, p.selector)
 }
 
-/// Per concept and tower: the partition with the highest cross-validated accuracy.
-fn print_best_layers(rows: &[&ProbeRow]) {
-    println!("best layer per concept (tower/site/layer/selector; accuracy with 95% CI; control task)");
+/// Per concept and tower: the partition with the highest cross-validated
+/// accuracy (ties: the earliest partition, the report's rule too).
+fn print_best_layers(rows: &[ProbeRow]) {
     println!(
-        "{:<11} {:<26} {:>8} {:>17} {:>8} {:>11}",
-        "concept", "where", "accuracy", "95% CI", "control", "selectivity"
+        "best layer per concept (tower/site/layer/selector; mean accuracy over folds and repeats, corrected 95% CI; \
+         control task; * = indistinguishable from chance)"
     );
+    println!(
+        "{:<11} {:<26} {:>8} {:>17} {:>8} {:>11} {:>7}",
+        "concept", "where", "accuracy", "95% CI", "control", "selectivity", "chance"
+    );
+    let best = tables::probes::best_per_tower(rows);
     for concept in CONCEPTS {
         for tower in [Tower::Vision, Tower::Text, Tower::Decoder] {
-            let best = rows
-                .iter()
-                .filter(|r| r.concept == concept && r.partition.as_ref().is_some_and(|p| p.tower == tower))
-                .filter(|r| r.accuracy.is_some())
-                .max_by(|a, b| a.accuracy.partial_cmp(&b.accuracy).expect("accuracies are finite"));
-            let Some(r) = best else { continue };
+            let Some(r) = best.iter().find(|r| r.concept == concept && r.partition.tower == tower) else { continue };
             let f = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
             println!(
-                "{:<11} {:<26} {:>8} {:>17} {:>8} {:>11}",
+                "{:<11} {:<26} {:>8} {:>17} {:>8} {:>11} {:>7}{}",
                 concept,
                 where_(r),
                 f(r.accuracy),
                 format!("[{}, {}]", f(r.accuracy_ci_low), f(r.accuracy_ci_high)),
                 f(r.control_accuracy),
-                f(r.selectivity)
+                f(r.selectivity),
+                format!("{:.3}", r.chance()),
+                if r.covers_chance() { " *" } else { "" }
             );
         }
     }
@@ -253,10 +266,8 @@ fn find<'a>(
     sel: Selector,
 ) -> Option<&'a ProbeRow> {
     rows.iter().find(|r| {
-        r.concept == concept
-            && r.partition
-                .as_ref()
-                .is_some_and(|p| p.tower == tower && p.site == site && p.layer == layer && p.selector == sel)
+        let p = r.partition;
+        r.concept == concept && p.tower == tower && p.site == site && p.layer == layer && p.selector == sel
     })
 }
 
@@ -264,7 +275,7 @@ fn find<'a>(
 fn print_findings(rows: &[ProbeRow]) {
     let last = rows
         .iter()
-        .filter_map(|r| r.partition.as_ref())
+        .map(|r| r.partition)
         .filter(|p| p.tower == Tower::Vision && p.site == Site::Resid)
         .map(|p| p.layer)
         .max();
@@ -283,10 +294,11 @@ fn print_findings(rows: &[ProbeRow]) {
         .iter()
         .filter(|r| r.concept == "background")
         .filter(|r| {
-            r.partition.as_ref().is_some_and(|p| p.tower == Tower::Vision && p.site == Site::Resid && p.layer <= 1)
+            let p = r.partition;
+            p.tower == Tower::Vision && p.site == Site::Resid && p.layer <= 1
         })
-        .filter(|r| r.accuracy.is_some())
-        .max_by(|a, b| a.accuracy.partial_cmp(&b.accuracy).expect("accuracies are finite"));
+        .filter(|r| r.accuracy.is_some_and(f64::is_finite))
+        .max_by(|a, b| a.accuracy.unwrap_or(f64::NAN).total_cmp(&b.accuracy.unwrap_or(f64::NAN)));
     let embeds = find(rows, "background", Tower::Vision, Site::Embeds, 0, Selector::Pooled);
     println!(
         "background (never captioned, chance 0.333): accuracy {} at {}, {} at the image embeds",
@@ -301,14 +313,12 @@ fn print_findings(rows: &[ProbeRow]) {
 fn print_decoder_findings(rows: &[ProbeRow]) {
     let best = |concept: &str, sel: Selector| {
         rows.iter()
-            .filter(|r| r.concept == concept && r.partition.as_ref().is_some_and(|p| p.selector == sel))
-            .filter(|r| r.accuracy.is_some())
-            .max_by(|a, b| a.accuracy.partial_cmp(&b.accuracy).expect("accuracies are finite"))
+            .filter(|r| r.concept == concept && r.partition.selector == sel)
+            .filter(|r| r.accuracy.is_some_and(f64::is_finite))
+            .max_by(|a, b| a.accuracy.unwrap_or(f64::NAN).total_cmp(&b.accuracy.unwrap_or(f64::NAN)))
     };
     let acc = |r: Option<&ProbeRow>| {
-        r.map_or("-".into(), |r| {
-            format!("{:.3} (layer {})", r.accuracy.unwrap_or(f64::NAN), r.partition.as_ref().map_or(0, |p| p.layer))
-        })
+        r.map_or("-".into(), |r| format!("{:.3} (layer {})", r.accuracy.unwrap_or(f64::NAN), r.partition.layer))
     };
     for concept in ["colour", "shape", "size", "position"] {
         println!(

@@ -107,6 +107,13 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
 }
 
 pub fn print_summary(s: &mmprobe_extract::ExtractSummary) {
+    if !s.chunks_redone.is_empty() {
+        println!(
+            "{} chunk(s) recorded as done had lost part files and were extracted again (chunks {:?})",
+            s.chunks_redone.len(),
+            s.chunks_redone
+        );
+    }
     println!(
         "extracted {} samples on {} in {:.1} s ({:.1} samples/s){}",
         s.samples_run,

@@ -1,0 +1,244 @@
+//! `probe` over a store: every concept on every matching partition, folds
+//! over groups, partitions too small for the folds recorded and skipped,
+//! p-values adjusted across the partitions of each concept.
+
+use std::collections::BTreeMap;
+
+use mmprobe_store::Store;
+use ndarray::Axis;
+use polars::prelude::*;
+
+use super::{GroupBy, Loaded, check_concepts, in_partition, load, per_partition};
+use crate::error::{AnalysisError, Result};
+use crate::folds::Groups;
+use crate::labels::{Concept, Target};
+use crate::probe::{self, CheckedProbe, FoldPlan};
+use crate::select::Filters;
+use crate::stats::{benjamini_hochberg, holm};
+use crate::tables::{ProbeKind, ProbeRow};
+
+/// What the control task's types are (Hewitt & Liang).
+#[derive(Debug, Clone, Default)]
+pub enum ControlBy {
+    /// `text` when texts repeat across samples, else each sample (shuffled labels).
+    Default,
+    Column(String),
+    #[default]
+    Off,
+}
+
+/// Everything a probe sweep needs.
+#[derive(Debug, Clone)]
+pub struct ProbeSweep {
+    pub concepts: Vec<String>,
+    pub filters: Filters,
+    pub params: CheckedProbe,
+    pub control_by: ControlBy,
+    /// Take the folds from this samples column instead of seeded stratified ones.
+    pub fold_column: Option<String>,
+    pub group_by: GroupBy,
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied()
+}
+
+/// Per-row control types, and what they were taken from.
+fn control_types(store: &Store, l: &Loaded, by: &ControlBy) -> Result<Option<(Vec<String>, String)>> {
+    let column = match by {
+        ControlBy::Off => return Ok(None),
+        ControlBy::Column(c) => Some(c.clone()),
+        ControlBy::Default => match store.samples.column("text") {
+            Ok(t) if t.n_unique().unwrap_or(t.len()) < t.len() => Some("text".to_string()),
+            _ => None,
+        },
+    };
+    match column {
+        Some(c) => {
+            let df = store.labels_for(&l.sample, &[c.as_str()])?;
+            let col = df.column(&c).map_err(|e| AnalysisError::Input(e.to_string()))?;
+            let s = col.cast(&DataType::String).map_err(|e| AnalysisError::Input(e.to_string()))?;
+            let ca = s.str().map_err(|e| AnalysisError::Input(e.to_string()))?;
+            Ok(Some((ca.iter().map(|v| v.unwrap_or("<null>").to_string()).collect(), c)))
+        }
+        None => Ok(Some((l.sample.iter().map(|s| s.to_string()).collect(), "sample".into()))),
+    }
+}
+
+/// Fold ids per row from a samples column: its distinct values, sorted, are folds 0..k.
+fn fold_ids(store: &Store, l: &Loaded, column: &str, folds: usize) -> Result<Vec<usize>> {
+    let df = store.labels_for(&l.sample, &[column])?;
+    let s =
+        df.column(column).and_then(|c| c.cast(&DataType::String)).map_err(|e| AnalysisError::Input(e.to_string()))?;
+    let values: Vec<String> = s
+        .str()
+        .map_err(|e| AnalysisError::Input(e.to_string()))?
+        .iter()
+        .map(|v| v.map(str::to_string).ok_or_else(|| AnalysisError::Input(format!("--fold-column {column} has nulls"))))
+        .collect::<Result<_>>()?;
+    let mut distinct = values.clone();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() != folds {
+        return Err(AnalysisError::Input(format!(
+            "--fold-column {column} has {} distinct values, --folds is {folds}",
+            distinct.len()
+        )));
+    }
+    Ok(values.iter().map(|v| distinct.binary_search(v).expect("a known value")).collect())
+}
+
+/// One concept on one loaded partition.
+fn probe_concept(
+    s: &ProbeSweep,
+    concept: &Concept,
+    l: &Loaded,
+    groups: &Groups,
+    types: Option<&(Vec<String>, String)>,
+    given: Option<&[usize]>,
+) -> Result<ProbeRow> {
+    let p = &s.params;
+    let kind = match concept.target {
+        Target::Classes { .. } => ProbeKind::Logistic,
+        Target::Numeric(_) => ProbeKind::Ridge,
+    };
+    let mut row = ProbeRow::empty(&concept.name, l.partition, kind);
+    row.n = concept.rows.len();
+    row.n_classes = concept.n_classes();
+    row.dropped_null = concept.dropped_null;
+    row.group_by = s.group_by.name().to_string();
+    row.folds = p.folds;
+    let g = groups.subset(&concept.rows);
+    row.n_groups = g.count;
+    let x = l.x.select(Axis(0), &concept.rows);
+    let plan = |make: &dyn Fn() -> Result<FoldPlan>| -> Result<FoldPlan> {
+        match given {
+            Some(f) => FoldPlan::given(concept.rows.iter().map(|&i| f[i]).collect(), p.folds, &g),
+            None => make(),
+        }
+    };
+    let outcome = match &concept.target {
+        Target::Classes { y, names } => plan(&|| FoldPlan::classes(y, &g, names.len(), p)).and_then(|plan| {
+            let t: Option<Vec<String>> = types.map(|(t, _)| concept.rows.iter().map(|&i| t[i].clone()).collect());
+            let r = probe::probe_classes_on_folds(x.view(), y, names.len(), &g, t.as_deref(), &plan, p)?;
+            row.repeats = plan.repeats.len();
+            row.accuracy = Some(r.accuracy);
+            row.accuracy_ci_low = r.ci.map(|c| c.0);
+            row.accuracy_ci_high = r.ci.map(|c| c.1);
+            row.balanced_accuracy = Some(r.balanced_accuracy);
+            row.macro_f1 = Some(r.macro_f1);
+            row.auroc = Some(r.auroc).filter(|v| v.is_finite());
+            row.control_accuracy = r.control_accuracy;
+            row.selectivity = r.selectivity();
+            row.p_value = r.p_value;
+            row.regularisation = median(&r.c);
+            row.control_by = types.map(|t| t.1.clone()).unwrap_or_default();
+            Ok(())
+        }),
+        Target::Numeric(y) => plan(&|| FoldPlan::numeric(&g, p)).and_then(|plan| {
+            let r = probe::probe_numeric_on_folds(x.view(), y, &g, &plan, p)?;
+            row.repeats = plan.repeats.len();
+            row.r2 = Some(r.r2);
+            row.r2_ci_low = r.r2_ci.map(|c| c.0);
+            row.r2_ci_high = r.r2_ci.map(|c| c.1);
+            row.pearson_r = Some(r.pearson);
+            row.p_value = r.p_value;
+            row.regularisation = median(&r.alpha);
+            Ok(())
+        }),
+    };
+    match outcome {
+        Ok(()) => {
+            let has_interval = row.accuracy_ci_low.is_some() || row.r2_ci_low.is_some();
+            row.interval = if has_interval { p.interval.as_str().to_string() } else { String::new() };
+            Ok(row)
+        }
+        // Too few rows or groups here: recorded and skipped, the sweep goes on.
+        Err(AnalysisError::TooSmall(m)) => {
+            row.skipped = Some(m);
+            Ok(row)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Benjamini-Hochberg and Holm across the partitions of each concept (and probe kind).
+fn adjust_p_values(rows: &mut [ProbeRow]) {
+    let mut by: BTreeMap<(String, ProbeKind), Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if r.p_value.is_some() {
+            by.entry((r.concept.clone(), r.probe)).or_default().push(i);
+        }
+    }
+    for idx in by.values() {
+        let p: Vec<f64> = idx.iter().map(|&i| rows[i].p_value.unwrap_or(1.0)).collect();
+        for ((&i, bh), ho) in idx.iter().zip(benjamini_hochberg(&p)).zip(holm(&p)) {
+            rows[i].p_value_bh = Some(bh);
+            rows[i].p_value_holm = Some(ho);
+        }
+    }
+}
+
+/// Probes every concept on every matching partition.
+pub fn probe_store(store: &Store, s: &ProbeSweep, progress: &(dyn Fn() + Sync)) -> Result<Vec<ProbeRow>> {
+    check_concepts(store, &s.concepts)?;
+    s.group_by.check(store)?;
+    for (flag, col) in [("--control-by", s.control_by_column()), ("--fold-column", s.fold_column.as_deref())] {
+        if let Some(c) = col
+            && store.samples.column(c).is_err()
+        {
+            return Err(AnalysisError::Input(format!("{flag}: no column '{c}' in samples.parquet")));
+        }
+    }
+    let partitions = s.filters.matching(store)?;
+    // Validate concepts once, on the samples table, before fitting anything.
+    for c in &s.concepts {
+        let col = store.samples.column(c).map_err(|e| AnalysisError::Input(e.to_string()))?;
+        Concept::from_column(c, col)?.check_folds(s.params.folds)?;
+    }
+    let cols: Vec<&str> = s.concepts.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<ProbeRow>> = per_partition(&partitions, |p| {
+        let run = || -> Result<_> {
+            let l = load(store, p, &cols)?;
+            let groups = s.group_by.groups(store, &l)?;
+            let types = control_types(store, &l, &s.control_by)?;
+            let given = s.fold_column.as_deref().map(|c| fold_ids(store, &l, c, s.params.folds)).transpose()?;
+            let mut out = Vec::new();
+            for c in &s.concepts {
+                match l.concept(c) {
+                    Ok(concept) => out.push(probe_concept(s, &concept, &l, &groups, types.as_ref(), given.as_deref())?),
+                    // Valid on the whole table but not here (one class on this
+                    // partition, say): recorded and skipped.
+                    Err(AnalysisError::Concept { message, .. }) => {
+                        let numeric = l.labels.column(c).is_ok_and(|v| v.dtype().is_float());
+                        let kind = if numeric { ProbeKind::Ridge } else { ProbeKind::Logistic };
+                        let mut row = ProbeRow::empty(c, p, kind);
+                        row.group_by = s.group_by.name().to_string();
+                        row.folds = s.params.folds;
+                        row.skipped = Some(message);
+                        out.push(row);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            progress();
+            Ok(out)
+        };
+        run().map_err(in_partition(p))
+    })?;
+    let mut rows: Vec<ProbeRow> = rows.into_iter().flatten().collect();
+    rows.sort_by(|a, b| (&a.concept, a.partition).cmp(&(&b.concept, b.partition)));
+    adjust_p_values(&mut rows);
+    Ok(rows)
+}
+
+impl ProbeSweep {
+    fn control_by_column(&self) -> Option<&str> {
+        match &self.control_by {
+            ControlBy::Column(c) => Some(c),
+            _ => None,
+        }
+    }
+}

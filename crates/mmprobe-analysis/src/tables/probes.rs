@@ -1,0 +1,289 @@
+//! `RESULTS/probes.parquet` (and `.csv`): one row per concept x partition x probe.
+
+use std::path::Path;
+
+use mmprobe_store::Partition;
+use mmprobe_store::store::write_parquet;
+use polars::prelude::*;
+
+use super::{Read, frame, partition_columns, read_err, write_csv};
+use crate::error::Result;
+
+/// Which probe a row's numbers come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeKind {
+    /// Multinomial logistic regression on classes: accuracy.
+    Logistic,
+    /// Ridge regression on a numeric concept: R².
+    Ridge,
+}
+
+impl ProbeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeKind::Logistic => "logistic",
+            ProbeKind::Ridge => "ridge",
+        }
+    }
+
+    /// The score column's name in words.
+    pub fn metric(self) -> &'static str {
+        match self {
+            ProbeKind::Logistic => "accuracy",
+            ProbeKind::Ridge => "R²",
+        }
+    }
+}
+
+impl std::str::FromStr for ProbeKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "logistic" => Ok(ProbeKind::Logistic),
+            "ridge" => Ok(ProbeKind::Ridge),
+            other => Err(format!("unknown probe '{other}'")),
+        }
+    }
+}
+
+/// One row of probes.parquet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeRow {
+    pub concept: String,
+    pub partition: Partition,
+    pub probe: ProbeKind,
+    pub n: usize,
+    /// Distinct groups (samples, or `--group-column` values) the folds split.
+    pub n_groups: usize,
+    pub n_classes: usize,
+    pub dropped_null: usize,
+    pub accuracy: Option<f64>,
+    pub accuracy_ci_low: Option<f64>,
+    pub accuracy_ci_high: Option<f64>,
+    pub balanced_accuracy: Option<f64>,
+    pub macro_f1: Option<f64>,
+    pub auroc: Option<f64>,
+    pub control_accuracy: Option<f64>,
+    pub selectivity: Option<f64>,
+    pub p_value: Option<f64>,
+    /// p-values adjusted across the partitions of one concept.
+    pub p_value_bh: Option<f64>,
+    pub p_value_holm: Option<f64>,
+    pub r2: Option<f64>,
+    pub r2_ci_low: Option<f64>,
+    pub r2_ci_high: Option<f64>,
+    pub pearson_r: Option<f64>,
+    /// The median regularisation over folds (C for logistic, alpha for ridge).
+    pub regularisation: Option<f64>,
+    pub control_by: String,
+    /// What the folds kept together: `sample` or a samples column.
+    pub group_by: String,
+    pub folds: usize,
+    pub repeats: usize,
+    /// How the interval was made (`corrected-repeated-cv`, `oof-bootstrap`).
+    pub interval: String,
+    /// Why the partition was not probed (too few rows or groups), if it was not.
+    pub skipped: Option<String>,
+}
+
+impl ProbeRow {
+    /// A row with no numbers yet.
+    pub fn empty(concept: &str, partition: Partition, probe: ProbeKind) -> ProbeRow {
+        ProbeRow {
+            concept: concept.to_string(),
+            partition,
+            probe,
+            n: 0,
+            n_groups: 0,
+            n_classes: 0,
+            dropped_null: 0,
+            accuracy: None,
+            accuracy_ci_low: None,
+            accuracy_ci_high: None,
+            balanced_accuracy: None,
+            macro_f1: None,
+            auroc: None,
+            control_accuracy: None,
+            selectivity: None,
+            p_value: None,
+            p_value_bh: None,
+            p_value_holm: None,
+            r2: None,
+            r2_ci_low: None,
+            r2_ci_high: None,
+            pearson_r: None,
+            regularisation: None,
+            control_by: String::new(),
+            group_by: String::new(),
+            folds: 0,
+            repeats: 0,
+            interval: String::new(),
+            skipped: None,
+        }
+    }
+
+    /// Accuracy for classes, R² for numbers.
+    pub fn score(&self) -> Option<f64> {
+        match self.probe {
+            ProbeKind::Logistic => self.accuracy,
+            ProbeKind::Ridge => self.r2,
+        }
+    }
+
+    pub fn ci(&self) -> (Option<f64>, Option<f64>) {
+        match self.probe {
+            ProbeKind::Logistic => (self.accuracy_ci_low, self.accuracy_ci_high),
+            ProbeKind::Ridge => (self.r2_ci_low, self.r2_ci_high),
+        }
+    }
+
+    /// The score a guess makes: 1/K for K classes, 0 for R².
+    pub fn chance(&self) -> f64 {
+        match self.probe {
+            ProbeKind::Logistic => 1.0 / self.n_classes.max(1) as f64,
+            ProbeKind::Ridge => 0.0,
+        }
+    }
+
+    /// Not distinguishable from chance: the interval covers chance, or the
+    /// Holm-adjusted p-value (else BH, else raw) is above 0.05.
+    pub fn covers_chance(&self) -> bool {
+        let ci = matches!(self.ci(), (Some(lo), _) if lo <= self.chance());
+        let p = self.p_value_holm.or(self.p_value_bh).or(self.p_value).is_some_and(|p| p > 0.05);
+        ci || p
+    }
+}
+
+fn opt(v: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
+    v.collect()
+}
+
+pub fn frame_of(rows: &[ProbeRow]) -> Result<DataFrame> {
+    let parts: Vec<Partition> = rows.iter().map(|r| r.partition).collect();
+    let mut cols = vec![Column::new("concept".into(), rows.iter().map(|r| r.concept.as_str()).collect::<Vec<_>>())];
+    cols.extend(partition_columns("", &parts));
+    let u = |f: fn(&ProbeRow) -> usize| rows.iter().map(|r| f(r) as u32).collect::<Vec<_>>();
+    cols.extend([
+        Column::new("probe".into(), rows.iter().map(|r| r.probe.as_str()).collect::<Vec<_>>()),
+        Column::new("n".into(), u(|r| r.n)),
+        Column::new("n_groups".into(), u(|r| r.n_groups)),
+        Column::new("n_classes".into(), u(|r| r.n_classes)),
+        Column::new("dropped_null".into(), u(|r| r.dropped_null)),
+        Column::new("accuracy".into(), opt(rows.iter().map(|r| r.accuracy))),
+        Column::new("accuracy_ci_low".into(), opt(rows.iter().map(|r| r.accuracy_ci_low))),
+        Column::new("accuracy_ci_high".into(), opt(rows.iter().map(|r| r.accuracy_ci_high))),
+        Column::new("balanced_accuracy".into(), opt(rows.iter().map(|r| r.balanced_accuracy))),
+        Column::new("macro_f1".into(), opt(rows.iter().map(|r| r.macro_f1))),
+        Column::new("auroc".into(), opt(rows.iter().map(|r| r.auroc))),
+        Column::new("control_accuracy".into(), opt(rows.iter().map(|r| r.control_accuracy))),
+        Column::new("selectivity".into(), opt(rows.iter().map(|r| r.selectivity))),
+        Column::new("p_value".into(), opt(rows.iter().map(|r| r.p_value))),
+        Column::new("p_value_bh".into(), opt(rows.iter().map(|r| r.p_value_bh))),
+        Column::new("p_value_holm".into(), opt(rows.iter().map(|r| r.p_value_holm))),
+        Column::new("r2".into(), opt(rows.iter().map(|r| r.r2))),
+        Column::new("r2_ci_low".into(), opt(rows.iter().map(|r| r.r2_ci_low))),
+        Column::new("r2_ci_high".into(), opt(rows.iter().map(|r| r.r2_ci_high))),
+        Column::new("pearson_r".into(), opt(rows.iter().map(|r| r.pearson_r))),
+        Column::new("regularisation".into(), opt(rows.iter().map(|r| r.regularisation))),
+        Column::new("control_by".into(), rows.iter().map(|r| r.control_by.as_str()).collect::<Vec<_>>()),
+        Column::new("group_by".into(), rows.iter().map(|r| r.group_by.as_str()).collect::<Vec<_>>()),
+        Column::new("folds".into(), u(|r| r.folds)),
+        Column::new("repeats".into(), u(|r| r.repeats)),
+        Column::new("interval".into(), rows.iter().map(|r| r.interval.as_str()).collect::<Vec<_>>()),
+        Column::new("skipped".into(), rows.iter().map(|r| r.skipped.as_deref()).collect::<Vec<_>>()),
+    ]);
+    frame(Path::new("probes"), rows.len(), cols)
+}
+
+/// RESULTS/probes.parquet and probes.csv.
+pub fn write(dir: &Path, rows: &[ProbeRow]) -> Result<()> {
+    let mut df = frame_of(rows)?;
+    write_parquet(&dir.join("probes.parquet"), &mut df)?;
+    write_csv(&dir.join("probes.csv"), &mut df)
+}
+
+/// Reads RESULTS/probes.parquet back (columns a table lacks read as empty).
+pub fn read(dir: &Path) -> Result<Vec<ProbeRow>> {
+    let path = dir.join("probes.parquet");
+    let t = Read::open(&path)?;
+    let parts = t.partitions("")?;
+    let probe: Vec<ProbeKind> =
+        t.strings("probe")?.iter().map(|s| s.parse().map_err(|e| read_err(&path, e))).collect::<Result<_>>()?;
+    let s = |name: &str| -> Result<Vec<String>> {
+        if t.df.column(name).is_ok() { t.strings(name) } else { Ok(vec![String::new(); t.height()]) }
+    };
+    let (concept, control_by, group_by, interval, skipped) =
+        (t.strings("concept")?, s("control_by")?, s("group_by")?, s("interval")?, s("skipped")?);
+    let f = |name: &str| t.floats(name);
+    let (acc, lo, hi, bal, f1, roc) = (
+        f("accuracy")?,
+        f("accuracy_ci_low")?,
+        f("accuracy_ci_high")?,
+        f("balanced_accuracy")?,
+        f("macro_f1")?,
+        f("auroc")?,
+    );
+    let (control, sel, p, bh, holm) =
+        (f("control_accuracy")?, f("selectivity")?, f("p_value")?, f("p_value_bh")?, f("p_value_holm")?);
+    let (r2, r2_lo, r2_hi, pr, reg) =
+        (f("r2")?, f("r2_ci_low")?, f("r2_ci_high")?, f("pearson_r")?, f("regularisation")?);
+    let (n, ng, k, dn, folds, repeats) = (
+        t.counts("n")?,
+        t.counts("n_groups")?,
+        t.counts("n_classes")?,
+        t.counts("dropped_null")?,
+        t.counts("folds")?,
+        t.counts("repeats")?,
+    );
+    Ok((0..t.height())
+        .map(|i| ProbeRow {
+            concept: concept[i].clone(),
+            partition: parts[i],
+            probe: probe[i],
+            n: n[i],
+            n_groups: ng[i],
+            n_classes: k[i],
+            dropped_null: dn[i],
+            accuracy: acc[i],
+            accuracy_ci_low: lo[i],
+            accuracy_ci_high: hi[i],
+            balanced_accuracy: bal[i],
+            macro_f1: f1[i],
+            auroc: roc[i],
+            control_accuracy: control[i],
+            selectivity: sel[i],
+            p_value: p[i],
+            p_value_bh: bh[i],
+            p_value_holm: holm[i],
+            r2: r2[i],
+            r2_ci_low: r2_lo[i],
+            r2_ci_high: r2_hi[i],
+            pearson_r: pr[i],
+            regularisation: reg[i],
+            control_by: control_by[i].clone(),
+            group_by: group_by[i].clone(),
+            folds: folds[i],
+            repeats: repeats[i],
+            interval: interval[i].clone(),
+            skipped: Some(skipped[i].clone()).filter(|s| !s.is_empty()),
+        })
+        .collect())
+}
+
+/// The best row per (concept, tower): highest score, ties broken by the
+/// lowest partition (tower, site, layer, selector order), skipped rows never.
+/// The demo's table and the report's use this one rule.
+pub fn best_per_tower(rows: &[ProbeRow]) -> Vec<&ProbeRow> {
+    let mut best: std::collections::BTreeMap<(&str, mmprobe_store::Tower), &ProbeRow> = Default::default();
+    for r in rows.iter().filter(|r| r.skipped.is_none() && r.score().is_some_and(f64::is_finite)) {
+        let key = (r.concept.as_str(), r.partition.tower);
+        let better = best.get(&key).is_none_or(|b| {
+            let (s, t) = (r.score().unwrap_or(f64::NAN), b.score().unwrap_or(f64::NAN));
+            s > t || (s == t && r.partition < b.partition)
+        });
+        if better {
+            best.insert(key, r);
+        }
+    }
+    best.into_values().collect()
+}
