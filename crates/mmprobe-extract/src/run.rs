@@ -237,7 +237,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
             device,
             batch_rx,
             &write_tx,
-            &permit_tx,
+            permit_tx,
             progress,
             &mut rows_written,
             &mut failed,
@@ -666,7 +666,8 @@ fn run_batches(
     device: Device,
     rx: Receiver<Result<Prepared>>,
     tx: &SyncSender<ToWriter>,
-    permits: &SyncSender<()>,
+    // Owned, so that however this loop ends the loader's wait for a permit ends too.
+    permits: SyncSender<()>,
     progress: &dyn ProgressSink,
     rows_written: &mut usize,
     failed: &mut usize,

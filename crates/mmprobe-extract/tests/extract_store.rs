@@ -360,3 +360,54 @@ fn allow_tf32_is_recorded_and_a_store_is_resumed_only_with_its_setting() {
     extract(&t, &Quiet).unwrap();
     assert!(!model(&Store::open(&tf32).unwrap()).allow_tf32);
 }
+
+/// Runs `extract` on its own thread and gives up after `secs`: a hang fails the test instead of stalling it.
+fn extract_within(o: &ExtractOptions, secs: u64) -> mmprobe_extract::Result<mmprobe_extract::ExtractSummary> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let o = o.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(extract(&o, &Quiet));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs)).expect("extract hung")
+}
+
+#[test]
+fn a_write_failure_ends_the_run_naming_the_file_and_keeps_what_was_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Enough batches after the failure that the writer's queue cannot hold them all.
+    let data = dataset(tmp.path(), 300);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    o.towers = Some(vec![Tower::Vision]);
+    o.sites = vec![Site::Resid, Site::Embeds];
+    o.selectors = vec![Selector::Cls, Selector::Pooled];
+    o.run.batch_size = 1;
+    o.chunk_size = 2;
+    // Shard 0 of 2 makes a store (chunks 0, 2, 4, ...); shard 1 then fails writing chunk 5,
+    // with chunks 7 to 149 still to come.
+    o.shard = (0, 2);
+    extract_within(&o, 60).unwrap();
+    o.shard = (1, 2);
+    let p = Partition { tower: Tower::Vision, site: Site::Resid, layer: 1, selector: Selector::Cls };
+    let blocked = mmprobe_store::layout::tmp_path(&p.part(&out, 1, 5));
+    fs::create_dir_all(&blocked).unwrap();
+    let e = extract_within(&o, 60).unwrap_err().to_string();
+    assert!(!e.contains('\n') && e.contains(&*blocked.to_string_lossy()), "{e}");
+    // Chunks 1 and 3 were written before the failure and are kept.
+    let progress = mmprobe_store::ShardProgress::load(&out, 1, 2).unwrap().unwrap();
+    assert_eq!(progress.chunks_done.iter().copied().collect::<Vec<_>>(), [1, 3]);
+    fs::remove_dir(&blocked).unwrap();
+    let s = extract_within(&o, 60).unwrap();
+    assert!(s.store_complete);
+    assert_eq!(s.samples_resumed, 4, "chunks 1 and 3 were not redone");
+    assert_eq!(s.samples_run, 146);
+    let one = tmp.path().join("one");
+    let mut u = o.clone();
+    (u.out, u.shard) = (one.clone(), (0, 1));
+    extract_within(&u, 60).unwrap();
+    let (a, b) = (Store::open(&one).unwrap(), Store::open(&out).unwrap());
+    for p in a.partitions().unwrap() {
+        let (x, y) = (a.load(p).unwrap(), b.load(p).unwrap());
+        assert_eq!((x.sample, x.matrix), (y.sample, y.matrix), "{p}");
+    }
+}
