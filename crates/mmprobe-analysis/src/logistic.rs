@@ -90,6 +90,19 @@ impl LogisticModel {
     }
 
     /// The unit normal separating each class from the rest (the CAV), [K, d].
+    /// ln p(class | x) for every row and class, computed as a log-softmax so a
+    /// confident wrong prediction costs a large finite number, never infinity.
+    pub fn log_proba(&self, x: ArrayView2<f64>) -> Array2<f64> {
+        let mut s = x.dot(&self.coef.t());
+        for mut row in s.rows_mut() {
+            row += &self.intercept;
+            let m = row.fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let lse = m + row.iter().map(|v| (v - m).exp()).sum::<f64>().ln();
+            row.mapv_inplace(|v| v - lse);
+        }
+        s
+    }
+
     pub fn class_directions(&self) -> Array2<f64> {
         let mut d = self.coef.clone();
         if self.binary {

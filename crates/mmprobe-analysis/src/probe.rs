@@ -169,7 +169,7 @@ impl FoldPlan {
     }
 
     /// n_test / n_train of one fold, averaged over every fold of every repeat.
-    fn test_over_train(&self) -> f64 {
+    pub fn test_over_train(&self) -> f64 {
         let mut ratios = Vec::new();
         for fold in &self.repeats {
             for f in 0..self.n_folds {

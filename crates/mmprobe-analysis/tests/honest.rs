@@ -56,6 +56,7 @@ fn probe(root: &Path, p: CheckedProbe, group_by: GroupBy) -> Vec<ProbeRow> {
         control_by: ControlBy::Off,
         fold_column: None,
         group_by,
+        probing: Default::default(),
     };
     sweep::probe_store(&store, &s, &|| {}).unwrap()
 }
@@ -226,6 +227,7 @@ fn duplicate_rows_are_refused_naming_the_partition() {
         control_by: ControlBy::Off,
         fold_column: None,
         group_by: GroupBy::Sample,
+        probing: Default::default(),
     };
     let e = sweep::probe_store(&store, &s, &|| {}).unwrap_err().to_string();
     assert!(e.contains("tower=vision/site=resid/layer=2/selector=cls") && e.contains("10 duplicate rows"), "{e}");

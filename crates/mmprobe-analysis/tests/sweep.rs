@@ -84,6 +84,7 @@ fn sweep_of(concepts: &[&str], filters: Filters, control_by: ControlBy) -> Probe
         control_by,
         fold_column: None,
         group_by: GroupBy::Sample,
+        probing: Default::default(),
     }
 }
 
@@ -270,4 +271,41 @@ fn directions_geometry_and_erasure_over_a_store() {
         erase[0]
     );
     assert_eq!(erase[0].rank, 2);
+}
+
+#[test]
+fn mdl_and_sparse_rows_go_through_the_sweep_and_the_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    make_store(tmp.path(), false);
+    let store = Store::open(tmp.path()).unwrap();
+    let layer2 = Filters { layers: Some(vec![2]), sites: Some(vec![Site::Resid]), ..Default::default() };
+    let mut s = sweep_of(&["colour", "size"], layer2, ControlBy::Column("text".into()));
+    s.probing = sweep::Probing::Mdl;
+    let mdl = sweep::probe_store(&store, &s, &|| {}).unwrap();
+    let colour = mdl.iter().find(|r| r.concept == "colour").unwrap();
+    assert_eq!(colour.method, tables::ProbeMethod::Mdl);
+    let (c, u) = (colour.codelength.unwrap(), colour.uniform_codelength.unwrap());
+    assert!((u - 119.0 * 3f64.log2()).abs() < 1e-9, "uniform code of 119 rows, 3 classes: {u}");
+    assert!(colour.compression.unwrap() > 1.5 && (colour.compression.unwrap() - u / c).abs() < 1e-12);
+    assert!(colour.control_compression.is_some() && colour.accuracy.is_none());
+    let size = mdl.iter().find(|r| r.concept == "size").unwrap();
+    assert!(size.skipped.as_deref().unwrap().contains("MDL probes classes"), "{size:?}");
+
+    s.probing = sweep::Probing::Sparse { ks: vec![1, 3], filter: mmprobe_analysis::sparse::Filter::Anova };
+    s.concepts = vec!["colour".into()];
+    let sparse = sweep::probe_store(&store, &s, &|| {}).unwrap();
+    assert_eq!(sparse.iter().map(|r| r.k).collect::<Vec<_>>(), vec![Some(1), Some(3)]);
+    let k3 = &sparse[1];
+    let mut top = k3.features[..3].to_vec();
+    top.sort_unstable();
+    assert_eq!(top, vec![0, 1, 2], "the three colour features: {:?}", k3.features);
+    assert!(k3.accuracy.unwrap() > 0.95);
+
+    let out = tmp.path().join("results");
+    std::fs::create_dir_all(&out).unwrap();
+    let all: Vec<_> = mdl.into_iter().chain(sparse).collect();
+    tables::probes::write(&out, &all).unwrap();
+    assert_eq!(tables::probes::read(&out).unwrap(), all, "lists and MDL columns read back");
+    let csv = std::fs::read_to_string(out.join("probes.csv")).unwrap();
+    assert!(csv.lines().next().unwrap().ends_with("k,features,feature_counts"), "{}", csv.lines().next().unwrap());
 }

@@ -157,6 +157,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let (model, weights) = (model?, weights?);
     let manifest = provenance(opts, &md, &dataset, &plan, device, weights)?;
     prepare_store(&opts.out, &manifest, opts.force)?;
+    check_shard_count(&opts.out, opts.shard)?;
 
     let root = opts.out.as_path();
     if !root.join(layout::SAMPLES).exists() {
@@ -397,6 +398,21 @@ fn prepare_store(root: &Path, manifest: &Manifest, force: bool) -> Result<()> {
     }
     std::fs::create_dir_all(root).map_err(|source| ExtractError::Io { path: root.to_path_buf(), source })?;
     Ok(manifest.write(root)?)
+}
+
+/// A chunk's part files are named by the shard that wrote them, so a store
+/// filled under two shard counts would hold some chunks twice: one count per store.
+fn check_shard_count(root: &Path, (shard, shards): (usize, usize)) -> Result<()> {
+    let mut counts: Vec<usize> = ShardProgress::all(root)?.iter().map(|p| p.shards).collect();
+    counts.extend(Manifest::read(root)?.and_then(|m| m.shards).map(|s| s.count));
+    match counts.into_iter().find(|&n| n != shards) {
+        None => Ok(()),
+        Some(n) => Err(ExtractError::Input(format!(
+            "{} is being filled under --shard I/{n}; this run asks for --shard {shard}/{shards} \
+             (run the other shards as I/{n}, or use --force to start it again under {shards})",
+            root.display()
+        ))),
+    }
 }
 
 /// TF32 changes the numbers as a dtype does: a store is added to only with the setting it was made with.

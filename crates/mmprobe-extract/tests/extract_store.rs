@@ -411,3 +411,29 @@ fn a_write_failure_ends_the_run_naming_the_file_and_keeps_what_was_written() {
         assert_eq!((x.sample, x.matrix), (y.sample, y.matrix), "{p}");
     }
 }
+
+#[test]
+fn a_store_filled_under_one_shard_count_refuses_another_unless_forced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 11);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-b", &data, &out);
+    o.towers = Some(vec![Tower::Vision]);
+    o.sites = vec![Site::Embeds];
+    o.selectors = vec![Selector::Pooled];
+    o.shard = (1, 2);
+    extract(&o, &Quiet).unwrap();
+    for other in [(0, 1), (1, 3), (0, 3)] {
+        o.shard = other;
+        let e = extract(&o, &Quiet).unwrap_err().to_string();
+        let (want, got) = ("--shard I/2", format!("--shard {}/{}", other.0, other.1));
+        assert!(!e.contains('\n') && e.contains(want) && e.contains(&got) && e.contains("--force"), "{e}");
+    }
+    // Forced, the store is made again under the new count, each sample once.
+    o.shard = (0, 1);
+    o.force = true;
+    let s = extract(&o, &Quiet).unwrap();
+    assert!(s.store_complete);
+    let p = Partition { tower: Tower::Vision, site: Site::Embeds, layer: 0, selector: Selector::Pooled };
+    assert_eq!(Store::open(&out).unwrap().load(p).unwrap().sample, (0..11).collect::<Vec<u32>>());
+}

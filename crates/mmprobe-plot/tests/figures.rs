@@ -68,6 +68,7 @@ fn analyse(store_dir: &Path, out: &Path) -> Vec<tables::ProbeRow> {
         control_by: ControlBy::Default,
         fold_column: None,
         group_by: GroupBy::Sample,
+        probing: Default::default(),
     };
     let rows = sweep::probe_store(&store, &sweep, &|| {}).unwrap();
     tables::probes::write(out, &rows).unwrap();

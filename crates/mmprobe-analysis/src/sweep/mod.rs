@@ -18,7 +18,7 @@ use crate::labels::Concept;
 pub use directions::{DirectionsOutcome, directions_store};
 pub use erase::erase_store;
 pub use geometry::{CheckedGeometry, GeometryParams, geometry_store};
-pub use probe::{ControlBy, ProbeSweep, probe_store};
+pub use probe::{ControlBy, ProbeSweep, Probing, probe_store};
 
 /// One partition's activations as f64 with the label columns aligned to its rows.
 pub struct Loaded {

@@ -5,17 +5,19 @@
 use std::collections::BTreeMap;
 
 use mmprobe_store::Store;
-use ndarray::Axis;
+use ndarray::{Array2, Axis};
 use polars::prelude::*;
 
 use super::{GroupBy, Loaded, check_concepts, in_partition, load, per_partition};
 use crate::error::{AnalysisError, Result};
 use crate::folds::Groups;
 use crate::labels::{Concept, Target};
+use crate::mdl;
 use crate::probe::{self, CheckedProbe, FoldPlan};
+use crate::sparse::{self, Filter};
 use crate::select::Filters;
 use crate::stats::{benjamini_hochberg, holm};
-use crate::tables::{ProbeKind, ProbeRow};
+use crate::tables::{ProbeKind, ProbeMethod, ProbeRow};
 
 /// What the control task's types are (Hewitt & Liang).
 #[derive(Debug, Clone, Default)]
@@ -37,6 +39,29 @@ pub struct ProbeSweep {
     /// Take the folds from this samples column instead of seeded stratified ones.
     pub fold_column: Option<String>,
     pub group_by: GroupBy,
+    pub probing: Probing,
+}
+
+/// Which probing a sweep does.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Probing {
+    /// Cross-validated probes on every feature.
+    #[default]
+    Cv,
+    /// Online codelength (Voita & Titov 2020), of the concept and its control task.
+    Mdl,
+    /// Probes on the top k features of each training fold, for every k.
+    Sparse { ks: Vec<usize>, filter: Filter },
+}
+
+impl Probing {
+    pub fn method(&self) -> ProbeMethod {
+        match self {
+            Probing::Cv => ProbeMethod::Cv,
+            Probing::Mdl => ProbeMethod::Mdl,
+            Probing::Sparse { .. } => ProbeMethod::Sparse,
+        }
+    }
 }
 
 fn median(v: &[f64]) -> Option<f64> {
@@ -90,7 +115,114 @@ fn fold_ids(store: &Store, l: &Loaded, column: &str, folds: usize) -> Result<Vec
     Ok(values.iter().map(|v| distinct.binary_search(v).expect("a known value")).collect())
 }
 
-/// One concept on one loaded partition.
+/// The rows of one concept on one loaded partition, and what they are grouped by.
+struct Case<'a> {
+    concept: &'a Concept,
+    x: Array2<f64>,
+    groups: Groups,
+    /// Control types per concept row.
+    types: Option<Vec<String>>,
+    given: Option<Vec<usize>>,
+}
+
+impl Case<'_> {
+    /// The given folds, or `make`'s.
+    fn plan(&self, p: &CheckedProbe, make: impl FnOnce() -> Result<FoldPlan>) -> Result<FoldPlan> {
+        match &self.given {
+            Some(f) => FoldPlan::given(f.clone(), p.folds, &self.groups),
+            None => make(),
+        }
+    }
+}
+
+fn classes_only<'a>(c: &'a Concept, what: &str) -> Result<(&'a [usize], usize)> {
+    match &c.target {
+        Target::Classes { y, names } => Ok((y, names.len())),
+        Target::Numeric(_) => Err(AnalysisError::TooSmall(format!("{what} probes classes, and '{}' is a number", c.name))),
+    }
+}
+
+/// The cross-validated probe on every feature.
+fn cv(s: &ProbeSweep, c: &Case, mut row: ProbeRow) -> Result<Vec<ProbeRow>> {
+    let p = &s.params;
+    match &c.concept.target {
+        Target::Classes { y, names } => {
+            let plan = c.plan(p, || FoldPlan::classes(y, &c.groups, names.len(), p))?;
+            let r = probe::probe_classes_on_folds(c.x.view(), y, names.len(), &c.groups, c.types.as_deref(), &plan, p)?;
+            row.repeats = plan.repeats.len();
+            row.accuracy = Some(r.accuracy);
+            (row.accuracy_ci_low, row.accuracy_ci_high) = (r.ci.map(|c| c.0), r.ci.map(|c| c.1));
+            row.balanced_accuracy = Some(r.balanced_accuracy);
+            row.macro_f1 = Some(r.macro_f1);
+            row.auroc = Some(r.auroc).filter(|v| v.is_finite());
+            row.control_accuracy = r.control_accuracy;
+            row.selectivity = r.selectivity();
+            row.p_value = r.p_value;
+            row.regularisation = median(&r.c);
+        }
+        Target::Numeric(y) => {
+            let plan = c.plan(p, || FoldPlan::numeric(&c.groups, p))?;
+            let r = probe::probe_numeric_on_folds(c.x.view(), y, &c.groups, &plan, p)?;
+            row.repeats = plan.repeats.len();
+            row.r2 = Some(r.r2);
+            (row.r2_ci_low, row.r2_ci_high) = (r.r2_ci.map(|c| c.0), r.r2_ci.map(|c| c.1));
+            row.pearson_r = Some(r.pearson);
+            row.p_value = r.p_value;
+            row.regularisation = median(&r.alpha);
+        }
+    }
+    let has_interval = row.accuracy_ci_low.is_some() || row.r2_ci_low.is_some();
+    row.interval = if has_interval { p.interval.as_str().to_string() } else { String::new() };
+    Ok(vec![row])
+}
+
+/// The online codelength of the concept and of its control task, on one
+/// seeded order of the groups.
+fn mdl(s: &ProbeSweep, c: &Case, mut row: ProbeRow) -> Result<Vec<ProbeRow>> {
+    let p = &s.params;
+    let (y, k) = classes_only(c.concept, "MDL")?;
+    let (order, ends) = mdl::group_order(&c.groups, p.seed);
+    let strength = p.logistic.params().c.unwrap_or(mdl::DEFAULT_C);
+    let m = mdl::online_codelength(c.x.view(), y, k, &order, &ends, strength, &p.logistic)?;
+    row.method = ProbeMethod::Mdl;
+    row.codelength = Some(m.codelength);
+    row.uniform_codelength = Some(m.uniform_codelength);
+    row.compression = Some(m.compression);
+    row.regularisation = Some(strength);
+    if let Some(t) = &c.types {
+        let yc = probe::control_labels(y, t, p.seed);
+        let mc = mdl::online_codelength(c.x.view(), &yc, k, &order, &ends, strength, &p.logistic)?;
+        row.control_codelength = Some(mc.codelength);
+        row.control_compression = Some(mc.compression);
+    }
+    Ok(vec![row])
+}
+
+/// One row per k: accuracy on the top k features of each training fold.
+fn sparse(s: &ProbeSweep, c: &Case, row: ProbeRow, ks: &[usize], filter: Filter) -> Result<Vec<ProbeRow>> {
+    let p = &s.params;
+    let (y, k) = classes_only(c.concept, "a sparse probe")?;
+    let plan = c.plan(p, || FoldPlan::classes(y, &c.groups, k, p))?;
+    let found = sparse::probe_sparse(c.x.view(), y, k, &c.groups, &plan, ks, filter, p)?;
+    Ok(found
+        .into_iter()
+        .map(|f| {
+            let mut r = row.clone();
+            r.method = ProbeMethod::Sparse;
+            r.repeats = plan.repeats.len();
+            r.k = Some(f.k);
+            r.accuracy = Some(f.accuracy);
+            (r.accuracy_ci_low, r.accuracy_ci_high) = (f.ci.map(|c| c.0), f.ci.map(|c| c.1));
+            r.interval = if f.ci.is_some() { p.interval.as_str().to_string() } else { String::new() };
+            r.features = f.features.iter().map(|&(id, _)| id as u32).collect();
+            r.feature_counts = f.features.iter().map(|&(_, n)| n as u32).collect();
+            r.control_by = format!("{} filter", filter.as_str());
+            r
+        })
+        .collect())
+}
+
+/// One concept on one loaded partition: its rows (one, or one per k).
 fn probe_concept(
     s: &ProbeSweep,
     concept: &Concept,
@@ -98,8 +230,7 @@ fn probe_concept(
     groups: &Groups,
     types: Option<&(Vec<String>, String)>,
     given: Option<&[usize]>,
-) -> Result<ProbeRow> {
-    let p = &s.params;
+) -> Result<Vec<ProbeRow>> {
     let kind = match concept.target {
         Target::Classes { .. } => ProbeKind::Logistic,
         Target::Numeric(_) => ProbeKind::Ridge,
@@ -109,58 +240,29 @@ fn probe_concept(
     row.n_classes = concept.n_classes();
     row.dropped_null = concept.dropped_null;
     row.group_by = s.group_by.name().to_string();
-    row.folds = p.folds;
-    let g = groups.subset(&concept.rows);
-    row.n_groups = g.count;
-    let x = l.x.select(Axis(0), &concept.rows);
-    let plan = |make: &dyn Fn() -> Result<FoldPlan>| -> Result<FoldPlan> {
-        match given {
-            Some(f) => FoldPlan::given(concept.rows.iter().map(|&i| f[i]).collect(), p.folds, &g),
-            None => make(),
-        }
+    row.folds = s.params.folds;
+    row.control_by = types.map(|t| t.1.clone()).unwrap_or_default();
+    let case = Case {
+        concept,
+        x: l.x.select(Axis(0), &concept.rows),
+        groups: groups.subset(&concept.rows),
+        types: types.map(|(t, _)| concept.rows.iter().map(|&i| t[i].clone()).collect()),
+        given: given.map(|f| concept.rows.iter().map(|&i| f[i]).collect()),
     };
-    let outcome = match &concept.target {
-        Target::Classes { y, names } => plan(&|| FoldPlan::classes(y, &g, names.len(), p)).and_then(|plan| {
-            let t: Option<Vec<String>> = types.map(|(t, _)| concept.rows.iter().map(|&i| t[i].clone()).collect());
-            let r = probe::probe_classes_on_folds(x.view(), y, names.len(), &g, t.as_deref(), &plan, p)?;
-            row.repeats = plan.repeats.len();
-            row.accuracy = Some(r.accuracy);
-            row.accuracy_ci_low = r.ci.map(|c| c.0);
-            row.accuracy_ci_high = r.ci.map(|c| c.1);
-            row.balanced_accuracy = Some(r.balanced_accuracy);
-            row.macro_f1 = Some(r.macro_f1);
-            row.auroc = Some(r.auroc).filter(|v| v.is_finite());
-            row.control_accuracy = r.control_accuracy;
-            row.selectivity = r.selectivity();
-            row.p_value = r.p_value;
-            row.regularisation = median(&r.c);
-            row.control_by = types.map(|t| t.1.clone()).unwrap_or_default();
-            Ok(())
-        }),
-        Target::Numeric(y) => plan(&|| FoldPlan::numeric(&g, p)).and_then(|plan| {
-            let r = probe::probe_numeric_on_folds(x.view(), y, &g, &plan, p)?;
-            row.repeats = plan.repeats.len();
-            row.r2 = Some(r.r2);
-            row.r2_ci_low = r.r2_ci.map(|c| c.0);
-            row.r2_ci_high = r.r2_ci.map(|c| c.1);
-            row.pearson_r = Some(r.pearson);
-            row.p_value = r.p_value;
-            row.regularisation = median(&r.alpha);
-            Ok(())
-        }),
+    row.n_groups = case.groups.count;
+    let outcome = match &s.probing {
+        Probing::Cv => cv(s, &case, row.clone()),
+        Probing::Mdl => mdl(s, &case, row.clone()),
+        Probing::Sparse { ks, filter } => sparse(s, &case, row.clone(), ks, *filter),
     };
     match outcome {
-        Ok(()) => {
-            let has_interval = row.accuracy_ci_low.is_some() || row.r2_ci_low.is_some();
-            row.interval = if has_interval { p.interval.as_str().to_string() } else { String::new() };
-            Ok(row)
-        }
         // Too few rows or groups here: recorded and skipped, the sweep goes on.
         Err(AnalysisError::TooSmall(m)) => {
+            row.method = s.probing.method();
             row.skipped = Some(m);
-            Ok(row)
+            Ok(vec![row])
         }
-        Err(e) => Err(e),
+        other => other,
     }
 }
 
@@ -208,7 +310,7 @@ pub fn probe_store(store: &Store, s: &ProbeSweep, progress: &(dyn Fn() + Sync)) 
             let mut out = Vec::new();
             for c in &s.concepts {
                 match l.concept(c) {
-                    Ok(concept) => out.push(probe_concept(s, &concept, &l, &groups, types.as_ref(), given.as_deref())?),
+                    Ok(concept) => out.extend(probe_concept(s, &concept, &l, &groups, types.as_ref(), given.as_deref())?),
                     // Valid on the whole table but not here (one class on this
                     // partition, say): recorded and skipped.
                     Err(AnalysisError::Concept { message, .. }) => {

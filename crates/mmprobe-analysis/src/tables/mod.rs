@@ -19,7 +19,7 @@ use crate::error::{AnalysisError, Result};
 pub use directions::{CosineKind, CosineRow, DirectionRow};
 pub use erase::EraseRow;
 pub use geometry::{CkaRow, GeometryReport, SeparabilityRow};
-pub use probes::{ProbeKind, ProbeRow};
+pub use probes::{ProbeKind, ProbeMethod, ProbeRow};
 
 fn write_err(path: &Path, e: impl std::fmt::Display) -> AnalysisError {
     AnalysisError::Write { path: path.display().to_string(), message: e.to_string() }

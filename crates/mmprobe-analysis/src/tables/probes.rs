@@ -46,6 +46,39 @@ impl std::str::FromStr for ProbeKind {
     }
 }
 
+/// What kind of probing a row reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProbeMethod {
+    /// A cross-validated probe on every feature.
+    Cv,
+    /// The online codelength (MDL).
+    Mdl,
+    /// A cross-validated probe on the top k features of each training fold.
+    Sparse,
+}
+
+impl ProbeMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeMethod::Cv => "cv",
+            ProbeMethod::Mdl => "mdl",
+            ProbeMethod::Sparse => "sparse",
+        }
+    }
+}
+
+impl std::str::FromStr for ProbeMethod {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "cv" | "" => Ok(ProbeMethod::Cv),
+            "mdl" => Ok(ProbeMethod::Mdl),
+            "sparse" => Ok(ProbeMethod::Sparse),
+            other => Err(format!("unknown probe method '{other}' (cv, mdl, sparse)")),
+        }
+    }
+}
+
 /// One row of probes.parquet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeRow {
@@ -84,6 +117,19 @@ pub struct ProbeRow {
     pub interval: String,
     /// Why the partition was not probed (too few rows or groups), if it was not.
     pub skipped: Option<String>,
+    pub method: ProbeMethod,
+    /// MDL: online and uniform codelength in bits, and their ratio.
+    pub codelength: Option<f64>,
+    pub uniform_codelength: Option<f64>,
+    pub compression: Option<f64>,
+    /// MDL of the control task, on the same order and blocks.
+    pub control_codelength: Option<f64>,
+    pub control_compression: Option<f64>,
+    /// Sparse probes: how many features, which ones (most often chosen first)
+    /// and in how many of the folds x repeats each was chosen.
+    pub k: Option<usize>,
+    pub features: Vec<u32>,
+    pub feature_counts: Vec<u32>,
 }
 
 impl ProbeRow {
@@ -119,6 +165,15 @@ impl ProbeRow {
             repeats: 0,
             interval: String::new(),
             skipped: None,
+            method: ProbeMethod::Cv,
+            codelength: None,
+            uniform_codelength: None,
+            compression: None,
+            control_codelength: None,
+            control_compression: None,
+            k: None,
+            features: Vec::new(),
+            feature_counts: Vec::new(),
         }
     }
 
@@ -158,7 +213,9 @@ fn opt(v: impl Iterator<Item = Option<f64>>) -> Vec<Option<f64>> {
     v.collect()
 }
 
-pub fn frame_of(rows: &[ProbeRow]) -> Result<DataFrame> {
+/// The table as a frame; `lists_as_text` writes the feature lists as
+/// comma-separated text (CSV has no list type).
+pub fn frame_of(rows: &[ProbeRow], lists_as_text: bool) -> Result<DataFrame> {
     let parts: Vec<Partition> = rows.iter().map(|r| r.partition).collect();
     let mut cols = vec![Column::new("concept".into(), rows.iter().map(|r| r.concept.as_str()).collect::<Vec<_>>())];
     cols.extend(partition_columns("", &parts));
@@ -191,15 +248,45 @@ pub fn frame_of(rows: &[ProbeRow]) -> Result<DataFrame> {
         Column::new("repeats".into(), u(|r| r.repeats)),
         Column::new("interval".into(), rows.iter().map(|r| r.interval.as_str()).collect::<Vec<_>>()),
         Column::new("skipped".into(), rows.iter().map(|r| r.skipped.as_deref()).collect::<Vec<_>>()),
+        Column::new("method".into(), rows.iter().map(|r| r.method.as_str()).collect::<Vec<_>>()),
+        Column::new("codelength".into(), opt(rows.iter().map(|r| r.codelength))),
+        Column::new("uniform_codelength".into(), opt(rows.iter().map(|r| r.uniform_codelength))),
+        Column::new("compression".into(), opt(rows.iter().map(|r| r.compression))),
+        Column::new("control_codelength".into(), opt(rows.iter().map(|r| r.control_codelength))),
+        Column::new("control_compression".into(), opt(rows.iter().map(|r| r.control_compression))),
+        Column::new("k".into(), rows.iter().map(|r| r.k.map(|k| k as u32)).collect::<Vec<_>>()),
     ]);
+    for name in ["features", "feature_counts"] {
+        let list = |r: &ProbeRow| if name == "features" { r.features.clone() } else { r.feature_counts.clone() };
+        cols.push(if lists_as_text {
+            let text: Vec<String> =
+                rows.iter().map(|r| list(r).iter().map(u32::to_string).collect::<Vec<_>>().join(",")).collect();
+            Column::new(name.into(), text)
+        } else {
+            let lists: Vec<Series> = rows.iter().map(|r| Series::new("".into(), list(r).as_slice())).collect();
+            Column::new(name.into(), lists)
+        });
+    }
     frame(Path::new("probes"), rows.len(), cols)
 }
 
 /// RESULTS/probes.parquet and probes.csv.
 pub fn write(dir: &Path, rows: &[ProbeRow]) -> Result<()> {
-    let mut df = frame_of(rows)?;
-    write_parquet(&dir.join("probes.parquet"), &mut df)?;
-    write_csv(&dir.join("probes.csv"), &mut df)
+    write_parquet(&dir.join("probes.parquet"), &mut frame_of(rows, false)?)?;
+    write_csv(&dir.join("probes.csv"), &mut frame_of(rows, true)?)
+}
+
+/// A list column of u32 per row; absent (older tables) reads as empty lists.
+fn u32_lists(t: &Read, name: &str) -> Result<Vec<Vec<u32>>> {
+    let Ok(c) = t.df.column(name) else { return Ok(vec![Vec::new(); t.height()]) };
+    let list = c.list().map_err(|e| read_err(t.path, e))?;
+    (0..t.height())
+        .map(|i| {
+            let Some(s) = list.get_as_series(i) else { return Ok(Vec::new()) };
+            let s = s.cast(&DataType::UInt32).map_err(|e| read_err(t.path, e))?;
+            Ok(s.u32().map_err(|e| read_err(t.path, e))?.into_no_null_iter().collect())
+        })
+        .collect()
 }
 
 /// Reads RESULTS/probes.parquet back (columns a table lacks read as empty).
@@ -212,8 +299,17 @@ pub fn read(dir: &Path) -> Result<Vec<ProbeRow>> {
     let s = |name: &str| -> Result<Vec<String>> {
         if t.df.column(name).is_ok() { t.strings(name) } else { Ok(vec![String::new(); t.height()]) }
     };
-    let (concept, control_by, group_by, interval, skipped) =
-        (t.strings("concept")?, s("control_by")?, s("group_by")?, s("interval")?, s("skipped")?);
+    let (concept, control_by, group_by, interval, skipped, method) =
+        (t.strings("concept")?, s("control_by")?, s("group_by")?, s("interval")?, s("skipped")?, s("method")?);
+    let (cl, ucl, comp, ccl, ccomp, kk) = (
+        t.floats("codelength")?,
+        t.floats("uniform_codelength")?,
+        t.floats("compression")?,
+        t.floats("control_codelength")?,
+        t.floats("control_compression")?,
+        t.floats("k")?,
+    );
+    let (features, feature_counts) = (u32_lists(&t, "features")?, u32_lists(&t, "feature_counts")?);
     let f = |name: &str| t.floats(name);
     let (acc, lo, hi, bal, f1, roc) = (
         f("accuracy")?,
@@ -235,8 +331,9 @@ pub fn read(dir: &Path) -> Result<Vec<ProbeRow>> {
         t.counts("folds")?,
         t.counts("repeats")?,
     );
-    Ok((0..t.height())
-        .map(|i| ProbeRow {
+    (0..t.height())
+        .map(|i| -> Result<ProbeRow> {
+            Ok(ProbeRow {
             concept: concept[i].clone(),
             partition: parts[i],
             probe: probe[i],
@@ -266,8 +363,18 @@ pub fn read(dir: &Path) -> Result<Vec<ProbeRow>> {
             repeats: repeats[i],
             interval: interval[i].clone(),
             skipped: Some(skipped[i].clone()).filter(|s| !s.is_empty()),
+            method: method[i].parse().map_err(|e: String| read_err(&path, e))?,
+            codelength: cl[i],
+            uniform_codelength: ucl[i],
+            compression: comp[i],
+            control_codelength: ccl[i],
+            control_compression: ccomp[i],
+            k: kk[i].map(|v| v as usize),
+            features: features[i].clone(),
+            feature_counts: feature_counts[i].clone(),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The best row per (concept, tower): highest score, ties broken by the
@@ -275,7 +382,8 @@ pub fn read(dir: &Path) -> Result<Vec<ProbeRow>> {
 /// The demo's table and the report's use this one rule.
 pub fn best_per_tower(rows: &[ProbeRow]) -> Vec<&ProbeRow> {
     let mut best: std::collections::BTreeMap<(&str, mmprobe_store::Tower), &ProbeRow> = Default::default();
-    for r in rows.iter().filter(|r| r.skipped.is_none() && r.score().is_some_and(f64::is_finite)) {
+    let scored = |r: &&ProbeRow| r.method == ProbeMethod::Cv && r.skipped.is_none() && r.score().is_some_and(f64::is_finite);
+    for r in rows.iter().filter(scored) {
         let key = (r.concept.as_str(), r.partition.tower);
         let better = best.get(&key).is_none_or(|b| {
             let (s, t) = (r.score().unwrap_or(f64::NAN), b.score().unwrap_or(f64::NAN));

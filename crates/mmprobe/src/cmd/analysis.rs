@@ -7,7 +7,8 @@ use clap::Args;
 use mmprobe_analysis::directions::Method;
 use mmprobe_analysis::logistic::LogisticParams;
 use mmprobe_analysis::probe::Interval;
-use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, GroupBy, ProbeSweep};
+use mmprobe_analysis::sparse::Filter;
+use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, GroupBy, ProbeSweep, Probing};
 use mmprobe_analysis::tables;
 use mmprobe_analysis::{Filters, ProbeParams};
 use mmprobe_store::{Selector, Site, Store, Tower};
@@ -113,6 +114,17 @@ pub struct ProbeCmd {
     /// Bootstrap resamples for `--interval bootstrap`.
     #[arg(long, default_value_t = 1000)]
     bootstrap: usize,
+    /// `cv`: cross-validated probes; `mdl`: the online codelength (Voita & Titov),
+    /// of the concept and, with --control, of its control task (fixed C: --C, else 1).
+    #[arg(long, default_value = "cv", value_parser = ["cv", "mdl"])]
+    method: String,
+    /// k-sparse probes: for each k, a probe on the top k features of each
+    /// training fold (ranked on that fold only); rows per k with the chosen features.
+    #[arg(long, value_delimiter = ',', conflicts_with = "method")]
+    sparse: Option<Vec<usize>>,
+    /// How --sparse ranks features: `anova` (F statistic) or `mean-diff`.
+    #[arg(long, default_value = "anova")]
+    sparse_filter: Filter,
     #[command(flatten)]
     filters: FilterArgs,
     /// The results folder (probes.parquet, probes.csv).
@@ -216,6 +228,11 @@ pub fn probe(a: ProbeCmd) -> anyhow::Result<()> {
         },
         fold_column: a.fold_column.clone(),
         group_by: a.probe.group_by(),
+        probing: match (&a.sparse, a.method.as_str()) {
+            (Some(ks), _) => Probing::Sparse { ks: ks.clone(), filter: a.sparse_filter },
+            (None, "mdl") => Probing::Mdl,
+            _ => Probing::Cv,
+        },
     };
     let n = partitions(&store, &filters)?;
     let b = bar(n, "partitions");

@@ -123,6 +123,7 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
         control_by: ControlBy::Default,
         fold_column: None,
         group_by: GroupBy::Sample,
+        probing: Default::default(),
     };
     let b = bar(partitions, "partitions");
     let rows = sweep::probe_store(&store, &sweep, &|| b.inc(1));
