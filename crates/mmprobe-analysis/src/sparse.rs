@@ -68,8 +68,7 @@ pub fn feature_scores(x: ArrayView2<f64>, y: &[usize], k: usize, filter: Filter)
             }
             match filter {
                 Filter::Anova => {
-                    let between: f64 =
-                        (0..k).map(|c| count[c] as f64 * (mean[c] - grand).powi(2)).sum::<f64>();
+                    let between: f64 = (0..k).map(|c| count[c] as f64 * (mean[c] - grand).powi(2)).sum::<f64>();
                     between / (present.saturating_sub(1)).max(1) as f64 / within_var
                 }
                 Filter::MeanDiff => (0..k)
@@ -128,8 +127,11 @@ pub fn probe_sparse(
             ks.iter()
                 .map(|&k| {
                     let cols = &order[..k];
-                    let (raw, train, test) =
-                        (d.raw_train.select(Axis(1), cols), d.train.select(Axis(1), cols), d.test.select(Axis(1), cols));
+                    let (raw, train, test) = (
+                        d.raw_train.select(Axis(1), cols),
+                        d.train.select(Axis(1), cols),
+                        d.test.select(Axis(1), cols),
+                    );
                     let c = logistic::choose_c(raw.view(), d.y_train, d.groups_train, k_classes, &p.logistic)?;
                     let m = logistic::fit(train.view(), d.y_train, k_classes, c, &p.logistic)?;
                     let pred = argmax_rows(m.predict_proba(test.view()).view());

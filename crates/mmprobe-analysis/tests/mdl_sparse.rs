@@ -32,7 +32,12 @@ fn online_codelength_matches_sklearn_within_one_percent() {
         (t.shape().to_vec(), t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect())
     };
     let i64s = |name: &str| -> Vec<usize> {
-        st.tensor(name).unwrap().data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect()
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
+            .collect()
     };
     let (shape, x) = f64s("x");
     let x = Array2::from_shape_vec((shape[0], shape[1]), x).unwrap();
@@ -106,12 +111,7 @@ fn sparse_probes_find_the_planted_features_in_every_fold_and_no_signal_in_noise(
         assert!(k3.features.iter().take(3).all(|f| f.1 == 25), "chosen in every fold: {:?}", k3.features);
         assert_eq!(k3.features.len(), 3, "no other feature was ever chosen at k = 3");
         let full = probe_classes(x.view(), &y, 2, &groups, None, &p).unwrap();
-        assert!(
-            k3.accuracy >= full.accuracy - 0.02,
-            "k = 3 {:.3} vs every feature {:.3}",
-            k3.accuracy,
-            full.accuracy
-        );
+        assert!(k3.accuracy >= full.accuracy - 0.02, "k = 3 {:.3} vs every feature {:.3}", k3.accuracy, full.accuracy);
         assert!(found[0].accuracy < k3.accuracy, "one feature reads less than three");
     }
 
@@ -121,6 +121,11 @@ fn sparse_probes_find_the_planted_features_in_every_fold_and_no_signal_in_noise(
     let plan = FoldPlan::classes(&ys, &groups, 2, &p).unwrap();
     for f in probe_sparse(x.view(), &ys, 2, &groups, &plan, &[1, 3, 10, 100], Filter::Anova, &p).unwrap() {
         let (lo, hi) = f.ci.unwrap();
-        assert!(lo <= 0.5 && 0.5 <= hi && (f.accuracy - 0.5).abs() < 0.07, "k = {}: {:.3} [{lo:.3}, {hi:.3}]", f.k, f.accuracy);
+        assert!(
+            lo <= 0.5 && 0.5 <= hi && (f.accuracy - 0.5).abs() < 0.07,
+            "k = {}: {:.3} [{lo:.3}, {hi:.3}]",
+            f.k,
+            f.accuracy
+        );
     }
 }

@@ -14,8 +14,8 @@ use crate::folds::Groups;
 use crate::labels::{Concept, Target};
 use crate::mdl;
 use crate::probe::{self, CheckedProbe, FoldPlan};
-use crate::sparse::{self, Filter};
 use crate::select::Filters;
+use crate::sparse::{self, Filter};
 use crate::stats::{benjamini_hochberg, holm};
 use crate::tables::{ProbeKind, ProbeMethod, ProbeRow};
 
@@ -138,7 +138,9 @@ impl Case<'_> {
 fn classes_only<'a>(c: &'a Concept, what: &str) -> Result<(&'a [usize], usize)> {
     match &c.target {
         Target::Classes { y, names } => Ok((y, names.len())),
-        Target::Numeric(_) => Err(AnalysisError::TooSmall(format!("{what} probes classes, and '{}' is a number", c.name))),
+        Target::Numeric(_) => {
+            Err(AnalysisError::TooSmall(format!("{what} probes classes, and '{}' is a number", c.name)))
+        }
     }
 }
 
@@ -310,7 +312,9 @@ pub fn probe_store(store: &Store, s: &ProbeSweep, progress: &(dyn Fn() + Sync)) 
             let mut out = Vec::new();
             for c in &s.concepts {
                 match l.concept(c) {
-                    Ok(concept) => out.extend(probe_concept(s, &concept, &l, &groups, types.as_ref(), given.as_deref())?),
+                    Ok(concept) => {
+                        out.extend(probe_concept(s, &concept, &l, &groups, types.as_ref(), given.as_deref())?)
+                    }
                     // Valid on the whole table but not here (one class on this
                     // partition, say): recorded and skipped.
                     Err(AnalysisError::Concept { message, .. }) => {
