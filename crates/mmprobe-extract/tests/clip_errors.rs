@@ -6,7 +6,7 @@ use std::fs;
 
 use common::{clip_dir, fixtures};
 use mmprobe_extract::clip::LoadedClip;
-use mmprobe_extract::preprocess::open_rgb;
+use mmprobe_extract::preprocess::{decode_rgb, open_rgb};
 use mmprobe_extract::{DType, ExtractError, ModelInfo};
 use tch::Device;
 
@@ -94,4 +94,28 @@ fn image_that_is_not_an_image() {
     assert!(msg.contains("not_an_image.png") && !msg.contains('\n'), "{msg}");
     let msg = open_rgb(&fixtures().join("images/no_such_file.png")).unwrap_err().to_string();
     assert!(msg.contains("no_such_file.png"), "{msg}");
+}
+
+#[test]
+fn truncated_jpeg_is_a_bad_image() {
+    let bytes = fs::read(fixtures().join("images/exif6_40x24.jpg")).unwrap();
+    assert!(decode_rgb(&bytes, "whole.jpg").is_ok());
+    // Mid-scan (the scan starts at byte 645) and just before the end-of-image marker.
+    for cut in [700, 1100, bytes.len() - 2] {
+        let msg = decode_rgb(&bytes[..cut], "cut.jpg").unwrap_err().to_string();
+        assert!(msg.contains("cut.jpg") && msg.contains("truncated") && !msg.contains('\n'), "{cut}: {msg}");
+    }
+    // Bytes after the end-of-image marker (some cameras append data) are not truncation.
+    let mut trailing = bytes.clone();
+    trailing.extend_from_slice(b"\0\0trailer");
+    assert!(decode_rgb(&trailing, "trailing.jpg").is_ok());
+}
+
+#[test]
+fn truncated_png_is_a_bad_image() {
+    let bytes = fs::read(fixtures().join("images/rgb_50x41.png")).unwrap();
+    for cut in [bytes.len() / 2, bytes.len() - 12] {
+        let msg = decode_rgb(&bytes[..cut], "cut.png").unwrap_err().to_string();
+        assert!(msg.contains("cut.png") && !msg.contains('\n'), "{cut}: {msg}");
+    }
 }

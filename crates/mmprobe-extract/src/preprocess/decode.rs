@@ -5,7 +5,7 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 use super::resample::Rgb8;
 use crate::error::{ExtractError, Result};
@@ -14,8 +14,10 @@ use crate::error::{ExtractError, Result};
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<Rgb8> {
     let err = |message: String| ExtractError::Image { path: name.to_string(), message };
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| err(e.to_string()))?;
-    if reader.format().is_none() {
-        return Err(err("not an image (unknown format)".into()));
+    match reader.format() {
+        None => return Err(err("not an image (unknown format)".into())),
+        Some(ImageFormat::Jpeg) => jpeg_complete(bytes).map_err(err)?,
+        Some(_) => {}
     }
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
     let orientation = decoder.orientation().map_err(|e| err(e.to_string()))?;
@@ -48,4 +50,44 @@ fn to_rgb8(img: DynamicImage) -> Rgb8 {
         other => other.to_rgb8().into_raw(),
     };
     Rgb8::new(w, h, data)
+}
+
+/// Pillow refuses a JPEG whose data ends early ("image file is truncated"),
+/// while the `image` crate fills the missing rows with grey. A JPEG is taken
+/// as complete only when its segments and scans run to an end-of-image marker.
+fn jpeg_complete(b: &[u8]) -> std::result::Result<(), String> {
+    let truncated =
+        |at: usize| Err(format!("truncated JPEG: the data ends at byte {at} before its end-of-image marker"));
+    let mut i = 2; // after the start-of-image marker
+    loop {
+        // Like libjpeg, skip stray bytes and fill bytes before a marker.
+        while i < b.len() && (b[i] != 0xFF || b.get(i + 1) == Some(&0xFF)) {
+            i += 1;
+        }
+        if i + 1 >= b.len() {
+            return truncated(b.len());
+        }
+        let marker = b[i + 1];
+        i += 2;
+        match marker {
+            0xD9 => return Ok(()),
+            // Standalone markers: no length follows.
+            0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize) else {
+            return truncated(b.len());
+        };
+        i += len;
+        if i > b.len() {
+            return truncated(b.len());
+        }
+        if marker == 0xDA {
+            // Entropy-coded data: 0xFF is followed by a stuffed 0x00 or a restart
+            // marker inside it; any other marker ends the scan.
+            while i + 1 < b.len() && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&b[i + 1])) {
+                i += 1;
+            }
+        }
+    }
 }
