@@ -156,7 +156,8 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     });
     let (model, weights) = (model?, weights?);
     let manifest = provenance(opts, &md, &dataset, &plan, device, weights)?;
-    prepare_store(&opts.out, &manifest, opts.force)?;
+    let reads = [("the dataset", opts.data.as_path()), ("the model", opts.model.as_path())];
+    prepare_store(&opts.out, &manifest, opts.force, &reads)?;
     check_shard_count(&opts.out, opts.shard)?;
 
     let root = opts.out.as_path();
@@ -366,21 +367,31 @@ fn provenance(
 
 /// Makes `root` ready: new stores get a manifest; existing ones must come
 /// from the same model, dataset and plan unless `force` empties them first.
-fn prepare_store(root: &Path, manifest: &Manifest, force: bool) -> Result<()> {
+/// `reads`: what the run reads, as (what it is, path), which `force` must leave alone.
+fn prepare_store(root: &Path, manifest: &Manifest, force: bool, reads: &[(&str, &Path)]) -> Result<()> {
     let existing = Manifest::read(root)?;
     let has_content = root.join(layout::ACTS).exists() || root.join(layout::SAMPLES).exists();
     if force {
-        for name in [layout::ACTS, layout::PROGRESS, LENS_PARTS] {
-            let p = root.join(name);
-            if p.exists() {
-                std::fs::remove_dir_all(&p).map_err(|source| ExtractError::Io { path: p.clone(), source })?;
+        // Only what a store is made of goes, and never what this run reads.
+        let names = [layout::ACTS, layout::PROGRESS, LENS_PARTS, layout::MANIFEST, layout::SAMPLES]
+            .into_iter()
+            .chain([layout::TOKENS, layout::ERRORS, layout::LOGIT_LENS]);
+        let doomed: Vec<PathBuf> = names.map(|n| root.join(n)).filter(|p| p.exists()).collect();
+        for p in &doomed {
+            let p = canonical(p);
+            for (what, read) in reads {
+                if canonical(read).starts_with(&p) {
+                    return Err(ExtractError::Input(format!(
+                        "--force would remove {}, which holds {what} this run reads ({}); write the store elsewhere",
+                        p.display(),
+                        read.display()
+                    )));
+                }
             }
         }
-        for name in [layout::MANIFEST, layout::SAMPLES, layout::TOKENS, layout::ERRORS, layout::LOGIT_LENS] {
-            let p = root.join(name);
-            if p.exists() {
-                std::fs::remove_file(&p).map_err(|source| ExtractError::Io { path: p.clone(), source })?;
-            }
+        for p in doomed {
+            let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            removed.map_err(|source| ExtractError::Io { path: p.clone(), source })?;
         }
     } else if let Some(old) = existing {
         old.same_origin(manifest).and_then(|()| same_precision(&old, manifest)).map_err(|why| {
@@ -398,6 +409,10 @@ fn prepare_store(root: &Path, manifest: &Manifest, force: bool) -> Result<()> {
     }
     std::fs::create_dir_all(root).map_err(|source| ExtractError::Io { path: root.to_path_buf(), source })?;
     Ok(manifest.write(root)?)
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// A chunk's part files are named by the shard that wrote them, so a store

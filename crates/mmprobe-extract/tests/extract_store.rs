@@ -437,3 +437,25 @@ fn a_store_filled_under_one_shard_count_refuses_another_unless_forced() {
     let p = Partition { tower: Tower::Vision, site: Site::Embeds, layer: 0, selector: Selector::Pooled };
     assert_eq!(Store::open(&out).unwrap().load(p).unwrap().sample, (0..11).collect::<Vec<u32>>());
 }
+
+#[test]
+fn force_never_removes_the_dataset_or_model_it_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 3);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    o.towers = Some(vec![Tower::Text]);
+    o.sites = vec![Site::Embeds];
+    o.selectors = vec![Selector::Pooled];
+    extract(&o, &Quiet).unwrap();
+    // The store's own samples.parquet read as the dataset of a forced run into that store.
+    let samples = out.join("samples.parquet");
+    let before = fs::read(&samples).unwrap();
+    o.data = samples.clone();
+    o.force = true;
+    let e = extract(&o, &Quiet).unwrap_err().to_string();
+    assert!(!e.contains('\n') && e.contains("--force") && e.contains(&*samples.to_string_lossy()), "{e}");
+    assert!(e.contains("the dataset"), "{e}");
+    assert_eq!(fs::read(&samples).unwrap(), before, "the dataset is untouched");
+    assert!(out.join("manifest.json").is_file() && out.join("acts").is_dir(), "nothing else was removed either");
+}
