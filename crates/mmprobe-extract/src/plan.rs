@@ -38,24 +38,36 @@ impl FromStr for LayerSpec {
 
 impl LayerSpec {
     /// The layers of `site` in an `n`-layer tower (resid 0..=n, so -1 = n).
-    fn resolve(&self, site: Site, n: usize) -> Vec<usize> {
-        let range = site.layers(n);
+    /// An index outside the tower is an error naming its count; an index in
+    /// the tower that a site lacks (attn and mlp have no layer 0) is left out.
+    fn resolve(&self, site: Site, n: usize, tower: Tower) -> Result<Vec<usize>> {
         if site == Site::Embeds {
-            return vec![0];
+            return Ok(vec![0]);
         }
+        let range = site.layers(n);
         let mut out: Vec<usize> = match self {
             LayerSpec::All => range.collect(),
-            LayerSpec::Indices(ix) => ix
-                .iter()
-                .filter_map(|&i| {
+            LayerSpec::Indices(ix) => {
+                let mut v = Vec::with_capacity(ix.len());
+                for &i in ix {
                     let l = if i < 0 { n as i64 + 1 + i } else { i };
-                    (l >= 0 && range.contains(&(l as usize))).then_some(l as usize)
-                })
-                .collect(),
+                    if l < 0 || l > n as i64 {
+                        return Err(ExtractError::Input(format!(
+                            "--layers: the {tower} tower has {n} layers (0..={n}, 0 being the embeddings, \
+                             or -{}..=-1 from the last), so {i} is none of them",
+                            n + 1
+                        )));
+                    }
+                    if range.contains(&(l as usize)) {
+                        v.push(l as usize);
+                    }
+                }
+                v
+            }
         };
         out.sort_unstable();
         out.dedup();
-        out
+        Ok(out)
     }
 }
 
@@ -100,7 +112,7 @@ impl ExtractionPlan {
                 if !offered.contains(&site) {
                     continue;
                 }
-                let l = layers.resolve(site, t.layers);
+                let l = layers.resolve(site, t.layers, tower)?;
                 if !l.is_empty() {
                     per_site.insert(site, l);
                 }

@@ -124,6 +124,9 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     if shards == 0 || shard >= shards {
         return Err(ExtractError::Input(format!("--shard {shard}/{shards}: need 0 <= I < N")));
     }
+    if opts.run.batch_size == 0 {
+        return Err(ExtractError::Input("--batch-size: the batch size must be at least 1".into()));
+    }
     if opts.chunk_size == 0 {
         return Err(ExtractError::Input("chunk size must be at least 1".into()));
     }
@@ -567,7 +570,7 @@ struct Inputs<'a> {
 impl Inputs<'_> {
     /// Loader thread: prepares every batch of the pending chunks, in order.
     fn produce(&self, pending: &[usize], tx: SyncSender<Result<Prepared>>, permits: Receiver<()>) {
-        let batch = self.opts.run.batch_size.max(1);
+        let batch = self.opts.run.batch_size;
         for &chunk in pending {
             let start = chunk * self.opts.chunk_size;
             let end = (start + self.opts.chunk_size).min(self.dataset.len());

@@ -459,3 +459,37 @@ fn force_never_removes_the_dataset_or_model_it_reads() {
     assert_eq!(fs::read(&samples).unwrap(), before, "the dataset is untouched");
     assert!(out.join("manifest.json").is_file() && out.join("acts").is_dir(), "nothing else was removed either");
 }
+
+#[test]
+fn out_of_range_layers_and_a_zero_batch_are_refused_naming_the_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 2);
+    let out = tmp.path().join("store");
+    let run = |f: &dyn Fn(&mut ExtractOptions)| -> String {
+        let mut o = options("tiny-a", &data, &out);
+        o.towers = Some(vec![Tower::Vision]);
+        o.selectors = vec![Selector::Cls];
+        o.sites = vec![Site::Resid];
+        f(&mut o);
+        let s = extract(&o, &Quiet).unwrap_err().to_string();
+        assert!(!s.contains('\n'), "{s}");
+        s
+    };
+    // tiny-a's vision tower has 2 layers: resid 0..=2, or -3..=-1.
+    for spec in ["99", "2,99", "-4", "0,-4"] {
+        let e = run(&|o| o.layers = spec.parse().unwrap());
+        let bad = spec.rsplit(',').next().unwrap();
+        assert!(e.contains("--layers") && e.contains(&format!("{bad}")) && e.contains("2 layers"), "{spec}: {e}");
+        assert!(!e.contains("--select"), "{spec}: {e}");
+    }
+    let e = run(&|o| o.run.batch_size = 0);
+    assert!(e.contains("batch size") && e.contains("at least 1"), "{e}");
+    assert!(!out.join("acts").exists(), "nothing was extracted");
+    // In range, negative indices count from the last layer.
+    let mut o = options("tiny-a", &data, &out);
+    (o.towers, o.selectors, o.sites) = (Some(vec![Tower::Vision]), vec![Selector::Cls], vec![Site::Resid]);
+    o.layers = "-3,-1".parse().unwrap();
+    extract(&o, &Quiet).unwrap();
+    let layers: Vec<usize> = Store::open(&out).unwrap().partitions().unwrap().iter().map(|p| p.layer).collect();
+    assert_eq!(layers, [0, 2]);
+}
