@@ -1,30 +1,111 @@
 //! The figures a paper would show: accuracy by layer, 2-D projections,
-//! projection histograms, heatmaps, and the modality gap.
+//! projection histograms, heatmaps, and the modality gap. Titles wrap, and
+//! every legend sits beside the data, never on it.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::canvas::{Drawn, Figure, e, range};
-use crate::style::{FAMILY, color, viridis};
+use crate::style::{FAMILY, class_colours, color, diverging, is_light, viridis, wrap};
 
-fn caption_font() -> (&'static str, u32) {
-    (FAMILY, 22)
+/// Width of the legend column beside the data.
+const LEGEND_WIDTH: u32 = 230;
+
+/// Draws `text` as a centred title, wrapped to the area's width; returns the
+/// area below it.
+fn titled<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    text: &str,
+    size: u32,
+) -> Result<DrawingArea<DB, Shift>, String> {
+    if text.trim().is_empty() {
+        return Ok(root.clone());
+    }
+    let (w, _) = root.dim_in_pixel();
+    let per_line = ((w as f64 - 20.0) / (size as f64 * 0.56)).max(10.0) as usize;
+    let lines = wrap(text, per_line);
+    let line_h = size as i32 + 6;
+    let height = 10 + line_h * lines.len() as i32;
+    let (top, rest) = root.split_vertically(height);
+    let style = TextStyle::from((FAMILY, size).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    for (i, line) in lines.iter().enumerate() {
+        top.draw(&Text::new(line.clone(), (w as i32 / 2, 6 + line_h * i as i32), style.clone())).map_err(e)?;
+    }
+    Ok(rest)
 }
 
-/// The series legend every figure draws: a light box at `position`.
-fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
-    chart: &mut ChartContext<'a, DB, CT>,
-    position: SeriesLabelPosition,
-    font_size: u32,
-) -> Drawn {
-    chart
-        .configure_series_labels()
-        .position(position)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .label_font((FAMILY, font_size))
-        .draw()
-        .map_err(e)
+/// How a legend entry is drawn.
+#[derive(Debug, Clone, Copy)]
+pub enum Mark {
+    Line,
+    Dashed,
+    Dotted,
+    Dot,
+    Square,
+    HollowSquare,
+    Triangle,
+    Band,
+    Swatch,
+}
+
+/// One legend entry.
+#[derive(Debug, Clone)]
+pub struct Key {
+    pub mark: Mark,
+    pub colour: RGBColor,
+    pub text: String,
+}
+
+impl Key {
+    pub fn new(mark: Mark, colour: RGBColor, text: impl Into<String>) -> Key {
+        Key { mark, colour, text: text.into() }
+    }
+}
+
+/// A legend as a column of entries in its own area (beside the data).
+fn draw_keys<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, keys: &[Key], top: i32) -> Drawn {
+    let (w, _) = area.dim_in_pixel();
+    let per_line = ((w as i32 - 44) / 8).max(8) as usize;
+    let mut y = top;
+    for k in keys {
+        let c = k.colour;
+        let (x0, x1, cy) = (8, 32, y + 8);
+        match k.mark {
+            Mark::Line => area.draw(&PathElement::new(vec![(x0, cy), (x1, cy)], c.stroke_width(3))).map_err(e)?,
+            Mark::Dashed => {
+                for s in [x0, x0 + 9, x0 + 18] {
+                    area.draw(&PathElement::new(vec![(s, cy), (s + 6, cy)], c.stroke_width(2))).map_err(e)?
+                }
+            }
+            Mark::Dotted => {
+                for s in (x0..x1).step_by(5) {
+                    area.draw(&PathElement::new(vec![(s, cy), (s + 2, cy)], c.stroke_width(1))).map_err(e)?
+                }
+            }
+            Mark::Dot => {
+                area.draw(&Circle::new((x0 + 12, cy), 5, c.filled())).map_err(e)?;
+                if is_light(c) {
+                    area.draw(&Circle::new((x0 + 12, cy), 5, BLACK.mix(0.6))).map_err(e)?;
+                }
+            }
+            Mark::Square => area.draw(&Rectangle::new([(x0 + 7, cy - 5), (x0 + 17, cy + 5)], c.filled())).map_err(e)?,
+            Mark::HollowSquare => {
+                area.draw(&Rectangle::new([(x0 + 7, cy - 5), (x0 + 17, cy + 5)], c.stroke_width(2))).map_err(e)?
+            }
+            Mark::Triangle => area.draw(&TriangleMarker::new((x0 + 12, cy), 6, c.filled())).map_err(e)?,
+            Mark::Swatch => {
+                area.draw(&Rectangle::new([(x0 + 4, cy - 6), (x1 - 4, cy + 6)], c.mix(0.6).filled())).map_err(e)?
+            }
+            Mark::Band => area.draw(&Rectangle::new([(x0, cy - 6), (x1, cy + 6)], c.mix(0.25).filled())).map_err(e)?,
+        }
+        for line in wrap(&k.text, per_line) {
+            area.draw(&Text::new(line, (x1 + 8, y), (FAMILY, 14))).map_err(e)?;
+            y += 18;
+        }
+        y += 4;
+    }
+    Ok(())
 }
 
 /// One layer's probe score with its interval and control-task score.
@@ -37,90 +118,187 @@ pub struct CurvePoint {
     pub control: Option<f64>,
 }
 
-/// One line of a layer curve.
+/// One line of a layer curve: a site and selector of one tower.
 #[derive(Debug, Clone)]
 pub struct Curve {
     pub label: String,
     pub points: Vec<CurvePoint>,
 }
 
-/// Probe accuracy by layer for one concept: a line per tower/site/selector,
-/// the 95% interval as a band, control accuracy dashed, chance dotted.
-pub struct LayerCurves {
-    pub concept: String,
+/// One tower's curves, and its embeds as the last point.
+#[derive(Debug, Clone)]
+pub struct TowerCurves {
+    pub tower: String,
     pub curves: Vec<Curve>,
+    pub embeds: Option<CurvePoint>,
+}
+
+/// Probe score by layer for one concept, one panel per tower: a line per
+/// site/selector (by colour), its 95% interval as a band, its control task
+/// dashed, the embeds as a square after the last layer, chance dotted.
+pub struct LayerCurves {
+    pub name: String,
+    pub title: String,
+    pub panels: Vec<TowerCurves>,
     pub chance: f64,
+    /// How chance is named in the legend, e.g. "chance (1/8 classes) 0.125".
+    pub chance_label: String,
     pub metric: String,
+}
+
+impl LayerCurves {
+    /// Every curve label across panels, sorted: one colour per label in every panel.
+    fn labels(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.panels.iter().flat_map(|p| p.curves.iter().map(|c| c.label.clone())).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn y_range(&self) -> (f64, f64) {
+        let vals = self.panels.iter().flat_map(|p| {
+            p.curves.iter().flat_map(|c| c.points.iter()).chain(p.embeds.iter()).flat_map(|q| {
+                [Some(q.score), q.ci_low, q.ci_high, q.control].into_iter().flatten().filter(|v| v.is_finite())
+            })
+        });
+        let lo = vals.fold(0.0f64, f64::min).min(self.chance);
+        let lo = if lo < 0.0 { lo - 0.05 } else { 0.0 };
+        (lo, 1.02)
+    }
 }
 
 impl Figure for LayerCurves {
     fn name(&self) -> String {
-        format!("layers_{}", slug(&self.concept))
+        self.name.clone()
+    }
+
+    fn size(&self) -> (u32, u32) {
+        (LEGEND_WIDTH + 520 * self.panels.len().max(1) as u32, 560)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
-        let max_layer = self.curves.iter().flat_map(|c| c.points.iter().map(|p| p.layer)).fold(1.0, f64::max);
-        let mut chart = ChartBuilder::on(root)
-            .caption(format!("{}: probe {} by layer", self.concept, self.metric), caption_font())
-            .margin(12)
-            .x_label_area_size(45)
-            .y_label_area_size(60)
-            .build_cartesian_2d(-0.2..max_layer + 0.2, 0.0..1.02)
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc("layer")
-            .x_labels((max_layer as usize + 1).min(25))
-            .x_label_formatter(&|v| if (v - v.round()).abs() < 1e-9 { format!("{v:.0}") } else { String::new() })
-            .y_desc(&self.metric)
-            .label_style((FAMILY, 15))
-            .axis_desc_style((FAMILY, 17))
-            .draw()
-            .map_err(e)?;
-        for (i, c) in self.curves.iter().enumerate() {
-            let col = color(i);
-            let band: Vec<(f64, f64)> = c
-                .points
-                .iter()
-                .filter_map(|p| p.ci_high.map(|hi| (p.layer, hi)))
-                .chain(c.points.iter().rev().filter_map(|p| p.ci_low.map(|lo| (p.layer, lo))))
-                .collect();
-            if band.len() >= 3 {
-                chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.2).filled()))).map_err(e)?;
-            }
+        let body = titled(root, &self.title, 22)?;
+        let (w, _) = body.dim_in_pixel();
+        let (plots, legend) = body.split_horizontally(w as i32 - LEGEND_WIDTH as i32);
+        let labels = self.labels();
+        let colour_of = |label: &str| color(labels.iter().position(|l| l == label).unwrap_or(0));
+        let (y0, y1) = self.y_range();
+        let areas = plots.split_evenly((1, self.panels.len().max(1)));
+        for (area, panel) in areas.iter().zip(&self.panels) {
+            let last = panel.curves.iter().flat_map(|c| c.points.iter().map(|p| p.layer)).fold(0.0, f64::max);
+            let embeds_x = panel.embeds.map(|_| last + 1.0);
+            let x_max = embeds_x.unwrap_or(last).max(1.0);
+            let mut chart = ChartBuilder::on(area)
+                .caption(format!("{} tower", panel.tower), (FAMILY, 19))
+                .margin(10)
+                .x_label_area_size(45)
+                .y_label_area_size(60)
+                .build_cartesian_2d(-0.3..x_max + 0.3, y0..y1)
+                .map_err(e)?;
+            let fmt_x = move |v: &f64| {
+                if (v - v.round()).abs() > 1e-9 {
+                    String::new()
+                } else if embeds_x.is_some_and(|x| (x - v).abs() < 1e-9) {
+                    "embeds".to_string()
+                } else {
+                    format!("{v:.0}")
+                }
+            };
             chart
-                .draw_series(LineSeries::new(c.points.iter().map(|p| (p.layer, p.score)), col.stroke_width(3)))
-                .map_err(e)?
-                .label(c.label.clone())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], col.stroke_width(3)));
-            chart.draw_series(c.points.iter().map(|p| Circle::new((p.layer, p.score), 4, col.filled()))).map_err(e)?;
-            let control: Vec<(f64, f64)> = c.points.iter().filter_map(|p| p.control.map(|v| (p.layer, v))).collect();
-            if !control.is_empty() {
+                .configure_mesh()
+                .x_desc("layer")
+                .x_labels((x_max as usize + 1).min(25))
+                .x_label_formatter(&fmt_x)
+                .y_desc(&self.metric)
+                .label_style((FAMILY, 14))
+                .axis_desc_style((FAMILY, 16))
+                .light_line_style(WHITE)
+                .draw()
+                .map_err(e)?;
+            let chance = self.chance;
+            chart
+                .draw_series(DashedLineSeries::new(
+                    vec![(-0.3, chance), (x_max + 0.3, chance)],
+                    2,
+                    4,
+                    BLACK.stroke_width(1),
+                ))
+                .map_err(e)?;
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    "chance",
+                    (-0.25, chance),
+                    TextStyle::from((FAMILY, 12)).pos(Pos::new(HPos::Left, VPos::Bottom)),
+                )))
+                .map_err(e)?;
+            for c in &panel.curves {
+                let col = colour_of(&c.label);
+                let band: Vec<(f64, f64)> = c
+                    .points
+                    .iter()
+                    .filter_map(|p| p.ci_high.map(|hi| (p.layer, hi)))
+                    .chain(c.points.iter().rev().filter_map(|p| p.ci_low.map(|lo| (p.layer, lo))))
+                    .collect();
+                if band.len() >= 3 {
+                    chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled()))).map_err(e)?;
+                }
+                let control: Vec<(f64, f64)> =
+                    c.points.iter().filter_map(|p| p.control.map(|v| (p.layer, v))).collect();
+                if control.len() > 1 {
+                    chart.draw_series(DashedLineSeries::new(control, 8, 5, col.stroke_width(2))).map_err(e)?;
+                } else if let Some(&(x, y)) = control.first() {
+                    chart.draw_series(std::iter::once(Circle::new((x, y), 4, col.stroke_width(2)))).map_err(e)?;
+                }
                 chart
-                    .draw_series(DashedLineSeries::new(control, 8, 5, col.stroke_width(2)))
-                    .map_err(e)?
-                    .label(format!("{} (control task)", c.label))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 8, y), (x + 13, y), (x + 22, y)], col.stroke_width(2))
-                    });
+                    .draw_series(LineSeries::new(c.points.iter().map(|p| (p.layer, p.score)), col.stroke_width(3)))
+                    .map_err(e)?;
+                chart
+                    .draw_series(c.points.iter().map(|p| Circle::new((p.layer, p.score), 4, col.filled())))
+                    .map_err(e)?;
+            }
+            if let (Some(p), Some(x)) = (panel.embeds, embeds_x) {
+                if let (Some(lo), Some(hi)) = (p.ci_low, p.ci_high) {
+                    chart
+                        .draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(2))))
+                        .map_err(e)?;
+                }
+                chart
+                    .draw_series(std::iter::once(
+                        EmptyElement::at((x, p.score)) + Rectangle::new([(-6, -6), (6, 6)], BLACK.filled()),
+                    ))
+                    .map_err(e)?;
+                if let Some(c) = p.control {
+                    chart
+                        .draw_series(std::iter::once(
+                            EmptyElement::at((x, c)) + Rectangle::new([(-5, -5), (5, 5)], BLACK.stroke_width(2)),
+                        ))
+                        .map_err(e)?;
+                }
             }
         }
-        let chance = self.chance;
-        chart
-            .draw_series(DashedLineSeries::new(
-                vec![(-0.2, chance), (max_layer + 0.2, chance)],
-                2,
-                4,
-                BLACK.stroke_width(1),
-            ))
-            .map_err(e)?
-            .label(format!("chance ({chance:.2})"))
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 22, y)], BLACK.stroke_width(1)));
-        draw_legend(&mut chart, SeriesLabelPosition::LowerRight, 14)
+        let mut keys: Vec<Key> = Vec::new();
+        let has_control =
+            self.panels.iter().flat_map(|p| &p.curves).any(|c| c.points.iter().any(|p| p.control.is_some()));
+        for l in &labels {
+            keys.push(Key::new(Mark::Line, colour_of(l), l.clone()));
+            if has_control {
+                keys.push(Key::new(Mark::Dashed, colour_of(l), format!("{l}: control task")));
+            }
+        }
+        keys.push(Key::new(Mark::Band, BLACK, "shaded: 95% interval"));
+        if self.panels.iter().any(|p| p.embeds.is_some()) {
+            keys.push(Key::new(Mark::Square, BLACK, "embeds (pooled), bar: 95% interval"));
+            if self.panels.iter().any(|p| p.embeds.is_some_and(|q| q.control.is_some())) {
+                keys.push(Key::new(Mark::HollowSquare, BLACK, "embeds: control task"));
+            }
+        }
+        keys.push(Key::new(Mark::Dotted, BLACK, self.chance_label.clone()));
+        draw_keys(&legend, &keys, 50)
     }
 }
 
-/// Points in 2-D coloured by class.
+/// Points in 2-D coloured by class; a panel whose states are all equal is
+/// marked as constant instead of drawn as one dot.
 #[derive(Debug, Clone)]
 pub struct Panel {
     pub title: String,
@@ -128,6 +306,7 @@ pub struct Panel {
     pub class: Vec<usize>,
     pub x_label: String,
     pub y_label: String,
+    pub constant: bool,
 }
 
 /// One or more scatter panels (small multiples) sharing a class legend.
@@ -138,42 +317,50 @@ pub struct Scatter {
     pub class_names: Vec<String>,
 }
 
-fn draw_panel<DB: DrawingBackend>(
-    area: &DrawingArea<DB, Shift>,
-    p: &Panel,
-    names: &[String],
-    legend: bool,
-    small: bool,
-) -> Drawn {
+fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &Panel, names: &[String], small: bool) -> Drawn {
+    let font = if small { 14 } else { 18 };
+    if p.constant {
+        let inner = titled(area, &p.title, font)?;
+        let (w, h) = inner.dim_in_pixel();
+        inner.draw(&Rectangle::new([(6, 4), (w as i32 - 6, h as i32 - 6)], BLACK.mix(0.3))).map_err(e)?;
+        let style = TextStyle::from((FAMILY, 13)).pos(Pos::new(HPos::Center, VPos::Center));
+        for (i, line) in ["constant states:", "every sample has", "the same vector here"].iter().enumerate() {
+            inner
+                .draw(&Text::new(*line, (w as i32 / 2, h as i32 / 2 - 18 + 18 * i as i32), style.clone()))
+                .map_err(e)?;
+        }
+        return Ok(());
+    }
+    let colours = class_colours(names);
     let (x0, x1) = range(p.xy.iter().map(|v| v.0));
     let (y0, y1) = range(p.xy.iter().map(|v| v.1));
-    let mut chart = ChartBuilder::on(area)
-        .caption(&p.title, (FAMILY, if small { 15 } else { 20 }))
+    let inner = titled(area, &p.title, font)?;
+    let mut chart = ChartBuilder::on(&inner)
         .margin(6)
         .x_label_area_size(if small { 22 } else { 40 })
-        .y_label_area_size(if small { 34 } else { 55 })
+        .y_label_area_size(if small { 38 } else { 60 })
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(e)?;
     let mut mesh = chart.configure_mesh();
-    mesh.label_style((FAMILY, if small { 10 } else { 14 })).x_labels(4).y_labels(4);
+    mesh.label_style((FAMILY, if small { 10 } else { 14 })).x_labels(4).y_labels(4).light_line_style(WHITE);
     if !small {
         mesh.x_desc(&p.x_label).y_desc(&p.y_label).axis_desc_style((FAMILY, 16));
     }
     mesh.draw().map_err(e)?;
-    for (k, name) in names.iter().enumerate() {
-        let col = color(k);
+    let r = if small { 2 } else { 3 };
+    for (k, col) in colours.iter().enumerate() {
+        let col = *col;
         let pts: Vec<(f64, f64)> = p.xy.iter().zip(&p.class).filter(|(_, c)| **c == k).map(|(v, _)| *v).collect();
-        let s = chart
-            .draw_series(pts.into_iter().map(|v| Circle::new(v, if small { 2 } else { 3 }, col.mix(0.75).filled())))
-            .map_err(e)?;
-        if legend {
-            s.label(name.clone()).legend(move |(x, y)| Circle::new((x + 8, y), 4, col.filled()));
+        chart.draw_series(pts.iter().map(|v| Circle::new(*v, r, col.mix(0.75).filled()))).map_err(e)?;
+        if is_light(col) {
+            chart.draw_series(pts.iter().map(|v| Circle::new(*v, r, BLACK.mix(0.5)))).map_err(e)?;
         }
     }
-    if legend {
-        draw_legend(&mut chart, SeriesLabelPosition::MiddleRight, 13)?;
-    }
     Ok(())
+}
+
+fn class_keys(names: &[String]) -> Vec<Key> {
+    class_colours(names).into_iter().zip(names).map(|(c, n)| Key::new(Mark::Dot, c, n.clone())).collect()
 }
 
 impl Figure for Scatter {
@@ -183,29 +370,24 @@ impl Figure for Scatter {
 
     fn size(&self) -> (u32, u32) {
         match self.panels.len() {
-            1 => (760, 620),
-            n => (1200, (80 + 300 * n.div_ceil(4) as u32).max(420)),
+            1 => (780 + LEGEND_WIDTH - 60, 680),
+            n => (1100 + LEGEND_WIDTH - 60, (100 + 280 * n.div_ceil(4) as u32).max(420)),
         }
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
+        let body = titled(root, &self.title, 20)?;
+        let (w, _) = body.dim_in_pixel();
+        let (data, legend) = body.split_horizontally(w as i32 - (LEGEND_WIDTH as i32 - 60));
         if self.panels.len() == 1 {
-            return draw_panel(root, &self.panels[0], &self.class_names, true, false);
+            draw_panel(&data, &self.panels[0], &self.class_names, false)?;
+        } else {
+            let rows = self.panels.len().div_ceil(4);
+            for (area, p) in data.split_evenly((rows, 4)).iter().zip(&self.panels) {
+                draw_panel(area, p, &self.class_names, true)?;
+            }
         }
-        let titled = root.titled(&self.title, caption_font()).map_err(e)?;
-        let (body, legend) = titled.split_vertically(titled.dim_in_pixel().1 as i32 - 30);
-        let rows = self.panels.len().div_ceil(4);
-        for (area, p) in body.split_evenly((rows, 4)).iter().zip(&self.panels) {
-            draw_panel(area, p, &self.class_names, false, true)?;
-        }
-        // A shared legend along the bottom.
-        let mut x = 20;
-        for (k, n) in self.class_names.iter().enumerate() {
-            legend.draw(&Circle::new((x, 12), 5, color(k).filled())).map_err(e)?;
-            legend.draw(&Text::new(n.clone(), (x + 10, 4), (FAMILY, 14))).map_err(e)?;
-            x += 22 + 9 * n.chars().count() as i32;
-        }
-        Ok(())
+        draw_keys(&legend, &class_keys(&self.class_names), 30)
     }
 }
 
@@ -223,7 +405,15 @@ impl Figure for Histograms {
         self.name.clone()
     }
 
+    fn size(&self) -> (u32, u32) {
+        (900 + LEGEND_WIDTH - 60, 560)
+    }
+
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
+        let body = titled(root, &self.title, 20)?;
+        let (w, _) = body.dim_in_pixel();
+        let (data, legend) = body.split_horizontally(w as i32 - (LEGEND_WIDTH as i32 - 60));
+        let colours = class_colours(&self.class_names);
         let (lo, hi) = range(self.values.iter().flatten().copied());
         let bins = 30;
         let width = (hi - lo) / bins as f64;
@@ -232,15 +422,14 @@ impl Figure for Histograms {
             .iter()
             .map(|v| {
                 let mut c = vec![0.0; bins];
-                for &x in v {
-                    c[(((x - lo) / width) as usize).min(bins - 1)] += 1.0 / v.len().max(1) as f64;
+                for &x in v.iter().filter(|x| x.is_finite()) {
+                    c[(((x - lo) / width).max(0.0) as usize).min(bins - 1)] += 1.0 / v.len().max(1) as f64;
                 }
                 c
             })
             .collect();
         let top = counts.iter().flatten().fold(0.0f64, |a, &b| a.max(b)) * 1.1;
-        let mut chart = ChartBuilder::on(root)
-            .caption(&self.title, caption_font())
+        let mut chart = ChartBuilder::on(&data)
             .margin(12)
             .x_label_area_size(45)
             .y_label_area_size(60)
@@ -249,27 +438,36 @@ impl Figure for Histograms {
         chart
             .configure_mesh()
             .x_desc(&self.x_label)
-            .y_desc("fraction of class")
+            .y_desc("fraction of the class")
             .label_style((FAMILY, 14))
             .axis_desc_style((FAMILY, 16))
+            .light_line_style(WHITE)
             .draw()
             .map_err(e)?;
         for (k, c) in counts.iter().enumerate() {
-            let col = color(k);
+            let col = colours[k];
             chart
-                .draw_series(c.iter().enumerate().map(|(b, &h)| {
+                .draw_series(c.iter().enumerate().filter(|(_, h)| **h > 0.0).map(|(b, &h)| {
                     let x0 = lo + b as f64 * width;
-                    Rectangle::new([(x0, 0.0), (x0 + width, h)], col.mix(0.45).filled())
+                    Rectangle::new([(x0, 0.0), (x0 + width, h)], col.mix(0.4).filled())
                 }))
-                .map_err(e)?
-                .label(self.class_names[k].clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 14, y + 5)], col.mix(0.6).filled()));
+                .map_err(e)?;
+            // The outline keeps overlapping classes apart.
+            let outline: Vec<(f64, f64)> = c
+                .iter()
+                .enumerate()
+                .flat_map(|(b, &h)| [(lo + b as f64 * width, h), (lo + (b + 1) as f64 * width, h)])
+                .collect();
+            chart.draw_series(LineSeries::new(outline, col.stroke_width(2))).map_err(e)?;
         }
-        draw_legend(&mut chart, SeriesLabelPosition::MiddleRight, 13)
+        let keys: Vec<Key> =
+            colours.iter().zip(&self.class_names).map(|(c, n)| Key::new(Mark::Swatch, *c, n.clone())).collect();
+        draw_keys(&legend, &keys, 30)
     }
 }
 
-/// A labelled square matrix (CKA, cosines) with a viridis scale.
+/// A labelled square matrix (CKA, cosines), names on both axes; `diverging`
+/// draws a blue-white-red map centred on 0 (for signed values).
 pub struct Heatmap {
     pub name: String,
     pub title: String,
@@ -277,6 +475,31 @@ pub struct Heatmap {
     pub values: Vec<Vec<f64>>,
     pub lo: f64,
     pub hi: f64,
+    pub diverging: bool,
+    /// What the colour scale measures, e.g. "linear CKA".
+    pub scale_label: String,
+}
+
+impl Heatmap {
+    fn cell(&self) -> u32 {
+        (720 / self.labels.len().max(1) as u32).clamp(16, 70)
+    }
+
+    fn label_space(&self) -> u32 {
+        let longest = self.labels.iter().map(|l| l.chars().count()).max().unwrap_or(4) as u32;
+        (longest * 7 + 16).min(360)
+    }
+
+    fn colour(&self, v: f64) -> RGBColor {
+        let t = (v - self.lo) / (self.hi - self.lo).max(1e-12);
+        if !v.is_finite() {
+            RGBColor(200, 200, 200)
+        } else if self.diverging {
+            diverging(t)
+        } else {
+            viridis(t)
+        }
+    }
 }
 
 impl Figure for Heatmap {
@@ -285,80 +508,99 @@ impl Figure for Heatmap {
     }
 
     fn size(&self) -> (u32, u32) {
-        let n = self.labels.len() as u32;
-        let longest = self.labels.iter().map(|l| l.chars().count()).max().unwrap_or(4) as u32;
-        let side = (160 + 24 * n).clamp(480, 1400);
-        (side + 120 + (longest * 7).min(320), side)
+        let side = self.cell() * self.labels.len() as u32;
+        let title_lines = wrap(&self.title, 70).len() as u32;
+        (self.label_space() + side + 150, self.label_space() + side + 40 + 28 * title_lines)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
         let n = self.labels.len();
-        let (w, _) = root.dim_in_pixel();
-        let (main, scale) = root.split_horizontally(w as i32 - 110);
-        // Rows carry "name (i)", columns just i: long names never collide.
-        let label_space = self.labels.iter().map(|l| l.chars().count()).max().unwrap_or(4) as u32 * 7 + 40;
+        let body = titled(root, &self.title, 20)?;
+        let (w, _) = body.dim_in_pixel();
+        let (main, scale) = body.split_horizontally(w as i32 - 130);
+        let space = self.label_space();
         let mut chart = ChartBuilder::on(&main)
-            .caption(&self.title, caption_font())
-            .margin(10)
-            .x_label_area_size(30)
-            .y_label_area_size(label_space.min(320))
+            .margin(8)
+            .x_label_area_size(space)
+            .y_label_area_size(space)
             // A segmented 0..n-1 has n cells, labels at their centres.
             .build_cartesian_2d((0..n.saturating_sub(1)).into_segmented(), (0..n.saturating_sub(1)).into_segmented())
             .map_err(e)?;
+        // Row 0 at the top, as a matrix is read.
         let labels = self.labels.clone();
-        let name = move |v: &SegmentValue<usize>| match v {
-            SegmentValue::CenterOf(i) if *i < labels.len() => format!("{} ({i})", labels[*i]),
+        let row_name = |v: &SegmentValue<usize>| match v {
+            SegmentValue::CenterOf(i) if *i < labels.len() => labels[labels.len() - 1 - *i].clone(),
             _ => String::new(),
         };
-        let index = |v: &SegmentValue<usize>| match v {
-            SegmentValue::CenterOf(i) => i.to_string(),
-            _ => String::new(),
-        };
-        let font = (FAMILY, if n > 30 { 9 } else { 12 });
+        let size = if n > 30 { 10 } else { 12 };
         chart
             .configure_mesh()
             .disable_mesh()
             .x_labels(n)
             .y_labels(n)
-            .x_label_formatter(&index)
-            .y_label_formatter(&name)
-            .label_style(font)
+            .x_label_formatter(&|_| String::new())
+            .y_label_formatter(&row_name)
+            .y_label_style((FAMILY, size))
             .draw()
             .map_err(e)?;
-        let span = (self.hi - self.lo).max(1e-12);
+        // Column names, turned a quarter clockwise and hung below each column.
+        let turned = TextStyle::from((FAMILY, size).into_font()).transform(FontTransform::Rotate90);
+        for (j, l) in self.labels.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(SegmentValue::CenterOf(j), SegmentValue::Exact(0)));
+            main.draw(&Text::new(l.clone(), (px + size / 2, py + 6), turned.clone())).map_err(e)?;
+        }
         chart
             .draw_series((0..n).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| {
-                let v = self.values[i][j];
-                let c = if v.is_finite() { viridis((v - self.lo) / span) } else { RGBColor(200, 200, 200) };
+                let y = n - 1 - i;
                 Rectangle::new(
                     [
-                        (SegmentValue::Exact(j), SegmentValue::Exact(i)),
-                        (SegmentValue::Exact(j + 1), SegmentValue::Exact(i + 1)),
+                        (SegmentValue::Exact(j), SegmentValue::Exact(y)),
+                        (SegmentValue::Exact(j + 1), SegmentValue::Exact(y + 1)),
                     ],
-                    c.filled(),
+                    self.colour(self.values[i][j]).filled(),
                 )
             }))
             .map_err(e)?;
+        if self.cell() >= 34 {
+            let style = TextStyle::from((FAMILY, 12)).pos(Pos::new(HPos::Center, VPos::Center));
+            chart
+                .draw_series((0..n).flat_map(|i| (0..n).map(move |j| (i, j))).filter_map(|(i, j)| {
+                    let v = self.values[i][j];
+                    let c = self.colour(v);
+                    let dark = 0.299 * c.0 as f64 + 0.587 * c.1 as f64 + 0.114 * c.2 as f64 <= 128.0;
+                    let s = style.color(if dark { &WHITE } else { &BLACK });
+                    v.is_finite().then(|| {
+                        Text::new(format!("{v:.2}"), (SegmentValue::CenterOf(j), SegmentValue::CenterOf(n - 1 - i)), s)
+                    })
+                }))
+                .map_err(e)?;
+        }
         // Colour scale.
         let (_, h) = scale.dim_in_pixel();
-        let (top, bottom) = (50i32, h as i32 - 60);
+        let (top, bottom) = (40i32, (h as i32 - space as i32).max(160));
         for y in top..bottom {
             let t = 1.0 - (y - top) as f64 / (bottom - top) as f64;
-            scale.draw(&Rectangle::new([(20, y), (45, y + 1)], viridis(t).filled())).map_err(e)?;
+            let c = self.colour(self.lo + t * (self.hi - self.lo));
+            scale.draw(&Rectangle::new([(20, y), (45, y + 1)], c.filled())).map_err(e)?;
         }
+        scale.draw(&Rectangle::new([(20, top), (45, bottom)], BLACK.mix(0.4))).map_err(e)?;
         for (t, v) in [(0.0, self.lo), (0.5, (self.lo + self.hi) / 2.0), (1.0, self.hi)] {
             let y = bottom - ((bottom - top) as f64 * t) as i32;
             scale.draw(&Text::new(format!("{v:.2}"), (50, y - 7), (FAMILY, 13))).map_err(e)?;
         }
+        scale.draw(&Text::new(self.scale_label.clone(), (12, top - 26), (FAMILY, 13))).map_err(e)?;
         Ok(())
     }
 }
 
-/// Image and text embeds in one 2-D PCA, pairs joined by faint lines.
+/// Image and text embeds in one 2-D PCA; a few pairs joined by thin lines
+/// drawn under the points.
 pub struct ModalityGap {
     pub image: Vec<(f64, f64)>,
     pub text: Vec<(f64, f64)>,
     pub gap: f64,
+    /// How many pairs (the first ones of a seeded subsample) are joined.
+    pub joined: usize,
 }
 
 impl Figure for ModalityGap {
@@ -367,17 +609,28 @@ impl Figure for ModalityGap {
     }
 
     fn size(&self) -> (u32, u32) {
-        (760, 620)
+        (760 + LEGEND_WIDTH - 60, 680)
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
+        let joined = self.joined.min(self.image.len());
+        let body = titled(
+            root,
+            &format!(
+                "Modality gap {:.3}: {} image and text embeds (L2-normalised) in one PCA",
+                self.gap,
+                self.image.len()
+            ),
+            20,
+        )?;
+        let (w, _) = body.dim_in_pixel();
+        let (data, legend) = body.split_horizontally(w as i32 - (LEGEND_WIDTH as i32 - 60));
         let (x0, x1) = range(self.image.iter().chain(&self.text).map(|v| v.0));
         let (y0, y1) = range(self.image.iter().chain(&self.text).map(|v| v.1));
-        let mut chart = ChartBuilder::on(root)
-            .caption(format!("Modality gap {:.3} (embeds, joint PCA)", self.gap), caption_font())
+        let mut chart = ChartBuilder::on(&data)
             .margin(12)
             .x_label_area_size(40)
-            .y_label_area_size(55)
+            .y_label_area_size(60)
             .build_cartesian_2d(x0..x1, y0..y1)
             .map_err(e)?;
         chart
@@ -386,25 +639,28 @@ impl Figure for ModalityGap {
             .y_desc("PC 2")
             .label_style((FAMILY, 14))
             .axis_desc_style((FAMILY, 16))
+            .light_line_style(WHITE)
             .draw()
             .map_err(e)?;
+        let grey = RGBColor(120, 120, 120);
         chart
             .draw_series(
-                self.image.iter().zip(&self.text).map(|(a, b)| PathElement::new(vec![*a, *b], BLACK.mix(0.08))),
+                self.image
+                    .iter()
+                    .zip(&self.text)
+                    .take(joined)
+                    .map(|(a, b)| PathElement::new(vec![*a, *b], grey.mix(0.35).stroke_width(1))),
             )
             .map_err(e)?;
         let (ci, ct) = (color(4), color(3));
-        chart
-            .draw_series(self.image.iter().map(|v| Circle::new(*v, 3, ci.mix(0.8).filled())))
-            .map_err(e)?
-            .label("image")
-            .legend(move |(x, y)| Circle::new((x + 8, y), 4, ci.filled()));
-        chart
-            .draw_series(self.text.iter().map(|v| TriangleMarker::new(*v, 4, ct.mix(0.8).filled())))
-            .map_err(e)?
-            .label("text")
-            .legend(move |(x, y)| TriangleMarker::new((x + 8, y), 5, ct.filled()));
-        draw_legend(&mut chart, SeriesLabelPosition::MiddleRight, 14)
+        chart.draw_series(self.image.iter().map(|v| Circle::new(*v, 3, ci.mix(0.7).filled()))).map_err(e)?;
+        chart.draw_series(self.text.iter().map(|v| TriangleMarker::new(*v, 4, ct.mix(0.7).filled()))).map_err(e)?;
+        let keys = vec![
+            Key::new(Mark::Dot, ci, "image embeds"),
+            Key::new(Mark::Triangle, ct, "text embeds"),
+            Key::new(Mark::Line, grey, format!("{joined} of the pairs, joined")),
+        ];
+        draw_keys(&legend, &keys, 30)
     }
 }
 

@@ -14,9 +14,21 @@ use polars::prelude::*;
 
 const N: usize = 90;
 
-/// A store with 4 vision layers, embeds of both towers and two concepts;
-/// with `red_only`, vision layer 3 holds only the red samples (one colour class there).
-fn make_store(root: &Path, red_only: bool) {
+/// How a test store differs from the plain one.
+#[derive(Default, Clone, Copy)]
+struct Opts {
+    /// Vision layer 3 holds only the red samples (one colour class there).
+    red_only: bool,
+    /// Vision layer 0 holds one vector for every sample.
+    constant_layer0: bool,
+    /// No text embeds: nothing paired, no modality gap.
+    no_text_embeds: bool,
+}
+
+/// A store with 4 vision layers, embeds of both towers and three concepts
+/// (colour, shape and `noise`, a label unrelated to the states).
+fn make_store(root: &Path, o: Opts) {
+    let red_only = o.red_only;
     let mut rng = Rng::new(2);
     let colour: Vec<usize> = (0..N).map(|i| i % 3).collect();
     let shape: Vec<usize> = (0..N).map(|i| (i / 3) % 2).collect();
@@ -31,7 +43,10 @@ fn make_store(root: &Path, red_only: bool) {
         }
         let keep: Vec<usize> =
             (0..N).filter(|&i| !(red_only && p.layer == 3 && p.site == Site::Resid) || colour[i] == 0).collect();
-        let data: Vec<f32> = keep.iter().flat_map(|&i| data[i * d..(i + 1) * d].to_vec()).collect();
+        let mut data: Vec<f32> = keep.iter().flat_map(|&i| data[i * d..(i + 1) * d].to_vec()).collect();
+        if o.constant_layer0 && p.layer == 0 && p.site == Site::Resid {
+            data = (0..keep.len() * d).map(|k| (k % d) as f32 * 0.25).collect();
+        }
         let rows =
             PartRows { width: d, sample: keep.iter().map(|&i| i as u32).collect(), pos: vec![-1; keep.len()], data };
         write_part(p.part(root, 0, 0), &rows).unwrap();
@@ -39,7 +54,8 @@ fn make_store(root: &Path, red_only: bool) {
     for l in 0..4 {
         write(Partition { tower: Tower::Vision, site: Site::Resid, layer: l, selector: Selector::Cls }, 10, l as f32);
     }
-    for t in [Tower::Vision, Tower::Text] {
+    let towers: &[Tower] = if o.no_text_embeds { &[Tower::Vision] } else { &[Tower::Vision, Tower::Text] };
+    for &t in towers {
         write(Partition { tower: t, site: Site::Embeds, layer: 0, selector: Selector::Pooled }, 6, 2.0);
     }
     let names = ["red", "green", "blue"];
@@ -49,6 +65,10 @@ fn make_store(root: &Path, red_only: bool) {
             Column::new("sample".into(), (0..N as u32).collect::<Vec<_>>()),
             Column::new("colour".into(), (0..N).map(|i| names[colour[i]]).collect::<Vec<_>>()),
             Column::new("shape".into(), (0..N).map(|i| ["square", "circle"][shape[i]]).collect::<Vec<_>>()),
+            Column::new(
+                "noise".into(),
+                (0..N).map(|i| ["up", "down", "left"][(i / 6) % 3]).collect::<Vec<_>>(),
+            ),
         ],
     )
     .unwrap();
@@ -56,8 +76,12 @@ fn make_store(root: &Path, red_only: bool) {
 }
 
 fn analyse(store_dir: &Path, out: &Path) -> Vec<tables::ProbeRow> {
+    analyse_concepts(store_dir, out, &["colour", "shape"])
+}
+
+fn analyse_concepts(store_dir: &Path, out: &Path, concepts: &[&str]) -> Vec<tables::ProbeRow> {
     let store = mmprobe_store::Store::open(store_dir).unwrap();
-    let concepts = vec!["colour".to_string(), "shape".to_string()];
+    let concepts: Vec<String> = concepts.iter().map(|c| c.to_string()).collect();
     let p = ProbeParams { logistic: LogisticParams { c: Some(1.0), ..Default::default() }, ..Default::default() }
         .check()
         .unwrap();
@@ -86,7 +110,13 @@ fn analyse(store_dir: &Path, out: &Path) -> Vec<tables::ProbeRow> {
     let gp = GeometryParams { cka_rows: 100, silhouette_rows: 100, ..Default::default() }.check().unwrap();
     let (g, k, s) = sweep::geometry_store(&store, &Filters::default(), &gp, &p.logistic, &|| {}).unwrap();
     tables::geometry::write(out, &g, &k, &s).unwrap();
+    let (erased, _) = sweep::erase_store(&store, "colour", &Filters::default(), &p, &GroupBy::Sample, &|| {}).unwrap();
+    tables::erase::write(out, &erased).unwrap();
     rows
+}
+
+fn svg(out: &Path, name: &str) -> String {
+    std::fs::read_to_string(out.join("figures").join(format!("{name}.svg"))).unwrap()
 }
 
 #[test]
@@ -94,17 +124,18 @@ fn report_writes_every_figure_and_links_only_existing_files() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, res, out) = (tmp.path().join("store"), tmp.path().join("results"), tmp.path().join("report"));
     std::fs::create_dir_all(&res).unwrap();
-    make_store(&store, false);
+    make_store(&store, Opts::default());
     analyse(&store, &res);
     let s = mmprobe_plot::write_report(&store, &res, &out).unwrap();
     let names: Vec<String> = s.figures.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     for want in [
         "layers_colour.png",
         "layers_shape.svg",
-        "pca_colour.png",
-        "lda_shape.png",
-        "hist_colour.png",
-        "layers_pca_colour.png",
+        "pca_colour_vision.png",
+        "pca_colour_text.png",
+        "lda_shape_vision.png",
+        "hist_colour_vision.png",
+        "layers_pca_colour_vision.png",
         "cka.png",
         "direction_cosines.png",
         "modality_gap.png",
@@ -131,10 +162,44 @@ fn report_writes_every_figure_and_links_only_existing_files() {
     for part in html.split("src=\"").skip(1).chain(html.split("href=\"").skip(1)) {
         let target = &part[..part.find('"').unwrap()];
         assert!(!target.starts_with("http"), "network reference {target}");
+        if let Some(id) = target.strip_prefix('#') {
+            assert!(html.contains(&format!("id=\"{id}\"")), "report.html links to a missing section {target}");
+            continue;
+        }
         assert!(out.join(target).exists(), "report.html references missing {target}");
         refs += 1;
     }
     assert!(refs >= 2 * 9, "{refs} references");
+    // Sections per concept and tower, listed in the table of contents.
+    for id in ["c-colour", "c-colour-vision", "c-colour-text", "c-shape-vision", "geometry", "erase", "best"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "no section {id}");
+        assert!(html.contains(&format!("href=\"#{id}\"")), "{id} missing from the contents");
+    }
+    // A caption that says what to read under every figure, not just its file name.
+    let figures = html.matches("<figure>").count();
+    assert_eq!(figures, s.figures.len() / 2);
+    for cap in html.split("<figcaption>").skip(1) {
+        let text = &cap[..cap.find("<span class=\"files\">").unwrap()];
+        assert!(text.split_whitespace().count() >= 20, "caption too thin: {text}");
+    }
+    // The best-layer table names chance; geometry counts are integers.
+    assert!(html.contains("<th>chance</th>") && html.contains("0.333"));
+    assert!(html.contains(&format!("<td class=\"num\">{N}</td>")), "pairs not an integer");
+    assert!(!html.contains(&format!("{N}.000")));
+    assert!(html.contains("Erasure (LEACE)") && html.contains("majority-class rate"));
+    // Layer curves: a panel per tower, embeds as the last point, chance named.
+    let curves = svg(&out, "layers_colour");
+    for want in ["vision tower", "text tower", "embeds", "chance: 1/3 classes", "resid cls: control task"] {
+        assert!(curves.contains(want), "layers_colour.svg lacks {want:?}");
+    }
+    // Two classes have one discriminant: no "LD 2" axis; the LDA says what it was fit on.
+    let lda2 = svg(&out, "lda_shape_vision");
+    assert!(lda2.contains("PC 1 orthogonal to LD 1") && !lda2.contains("LD 2"));
+    assert!(lda2.contains("in-sample"));
+    assert!(svg(&out, "lda_colour_vision").contains("LD 2"));
+    // Colour words are drawn in their colour: red points are red.
+    let pca = svg(&out, "pca_colour_vision");
+    assert!(pca.contains("#DC1E1E") || pca.contains("#dc1e1e"), "no red in pca_colour_vision.svg");
     // To look at the figures: MMPROBE_KEEP_REPORT=/some/dir cargo test -p mmprobe-plot
     if let Ok(keep) = std::env::var("MMPROBE_KEEP_REPORT") {
         let _ = std::fs::remove_dir_all(&keep);
@@ -147,12 +212,44 @@ fn a_concept_with_one_class_on_some_partitions_is_skipped_there_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let (store, res, out) = (tmp.path().join("store"), tmp.path().join("results"), tmp.path().join("report"));
     std::fs::create_dir_all(&res).unwrap();
-    make_store(&store, true);
+    make_store(&store, Opts { red_only: true, ..Opts::default() });
     let rows = analyse(&store, &res);
     let layer3 = |c: &str| rows.iter().find(|r| r.concept == c && r.partition.layer == 3).unwrap();
     let skipped = layer3("colour").skipped.clone().unwrap_or_default();
     assert!(skipped.contains("needs at least 2 classes, found 1 (red)"), "{skipped}");
     assert!(layer3("shape").skipped.is_none() && layer3("shape").accuracy.is_some());
     let s = mmprobe_plot::write_report(&store, &res, &out).unwrap();
-    assert!(s.figures.iter().any(|f| f.ends_with("layers_pca_colour.png")));
+    assert!(s.figures.iter().any(|f| f.ends_with("layers_pca_colour_vision.png")));
+}
+
+#[test]
+fn constant_layers_are_marked_and_a_chance_level_best_layer_is_flagged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store, res, out) = (tmp.path().join("store"), tmp.path().join("results"), tmp.path().join("report"));
+    std::fs::create_dir_all(&res).unwrap();
+    make_store(&store, Opts { constant_layer0: true, no_text_embeds: true, ..Opts::default() });
+    let rows = analyse_concepts(&store, &res, &["colour", "noise"]);
+    let s = mmprobe_plot::write_report(&store, &res, &out).unwrap();
+    // The constant layer is a marked panel and a marked CKA row, not a dot.
+    assert!(svg(&out, "layers_pca_colour_vision").contains("constant states"));
+    assert!(svg(&out, "cka").contains("vision resid 0 cls (constant)"));
+    let html = std::fs::read_to_string(&s.html).unwrap();
+    // The flag follows ProbeRow::covers_chance on the rows best_per_tower picks.
+    let best = tables::probes::best_per_tower(&rows);
+    let table = &html[html.find("id=\"best\"").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let trs: Vec<&str> = table.split("<tr>").skip(2).collect();
+    assert_eq!(trs.len(), best.len());
+    for (tr, b) in trs.iter().zip(&best) {
+        assert!(tr.contains(&format!(">{}</a>", b.concept)));
+        assert_eq!(tr.contains("not above chance"), b.covers_chance(), "{tr}");
+    }
+    let noise = best.iter().find(|b| b.concept == "noise").unwrap();
+    assert!(noise.covers_chance(), "the noise label should not beat chance: {noise:?}");
+    assert!(best.iter().any(|b| b.concept == "colour" && !b.covers_chance()));
+    // No paired embeds: said in words, and no geometry table.
+    let geometry = &html[html.find("id=\"geometry\"").unwrap()..];
+    assert!(geometry.contains("No paired image and text embeds"));
+    assert!(!geometry.contains("<table>"));
+    assert!(!s.figures.iter().any(|f| f.ends_with("modality_gap.png")));
 }
