@@ -33,6 +33,8 @@ pub enum ExtractError {
     Store(#[from] mmprobe_store::StoreError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    #[error("the forward pass over rows {first}..={last} failed: {message}")]
+    Forward { first: u32, last: u32, message: String },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
 }

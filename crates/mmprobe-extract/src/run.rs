@@ -158,15 +158,6 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         (model, hashes.join().expect("hashing does not panic"))
     });
     let (model, weights) = (model?, weights?);
-    let manifest = provenance(opts, &md, &dataset, &plan, device, weights)?;
-    let reads = [("the dataset", opts.data.as_path()), ("the model", opts.model.as_path())];
-    prepare_store(&opts.out, &manifest, opts.force, &reads)?;
-    check_shard_count(&opts.out, opts.shard)?;
-
-    let root = opts.out.as_path();
-    if !root.join(layout::SAMPLES).exists() {
-        write_parquet(&root.join(layout::SAMPLES), &mut dataset.frame.clone())?;
-    }
     let tokenizer = match plan.sites.contains_key(&Tower::Text) {
         true => Some(text_tokenizer(&opts.model, &md)?),
         false => None,
@@ -174,12 +165,14 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let prompts = match (&model, plan.sites.contains_key(&Tower::Decoder)) {
         (Model::Llava(l), true) => {
             let c = &l.model.config;
-            Some(PromptTokenizer::from_dir(
+            let tok = PromptTokenizer::from_dir(
                 &opts.model,
                 c.image_token_index,
                 c.image_seq_length,
                 c.text_config.pad_token_id,
-            )?)
+            )?;
+            tok.check_vocab(c.text_config.vocab_size, &md.config_path)?;
+            Some(tok)
         }
         _ => None,
     };
@@ -189,6 +182,31 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         true => Some(ImageProcessor::from_dir(&opts.model)?),
         false => None,
     };
+    if let Some(p) = &processor {
+        let side = match &model {
+            Model::Clip(m) => m.model.config.vision_config.image_size,
+            Model::Llava(m) => m.model.config.vision_config.image_size,
+        } as usize;
+        let (h, w) = p.output_size();
+        if (h, w) != (side, side) {
+            return Err(ExtractError::BadConfig {
+                path: p.config_path().unwrap_or(&opts.model).to_path_buf(),
+                message: format!(
+                    "it makes {h}x{w} images, but {} gives the vision tower {side}x{side}",
+                    md.config_path.display()
+                ),
+            });
+        }
+    }
+    let manifest = provenance(opts, &md, &dataset, &plan, device, weights)?;
+    let reads = [("the dataset", opts.data.as_path()), ("the model", opts.model.as_path())];
+    prepare_store(&opts.out, &manifest, opts.force, &reads)?;
+    check_shard_count(&opts.out, opts.shard)?;
+
+    let root = opts.out.as_path();
+    if !root.join(layout::SAMPLES).exists() {
+        write_parquet(&root.join(layout::SAMPLES), &mut dataset.frame.clone())?;
+    }
     if plan.selectors.contains(&Selector::All) && !root.join(TOKENS).exists() {
         let rows = token_rows(&plan, &info, &dataset, tokenizer.as_ref(), prompts.as_ref())?;
         write_tokens(root, &rows)?;
@@ -321,7 +339,9 @@ fn text_tokenizer(dir: &Path, md: &ModelDir) -> Result<TextTokenizer> {
         Family::Clip => {
             let c: crate::clip::ClipConfig = md.config()?;
             let t = &c.text_config;
-            TextTokenizer::from_dir(dir, t.max_position_embeddings as usize, t.pad_token_id as u32)
+            let tok = TextTokenizer::from_dir(dir, t.max_position_embeddings as usize, t.pad_token_id as u32)?;
+            tok.check_vocab(t.vocab_size, &md.config_path)?;
+            Ok(tok)
         }
         Family::Llava => {
             Err(ExtractError::Input("a LLaVA model has no text tower (its text goes to the decoder)".into()))
@@ -711,7 +731,14 @@ fn run_batches(
         let b = prepared?;
         *failed += if b.chunk_end { b.failures.len() } else { 0 };
         if !b.samples.is_empty() {
-            let (rows, mut lens_rows) = tch::no_grad(|| forward(model, plan, &partitions, &b, device, &lens));
+            let (rows, mut lens_rows) =
+                guarded(|| tch::no_grad(|| forward(model, plan, &partitions, &b, device, &lens))).map_err(
+                    |message| ExtractError::Forward {
+                        first: b.samples[0],
+                        last: b.samples[b.samples.len() - 1],
+                        message,
+                    },
+                )?;
             if !lens_rows.is_empty() {
                 lens_rows.iter_mut().for_each(|r| r.sample = b.samples[r.sample as usize]);
                 if tx.send(ToWriter::Lens(b.chunk, lens_rows)).is_err() {
@@ -734,6 +761,36 @@ fn run_batches(
         progress.advance(b.seen);
     }
     Ok(())
+}
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic (tch panics on any libtorch error) into its
+/// message's first line; the panic hook stays quiet meanwhile, so the user
+/// sees one line and not libtorch's trace.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    r.map_err(|payload| {
+        let text = match (payload.downcast_ref::<String>(), payload.downcast_ref::<&str>()) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => s.to_string(),
+            _ => "a panic without a message".into(),
+        };
+        text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+    })
 }
 
 fn request(plan: &ExtractionPlan, tower: Tower) -> SiteRequest {
@@ -908,4 +965,20 @@ fn write_parts(root: &Path, mut status: ShardProgress, rx: Receiver<ToWriter>) -
         w.abandon();
     }
     Ok((status, parts))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_libtorch_panic_becomes_its_first_line() {
+        let e = guarded(|| {
+            Tensor::zeros([2, 3], (tch::Kind::Float, Device::Cpu))
+                .matmul(&Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)))
+        })
+        .unwrap_err();
+        assert!(!e.contains('\n') && e.contains("Torch"), "{e}");
+        assert_eq!(guarded(|| 7), Ok(7));
+    }
 }

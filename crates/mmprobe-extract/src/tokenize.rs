@@ -73,6 +73,24 @@ impl TextTokenizer {
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }
+
+    /// Refuses a tokenizer that can emit an id the model's embedding table has no row for.
+    pub fn check_vocab(&self, vocab_size: i64, config: &Path) -> Result<()> {
+        check_vocab(&self.inner, &self.path, vocab_size, config)
+    }
+}
+
+pub(crate) fn check_vocab(tok: &Tokenizer, path: &Path, vocab_size: i64, config: &Path) -> Result<()> {
+    match tok.get_vocab(true).into_iter().max_by_key(|(_, id)| *id) {
+        Some((token, id)) if id as i64 >= vocab_size => Err(ExtractError::Tokenizer {
+            path: path.to_path_buf(),
+            message: format!(
+                "token '{token}' has id {id}, but {} gives the model vocab_size {vocab_size} (ids 0..{vocab_size})",
+                config.display()
+            ),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// The pad token as transformers would pick it: tokenizer.json's padding

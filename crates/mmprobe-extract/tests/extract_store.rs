@@ -493,3 +493,58 @@ fn out_of_range_layers_and_a_zero_batch_are_refused_naming_the_count() {
     let layers: Vec<usize> = Store::open(&out).unwrap().partitions().unwrap().iter().map(|p| p.layer).collect();
     assert_eq!(layers, [0, 2]);
 }
+
+/// A copy of a CLIP fixture that `edit` changes.
+fn edited_model(dir: &Path, name: &str, edit: &dyn Fn(&Path)) -> std::path::PathBuf {
+    let to = dir.join(name);
+    fs::create_dir_all(&to).unwrap();
+    for e in fs::read_dir(clip_dir(name)).unwrap() {
+        let p = e.unwrap().path();
+        fs::copy(&p, to.join(p.file_name().unwrap())).unwrap();
+    }
+    edit(&to);
+    to
+}
+
+fn edit_json(path: &Path, f: &dyn Fn(&mut serde_json::Value)) {
+    let mut v: serde_json::Value = serde_json::from_slice(&fs::read(path).unwrap()).unwrap();
+    f(&mut v);
+    fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn configs_that_disagree_are_refused_at_load_not_a_libtorch_panic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 3);
+    let out = tmp.path().join("store");
+    let run = |model: std::path::PathBuf, towers: Tower, data: &Path| -> String {
+        let mut o = options("tiny-a", data, &out);
+        (o.model, o.towers, o.sites, o.selectors) =
+            (model, Some(vec![towers]), vec![Site::Embeds], vec![Selector::Pooled]);
+        let r = std::panic::catch_unwind(|| extract(&o, &Quiet));
+        let e = r.expect("an error, not a panic").unwrap_err().to_string();
+        assert!(!e.contains('\n'), "{e}");
+        e
+    };
+    // A tokenizer token the embedding table has no row for.
+    let model = edited_model(tmp.path(), "tiny-a", &|d| {
+        edit_json(&d.join("tokenizer.json"), &|t| {
+            let mut extra = t["added_tokens"][0].clone();
+            (extra["id"], extra["content"]) = (49408.into(), "<extra>".into());
+            t["added_tokens"].as_array_mut().unwrap().push(extra);
+        })
+    });
+    let texts = tmp.path().join("extra.csv");
+    fs::write(&texts, "id,text\na,a <extra> cat\n").unwrap();
+    let e = run(model, Tower::Text, &texts);
+    assert!(e.contains("49408") && e.contains("vocab_size") && e.contains("tokenizer.json"), "{e}");
+    // A crop the vision tower's position embeddings do not fit.
+    let model = edited_model(&tmp.path().join("crop"), "tiny-a", &|d| {
+        edit_json(&d.join("preprocessor_config.json"), &|p| {
+            p["crop_size"] = serde_json::json!({"height": 40, "width": 40});
+            p["size"] = serde_json::json!({"shortest_edge": 40});
+        })
+    });
+    let e = run(model, Tower::Vision, &data);
+    assert!(e.contains("40x40") && e.contains("32x32") && e.contains("preprocessor_config.json"), "{e}");
+}

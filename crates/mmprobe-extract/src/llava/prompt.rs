@@ -85,6 +85,11 @@ impl PromptTokenizer {
         Ok(self.pad(prompts.iter().map(|p| self.encode(p)).collect::<Result<Vec<_>>>()?))
     }
 
+    /// Refuses a tokenizer that can emit an id the decoder's embedding table has no row for.
+    pub fn check_vocab(&self, vocab_size: i64, config: &Path) -> Result<()> {
+        crate::tokenize::check_vocab(&self.inner, &self.path, vocab_size, config)
+    }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }

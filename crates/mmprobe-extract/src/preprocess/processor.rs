@@ -2,7 +2,7 @@
 //! PIL backend: resize (shortest edge), centre crop (zero-padded when the
 //! image is smaller), rescale, normalise; output CHW float32.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -64,6 +64,8 @@ pub struct ImageProcessor {
     crop: Option<(usize, usize)>,
     /// Every output's (height, width): images are stacked into batches.
     output: (usize, usize),
+    /// The file the config was read from, for messages.
+    source: Option<PathBuf>,
 }
 
 impl ImageProcessor {
@@ -83,7 +85,14 @@ impl ImageProcessor {
         } else {
             serde_json::from_slice(&bytes).map_err(bad)?
         };
-        Self::new(config).map_err(|message| ExtractError::BadConfig { path, message })
+        let mut p = Self::new(config).map_err(|message| ExtractError::BadConfig { path: path.clone(), message })?;
+        p.source = Some(path);
+        Ok(p)
+    }
+
+    /// The file the config came from (none when built from a config in memory).
+    pub fn config_path(&self) -> Option<&Path> {
+        self.source.as_deref()
     }
 
     pub fn new(config: ImageProcessorConfig) -> std::result::Result<Self, String> {
@@ -114,7 +123,7 @@ impl ImageProcessor {
             "outputs would vary in size (no center crop and no fixed height/width), so they cannot be batched"
                 .to_string()
         })?;
-        Ok(ImageProcessor { config, filter, crop, output })
+        Ok(ImageProcessor { config, filter, crop, output, source: None })
     }
 
     /// The (height, width) of every processed image.
