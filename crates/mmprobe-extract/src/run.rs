@@ -33,7 +33,8 @@ use crate::family::{Family, ModelDir};
 use crate::llava::prompt::{PromptToken, default_prompt};
 use crate::llava::{LoadedLlava, PromptTokenizer};
 use crate::plan::{ExtractionPlan, LayerSpec};
-use crate::preprocess::{ImageProcessor, open_rgb};
+use crate::preprocess::ImageProcessor;
+use crate::preprocess::decode::open_rgb_limited;
 use crate::runtime::{RunOptions, device_name};
 use crate::select::{Rows, SequenceLayout, pick, pooled, select};
 use crate::tokenize::TextTokenizer;
@@ -645,7 +646,9 @@ impl Inputs<'_> {
                 .map(|i| {
                     let r = match self.dataset.image_path(i) {
                         None => Err("no image".to_string()),
-                        Some(p) => open_rgb(&p).map(|img| proc.process(&img)).map_err(|e| e.to_string()),
+                        Some(p) => open_rgb_limited(&p, self.opts.run.max_image_pixels)
+                            .map(|img| proc.process(&img))
+                            .map_err(|e| e.to_string()),
                     };
                     (i, r)
                 })

@@ -123,11 +123,20 @@ pub struct RunOptions {
     /// f32 on CUDA may use TF32 (`--allow-tf32`): cuDNN runs the patch
     /// embedding's convolution in TF32. Without it f32 is IEEE f32 throughout.
     pub allow_tf32: bool,
+    /// Images of more pixels are bad inputs (`--max-image-pixels`; Pillow's limit by default).
+    pub max_image_pixels: u64,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { device: DeviceChoice::Auto, dtype: DType::F32, batch_size: 32, threads: None, allow_tf32: false }
+        RunOptions {
+            device: DeviceChoice::Auto,
+            dtype: DType::F32,
+            batch_size: 32,
+            threads: None,
+            allow_tf32: false,
+            max_image_pixels: crate::preprocess::decode::MAX_IMAGE_PIXELS,
+        }
     }
 }
 

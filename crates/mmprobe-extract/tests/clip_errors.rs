@@ -119,3 +119,48 @@ fn truncated_png_is_a_bad_image() {
         assert!(msg.contains("cut.png") && !msg.contains('\n'), "{cut}: {msg}");
     }
 }
+
+/// A PNG whose header claims `w` x `h` pixels, with a few bytes of image data.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+        out
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x63, 0, 0, 0, 1, 0, 1]));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+#[test]
+fn an_image_over_the_pixel_limit_is_refused_before_decoding() {
+    use mmprobe_extract::preprocess::decode::{MAX_IMAGE_PIXELS, decode_rgb_limited};
+    assert_eq!(MAX_IMAGE_PIXELS, 89_478_485, "Pillow's limit");
+    let t = std::time::Instant::now();
+    let msg = decode_rgb(&png_header_only(30_000, 30_000), "bomb.png").unwrap_err().to_string();
+    assert!(t.elapsed().as_secs_f64() < 1.0, "refused from the header, not after decoding");
+    assert!(msg.contains("bomb.png") && msg.contains("30000x30000") && msg.contains("89478485"), "{msg}");
+    assert!(msg.contains("--max-image-pixels") && !msg.contains('\n'), "{msg}");
+    // The limit is the caller's: 50x41 = 2050 pixels.
+    let bytes = fs::read(fixtures().join("images/rgb_50x41.png")).unwrap();
+    assert!(decode_rgb_limited(&bytes, "small.png", 2049).is_err());
+    assert!(decode_rgb_limited(&bytes, "small.png", 2050).is_ok());
+}

@@ -55,6 +55,7 @@ fn options(model: &str, data: &Path, out: &Path) -> ExtractOptions {
             batch_size: 2,
             threads: None,
             allow_tf32: false,
+            max_image_pixels: mmprobe_extract::preprocess::decode::MAX_IMAGE_PIXELS,
         },
         shard: (0, 1),
         skip_bad: false,
@@ -547,4 +548,19 @@ fn configs_that_disagree_are_refused_at_load_not_a_libtorch_panic() {
     });
     let e = run(model, Tower::Vision, &data);
     assert!(e.contains("40x40") && e.contains("32x32") && e.contains("preprocessor_config.json"), "{e}");
+}
+
+#[test]
+fn the_pixel_limit_is_an_option_of_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 3);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Vision]), vec![Site::Embeds], vec![Selector::Pooled]);
+    // The fixture's first image is 50x41 = 2050 pixels.
+    o.run.max_image_pixels = 2000;
+    let e = extract(&o, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("row 0 (id 's0')") && e.contains("--max-image-pixels"), "{e}");
+    o.run.max_image_pixels = mmprobe_extract::preprocess::decode::MAX_IMAGE_PIXELS;
+    extract(&o, &Quiet).unwrap();
 }

@@ -10,8 +10,18 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use super::resample::Rgb8;
 use crate::error::{ExtractError, Result};
 
+/// Pillow's `Image.MAX_IMAGE_PIXELS`: larger images are refused as possible
+/// decompression bombs (a few MB of PNG can hold 30000x30000 pixels).
+pub const MAX_IMAGE_PIXELS: u64 = 89_478_485;
+
 /// Decodes encoded image bytes; `name` is only used in error messages.
 pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<Rgb8> {
+    decode_rgb_limited(bytes, name, MAX_IMAGE_PIXELS)
+}
+
+/// [`decode_rgb`] refusing images of more than `max_pixels` pixels, judged
+/// from the header before any pixel is decoded.
+pub fn decode_rgb_limited(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb8> {
     let err = |message: String| ExtractError::Image { path: name.to_string(), message };
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| err(e.to_string()))?;
     match reader.format() {
@@ -20,6 +30,14 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<Rgb8> {
         Some(_) => {}
     }
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if w as u64 * h as u64 > max_pixels {
+        return Err(err(format!(
+            "{w}x{h} is {} pixels, over the limit of {max_pixels} (a decompression bomb?); \
+             raise it with --max-image-pixels if the image is meant to be this large",
+            w as u64 * h as u64
+        )));
+    }
     let orientation = decoder.orientation().map_err(|e| err(e.to_string()))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
     img.apply_orientation(orientation);
@@ -27,9 +45,14 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<Rgb8> {
 }
 
 pub fn open_rgb(path: &std::path::Path) -> Result<Rgb8> {
+    open_rgb_limited(path, MAX_IMAGE_PIXELS)
+}
+
+/// [`open_rgb`] with the pixel limit of [`decode_rgb_limited`].
+pub fn open_rgb_limited(path: &std::path::Path, max_pixels: u64) -> Result<Rgb8> {
     let bytes = std::fs::read(path)
         .map_err(|e| ExtractError::Image { path: path.display().to_string(), message: e.to_string() })?;
-    decode_rgb(&bytes, &path.display().to_string())
+    decode_rgb_limited(&bytes, &path.display().to_string(), max_pixels)
 }
 
 fn to_rgb8(img: DynamicImage) -> Rgb8 {
