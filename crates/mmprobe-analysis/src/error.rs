@@ -17,6 +17,8 @@ pub enum AnalysisError {
     /// Too few rows or groups for the folds asked for: a sweep skips the partition and records why.
     #[error("too small for cross-validation: {0}")]
     TooSmall(String),
+    #[error(transparent)]
+    Linfa(#[from] linfa::Error),
     #[error("cannot write {path}: {message}")]
     Write { path: String, message: String },
 }

@@ -10,9 +10,10 @@ use rayon::prelude::*;
 
 use crate::error::{AnalysisError, Result};
 use crate::folds::{self, Groups};
-use crate::logistic::{self, CheckedLogistic, LogisticParams};
+use crate::logistic::{self, LogisticParams};
 use crate::metrics::{argmax_rows, auroc, balanced_accuracy, macro_f1, pearson, r2};
-use crate::ridge::{self, CheckedRidge, RidgeParams};
+use crate::models::{Classifier, ModelChoice, Regressor};
+use crate::ridge::RidgeParams;
 use crate::rng::Rng;
 use crate::scale::Standardizer;
 use crate::stats::{corrected_interval, percentile};
@@ -59,6 +60,8 @@ pub struct ProbeParams {
     pub bootstrap: usize,
     /// Label permutations for the p-value (0: none).
     pub permutations: usize,
+    /// Which probe: the linear ones (default) or a non-linear baseline.
+    pub model: ModelChoice,
     pub logistic: LogisticParams,
     pub ridge: RidgeParams,
 }
@@ -72,6 +75,7 @@ impl Default for ProbeParams {
             interval: Interval::Corrected,
             bootstrap: 1000,
             permutations: 0,
+            model: ModelChoice::default(),
             logistic: LogisticParams::default(),
             ridge: RidgeParams::default(),
         }
@@ -87,8 +91,9 @@ pub struct CheckedProbe {
     pub interval: Interval,
     pub bootstrap: usize,
     pub permutations: usize,
-    pub logistic: CheckedLogistic,
-    pub ridge: CheckedRidge,
+    pub model: ModelChoice,
+    pub logistic: crate::logistic::CheckedLogistic,
+    pub ridge: crate::ridge::CheckedRidge,
 }
 
 impl ProbeParams {
@@ -106,6 +111,7 @@ impl ProbeParams {
         if self.interval == Interval::Bootstrap && self.bootstrap == 1 {
             return bad("--bootstrap 1 gives no interval: use 0 (none) or many resamples".into());
         }
+        self.model.check()?;
         let mut logistic = self.logistic;
         logistic.seed = self.seed;
         let mut ridge = self.ridge;
@@ -117,6 +123,7 @@ impl ProbeParams {
             interval: self.interval,
             bootstrap: self.bootstrap,
             permutations: self.permutations,
+            model: self.model,
             logistic: logistic.check()?,
             ridge: ridge.check()?,
         })
@@ -124,6 +131,16 @@ impl ProbeParams {
 }
 
 impl CheckedProbe {
+    /// The probe for class concepts.
+    pub fn classifier(&self) -> &dyn Classifier {
+        self.model.classifier(&self.logistic)
+    }
+
+    /// The probe for numeric concepts (an error for the class-only models).
+    pub fn regressor(&self) -> Result<&dyn Regressor> {
+        self.model.regressor(&self.ridge)
+    }
+
     /// The seed of repeat `r`: repeat 0 uses the probe's seed itself.
     fn repeat_seed(&self, r: usize) -> u64 {
         if r == 0 { self.seed } else { Rng::new(self.seed).fork(0x5E9 + r as u64).next_u64() }
@@ -244,31 +261,6 @@ fn group_bootstrap(groups: &Groups, b: usize, seed: u64, stat: impl Fn(&[usize])
     Some((percentile(&stats, 2.5), percentile(&stats, 97.5)))
 }
 
-/// One fit per fold, in parallel: `choose` picks the fold's regularisation
-/// from its (raw) training rows unless `fixed` gives it, then `fit_predict`
-/// fits on the standardised training rows and predicts the standardised test
-/// rows. Returns (test rows, prediction, regularisation) per fold.
-#[allow(clippy::too_many_arguments)]
-fn per_fold<T: Copy + Sync, P: Send>(
-    x: ArrayView2<f64>,
-    y: &[T],
-    groups: &Groups,
-    fold: &[usize],
-    n_folds: usize,
-    fixed: Option<&[f64]>,
-    choose: impl Fn(ArrayView2<f64>, &[T], &Groups) -> Result<f64> + Sync,
-    fit_predict: impl Fn(ArrayView2<f64>, &[T], ArrayView2<f64>, f64) -> Result<P> + Sync,
-) -> Result<Vec<(Vec<usize>, P, f64)>> {
-    let runs = folds::each_fold(x, y, groups, fold, n_folds, |d| {
-        let reg = match fixed {
-            Some(r) => r[d.fold],
-            None => choose(d.raw_train, d.y_train, d.groups_train)?,
-        };
-        Ok((fit_predict(d.train, d.y_train, d.test, reg)?, reg))
-    })?;
-    Ok(runs.into_iter().map(|(test, (pred, reg))| (test, pred, reg)).collect())
-}
-
 /// Ojala & Garriga's p-value: refit on `n` seeded permutations of the group
 /// labels (every row of a group keeps its group's label);
 /// p = (1 + #{permuted score >= observed}) / (1 + n).
@@ -299,9 +291,9 @@ fn permutation_p<T: Copy + PartialEq>(
     Ok(Some((1 + beats) as f64 / (1 + n) as f64))
 }
 
-/// Out-of-fold class probabilities [n, k] of one split, and the C of each
-/// fold. With `fixed_c`, each fold reuses the given C (control and
-/// permutation runs).
+/// Out-of-fold class scores [n, k] of one split (probabilities for the
+/// logistic probe), and the hyperparameter of each fold. With `fixed`, each
+/// fold reuses the given one (control and permutation runs).
 #[allow(clippy::too_many_arguments)]
 pub fn cross_val_proba(
     x: ArrayView2<f64>,
@@ -310,28 +302,19 @@ pub fn cross_val_proba(
     k: usize,
     fold: &[usize],
     n_folds: usize,
-    p: &CheckedLogistic,
-    fixed_c: Option<&[f64]>,
+    model: &dyn Classifier,
+    fixed: Option<&[f64]>,
 ) -> Result<(Array2<f64>, Vec<f64>)> {
-    let per_fold = per_fold(
-        x,
-        y,
-        groups,
-        fold,
-        n_folds,
-        fixed_c,
-        |xt, yt, gt| logistic::choose_c(xt, yt, gt, k, p),
-        |xs, yt, xv, c| Ok(logistic::fit(xs, yt, k, c, p)?.predict_proba(xv)),
-    )?;
+    let per_fold = folds::each_fold(x, y, groups, fold, n_folds, |d| model.fit_score(&d, k, fixed.map(|f| f[d.fold])))?;
     let mut oof = Array2::zeros((y.len(), k));
-    let mut cs = Vec::with_capacity(n_folds);
-    for (test, proba, c) in per_fold {
+    let mut regs = Vec::with_capacity(n_folds);
+    for (test, (scores, reg)) in per_fold {
         for (r, &i) in test.iter().enumerate() {
-            oof.row_mut(i).assign(&proba.row(r));
+            oof.row_mut(i).assign(&scores.row(r));
         }
-        cs.push(c);
+        regs.push(reg);
     }
-    Ok((oof, cs))
+    Ok((oof, regs))
 }
 
 /// Accuracy of each fold of one split, from its out-of-fold predictions.
@@ -381,17 +364,18 @@ pub fn probe_classes_on_folds(
     p: &CheckedProbe,
 ) -> Result<ClassProbe> {
     let nf = plan.n_folds;
+    let model = p.classifier();
     let mut fold_scores = Vec::new();
     let mut cs = Vec::new();
     let (mut bal, mut f1, mut roc) = (0.0, 0.0, 0.0);
     let mut first: Option<(Vec<usize>, Vec<f64>)> = None;
     for fold in &plan.repeats {
-        let (oof, c) = cross_val_proba(x, y, groups, k, fold, nf, &p.logistic, None)?;
+        let (oof, c) = cross_val_proba(x, y, groups, k, fold, nf, model, None)?;
         let pred = argmax_rows(oof.view());
         fold_scores.extend(fold_accuracies(y, &pred, fold, nf));
         bal += balanced_accuracy(y, &pred, k);
         f1 += macro_f1(y, &pred, k);
-        roc += auroc(y, oof.view());
+        roc += if model.probabilities() { auroc(y, oof.view()) } else { f64::NAN };
         cs.extend_from_slice(&c);
         first.get_or_insert((pred, c));
     }
@@ -411,7 +395,7 @@ pub fn probe_classes_on_folds(
             let mut scores = Vec::new();
             for (i, fold) in plan.repeats.iter().enumerate() {
                 let c = &cs[i * nf..(i + 1) * nf];
-                let (o, _) = cross_val_proba(x, &yc, groups, k, fold, nf, &p.logistic, Some(c))?;
+                let (o, _) = cross_val_proba(x, &yc, groups, k, fold, nf, model, Some(c))?;
                 scores.extend(fold_accuracies(&yc, &argmax_rows(o.view()), fold, nf));
             }
             Some(scores.iter().sum::<f64>() / scores.len() as f64)
@@ -422,7 +406,7 @@ pub fn probe_classes_on_folds(
     let fold0 = &plan.repeats[0];
     let observed = fold_accuracies(y, &pred0, fold0, nf).iter().sum::<f64>() / nf as f64;
     let p_value = permutation_p(y, groups, p.permutations, p.seed, observed, |yp| {
-        let (o, _) = cross_val_proba(x, yp, groups, k, fold0, nf, &p.logistic, Some(&c0))?;
+        let (o, _) = cross_val_proba(x, yp, groups, k, fold0, nf, model, Some(&c0))?;
         Ok(fold_accuracies(yp, &argmax_rows(o.view()), fold0, nf).iter().sum::<f64>() / nf as f64)
     })?;
     Ok(ClassProbe {
@@ -465,34 +449,26 @@ pub fn erased_accuracy(x: ArrayView2<f64>, y: &[usize], k: usize, groups: &Group
     Ok(correct.iter().sum::<usize>() as f64 / y.len() as f64)
 }
 
-fn cross_val_ridge(
+/// Out-of-fold predictions of one split, and the hyperparameter of each fold.
+fn cross_val_predict(
     x: ArrayView2<f64>,
     y: &[f64],
     groups: &Groups,
     fold: &[usize],
     n_folds: usize,
-    p: &CheckedRidge,
+    model: &dyn Regressor,
     fixed: Option<&[f64]>,
 ) -> Result<(Vec<f64>, Vec<f64>)> {
-    let per_fold = per_fold(
-        x,
-        y,
-        groups,
-        fold,
-        n_folds,
-        fixed,
-        |xt, yt, gt| ridge::choose_alpha(xt, yt, gt, p),
-        |xs, yt, xv, alpha| Ok(ridge::fit(xs, yt, alpha)?.predict(xv).to_vec()),
-    )?;
+    let per_fold = folds::each_fold(x, y, groups, fold, n_folds, |d| model.fit_predict(&d, fixed.map(|f| f[d.fold])))?;
     let mut oof = vec![0.0; y.len()];
-    let mut alphas = Vec::new();
-    for (test, pred, a) in per_fold {
+    let mut regs = Vec::new();
+    for (test, (pred, reg)) in per_fold {
         for (i, v) in test.into_iter().zip(pred) {
             oof[i] = v;
         }
-        alphas.push(a);
+        regs.push(reg);
     }
-    Ok((oof, alphas))
+    Ok((oof, regs))
 }
 
 /// R² of each fold of one split.
@@ -521,12 +497,13 @@ pub fn probe_numeric_on_folds(
     p: &CheckedProbe,
 ) -> Result<RegressionProbe> {
     let nf = plan.n_folds;
+    let model = p.regressor()?;
     let mut fold_scores = Vec::new();
     let mut alphas = Vec::new();
     let mut pr = 0.0;
     let mut first: Option<(Vec<f64>, Vec<f64>)> = None;
     for fold in &plan.repeats {
-        let (oof, a) = cross_val_ridge(x, y, groups, fold, nf, &p.ridge, None)?;
+        let (oof, a) = cross_val_predict(x, y, groups, fold, nf, model, None)?;
         fold_scores.extend(fold_r2(y, &oof, fold, nf));
         pr += pearson(y, &oof);
         alphas.extend_from_slice(&a);
@@ -545,7 +522,7 @@ pub fn probe_numeric_on_folds(
     let fold0 = &plan.repeats[0];
     let observed = fold_r2(y, &oof0, fold0, nf).iter().sum::<f64>() / nf as f64;
     let p_value = permutation_p(y, groups, p.permutations, p.seed, observed, |yp| {
-        let (o, _) = cross_val_ridge(x, yp, groups, fold0, nf, &p.ridge, Some(&a0))?;
+        let (o, _) = cross_val_predict(x, yp, groups, fold0, nf, model, Some(&a0))?;
         Ok(fold_r2(yp, &o, fold0, nf).iter().sum::<f64>() / nf as f64)
     })?;
     Ok(RegressionProbe {

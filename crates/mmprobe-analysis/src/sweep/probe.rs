@@ -234,8 +234,8 @@ fn probe_concept(
     given: Option<&[usize]>,
 ) -> Result<Vec<ProbeRow>> {
     let kind = match concept.target {
-        Target::Classes { .. } => ProbeKind::Logistic,
-        Target::Numeric(_) => ProbeKind::Ridge,
+        Target::Classes { .. } => s.params.classifier().kind(),
+        Target::Numeric(_) => s.params.regressor().map_or(ProbeKind::Ridge, |r| r.kind()),
     };
     let mut row = ProbeRow::empty(&concept.name, l.partition, kind);
     row.n = concept.rows.len();
@@ -319,7 +319,11 @@ pub fn probe_store(store: &Store, s: &ProbeSweep, progress: &(dyn Fn() + Sync)) 
                     // partition, say): recorded and skipped.
                     Err(AnalysisError::Concept { message, .. }) => {
                         let numeric = l.labels.column(c).is_ok_and(|v| v.dtype().is_float());
-                        let kind = if numeric { ProbeKind::Ridge } else { ProbeKind::Logistic };
+                        let kind = if numeric {
+                            s.params.regressor().map_or(ProbeKind::Ridge, |r| r.kind())
+                        } else {
+                            s.params.classifier().kind()
+                        };
                         let mut row = ProbeRow::empty(c, p, kind);
                         row.group_by = s.group_by.name().to_string();
                         row.folds = s.params.folds;

@@ -16,6 +16,14 @@ pub enum ProbeKind {
     Logistic,
     /// Ridge regression on a numeric concept: R².
     Ridge,
+    /// Ordinary least squares on a numeric concept: R².
+    Linear,
+    /// An RBF support vector machine on classes.
+    Svm,
+    /// k nearest neighbours on classes.
+    Knn,
+    /// A decision tree on classes.
+    Tree,
 }
 
 impl ProbeKind {
@@ -23,26 +31,36 @@ impl ProbeKind {
         match self {
             ProbeKind::Logistic => "logistic",
             ProbeKind::Ridge => "ridge",
+            ProbeKind::Linear => "linear",
+            ProbeKind::Svm => "svm",
+            ProbeKind::Knn => "knn",
+            ProbeKind::Tree => "tree",
         }
+    }
+
+    /// Classes (scored by accuracy) rather than a number (R²).
+    pub fn classes(self) -> bool {
+        !matches!(self, ProbeKind::Ridge | ProbeKind::Linear)
+    }
+
+    /// A linear probe (logistic, ridge, least squares).
+    pub fn linear(self) -> bool {
+        matches!(self, ProbeKind::Logistic | ProbeKind::Ridge | ProbeKind::Linear)
     }
 
     /// The score column's name in words.
     pub fn metric(self) -> &'static str {
-        match self {
-            ProbeKind::Logistic => "accuracy",
-            ProbeKind::Ridge => "R²",
-        }
+        if self.classes() { "accuracy" } else { "R²" }
     }
 }
 
 impl std::str::FromStr for ProbeKind {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "logistic" => Ok(ProbeKind::Logistic),
-            "ridge" => Ok(ProbeKind::Ridge),
-            other => Err(format!("unknown probe '{other}'")),
-        }
+        [ProbeKind::Logistic, ProbeKind::Ridge, ProbeKind::Linear, ProbeKind::Svm, ProbeKind::Knn, ProbeKind::Tree]
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| format!("unknown probe '{s}'"))
     }
 }
 
@@ -179,25 +197,20 @@ impl ProbeRow {
 
     /// Accuracy for classes, R² for numbers.
     pub fn score(&self) -> Option<f64> {
-        match self.probe {
-            ProbeKind::Logistic => self.accuracy,
-            ProbeKind::Ridge => self.r2,
-        }
+        if self.probe.classes() { self.accuracy } else { self.r2 }
     }
 
     pub fn ci(&self) -> (Option<f64>, Option<f64>) {
-        match self.probe {
-            ProbeKind::Logistic => (self.accuracy_ci_low, self.accuracy_ci_high),
-            ProbeKind::Ridge => (self.r2_ci_low, self.r2_ci_high),
+        if self.probe.classes() {
+            (self.accuracy_ci_low, self.accuracy_ci_high)
+        } else {
+            (self.r2_ci_low, self.r2_ci_high)
         }
     }
 
     /// The score a guess makes: 1/K for K classes, 0 for R².
     pub fn chance(&self) -> f64 {
-        match self.probe {
-            ProbeKind::Logistic => 1.0 / self.n_classes.max(1) as f64,
-            ProbeKind::Ridge => 0.0,
-        }
+        if self.probe.classes() { 1.0 / self.n_classes.max(1) as f64 } else { 0.0 }
     }
 
     /// Not distinguishable from chance: the interval covers chance, or the
