@@ -248,3 +248,30 @@ fn every_analysis_command_takes_another_tools_partial_manifest() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--cka-rows must be at least 3, got 0") && stderr.trim().lines().count() == 1, "{stderr}");
 }
+
+#[test]
+fn layers_minus_one_parses_and_a_zero_batch_is_bad_usage() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 2);
+    let store = tmp.path().join("s");
+    let mut args = extract_args(&data, &store);
+    args.extend(["--layers".into(), "-1".into()]);
+    let out = bin().args(&args).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The last layer of each tower: tiny-a's vision tower has 2, its text tower 3.
+    for p in Store::open(&store).unwrap().partitions().unwrap() {
+        let last = match (p.site, p.tower) {
+            (mmprobe_store::Site::Embeds, _) => 0,
+            (_, mmprobe_store::Tower::Vision) => 2,
+            _ => 3,
+        };
+        assert_eq!(p.layer, last, "{p}");
+    }
+
+    let mut args = extract_args(&data, &tmp.path().join("z"));
+    args.extend(["--batch-size".into(), "0".into()]);
+    let out = bin().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--batch-size"), "{err}");
+}

@@ -22,7 +22,7 @@ pub struct ExtractArgs {
     #[arg(long, default_value = "resid,embeds", value_delimiter = ',')]
     sites: Vec<Site>,
     /// Layers: `all`, or indices such as 0,4,-1 (negative counts from the last).
-    #[arg(long, default_value = "all")]
+    #[arg(long, default_value = "all", allow_hyphen_values = true)]
     layers: LayerSpec,
     /// Selectors, applied wherever they fit: cls, eos, last, mean, mean_image, mean_text, pooled, all.
     /// (A LLaVA decoder takes last, mean, mean_image, mean_text, all.)
@@ -30,7 +30,7 @@ pub struct ExtractArgs {
     #[arg(long = "select", value_delimiter = ',')]
     select: Option<Vec<Selector>>,
     /// Inputs per forward pass.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = parse_batch_size)]
     batch_size: usize,
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -45,6 +45,10 @@ pub struct ExtractArgs {
     /// TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 (which f32 on CUDA without this flag refuses).
     #[arg(long)]
     allow_tf32: bool,
+    /// Images of more pixels are refused as bad inputs (possible decompression bombs),
+    /// judged from the header before decoding. Default: Pillow's limit.
+    #[arg(long, value_name = "N", default_value_t = mmprobe_extract::preprocess::decode::MAX_IMAGE_PIXELS)]
+    max_image_pixels: u64,
     /// libtorch threads (default: libtorch's choice).
     #[arg(long)]
     threads: Option<usize>,
@@ -64,6 +68,14 @@ pub struct ExtractArgs {
     /// resid layer and selector reads as (final norm + LM head) to logit_lens.parquet.
     #[arg(long, value_name = "K")]
     logit_lens: Option<usize>,
+}
+
+fn parse_batch_size(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("the batch size must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a number of inputs")),
+    }
 }
 
 fn parse_shard(s: &str) -> Result<(usize, usize), String> {
@@ -91,6 +103,7 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
             batch_size: a.batch_size,
             threads: a.threads,
             allow_tf32: a.allow_tf32,
+            max_image_pixels: a.max_image_pixels,
         },
         shard: a.shard,
         skip_bad: a.skip_bad,
