@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use mmprobe_analysis::directions::Method;
 use mmprobe_analysis::logistic::LogisticParams;
+use mmprobe_analysis::models::{Knn, ModelChoice, RbfSvm, Tree};
 use mmprobe_analysis::probe::Interval;
 use mmprobe_analysis::sparse::Filter;
 use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, GroupBy, ProbeSweep, Probing};
@@ -125,6 +126,20 @@ pub struct ProbeCmd {
     /// How --sparse ranks features: `anova` (F statistic) or `mean-diff`.
     #[arg(long, default_value = "anova")]
     sparse_filter: Filter,
+    /// The probe: `logistic` (classes) / `ridge` (numbers), the default; `linear`
+    /// (least squares for numbers); or a non-linear baseline for classes:
+    /// `svm` (RBF kernel, C from --C, else 1), `knn`, `tree`.
+    #[arg(long, default_value = "logistic")]
+    model: ModelChoice,
+    /// RBF width of `--model svm` (default: 1 / (features x variance), scikit-learn's "scale").
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Neighbours of `--model knn`.
+    #[arg(long, default_value_t = 5)]
+    neighbours: usize,
+    /// Depth limit of `--model tree`.
+    #[arg(long, default_value_t = 8)]
+    max_depth: usize,
     #[command(flatten)]
     filters: FilterArgs,
     /// The results folder (probes.parquet, probes.csv).
@@ -217,6 +232,12 @@ pub fn probe(a: ProbeCmd) -> anyhow::Result<()> {
     params.repeats = a.repeats;
     params.interval = a.interval;
     params.bootstrap = a.bootstrap;
+    params.model = match a.model {
+        ModelChoice::Svm(m) => ModelChoice::Svm(RbfSvm { c: a.probe.c.unwrap_or(m.c), gamma: a.gamma }),
+        ModelChoice::Knn(_) => ModelChoice::Knn(Knn { k: a.neighbours }),
+        ModelChoice::Tree(_) => ModelChoice::Tree(Tree { max_depth: a.max_depth }),
+        other => other,
+    };
     let sweep = ProbeSweep {
         concepts: a.concept.clone(),
         filters: filters.clone(),
