@@ -1,6 +1,10 @@
 //! Probes with honest statistics, concept directions, cross-modal geometry
 //! and erasure, on an activation store (docs/methods.md has the definitions).
 //! Never links LibTorch: any store, from any tool, can be analysed.
+//!
+//! A probe sweep from Rust, as `mmprobe probe` does it: open a [`mmprobe_store::Store`],
+//! describe the sweep with a [`sweep::ProbeSweep`] and call [`sweep::probe_store`]; see
+//! `examples/probe_store.rs` (`cargo run --release -p mmprobe-analysis --example probe_store -- STORE CONCEPT`).
 
 pub mod cka;
 pub mod directions;

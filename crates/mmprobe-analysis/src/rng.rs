@@ -30,6 +30,13 @@ impl Rng {
     }
 
     /// Fisher-Yates.
+    /// A standard normal draw (Box-Muller), for synthetic activations.
+    pub fn gaussian(&mut self) -> f64 {
+        let u1 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 1e-300;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
     pub fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             v.swap(i, self.below(i + 1));

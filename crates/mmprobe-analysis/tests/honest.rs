@@ -17,12 +17,6 @@ use mmprobe_store::store::write_parquet;
 use mmprobe_store::{PartRows, Partition, Selector, Site, Store, Tower};
 use polars::prelude::*;
 
-fn gaussian(rng: &mut Rng) -> f32 {
-    let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 1e-300;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-}
-
 fn part(layer: usize, selector: Selector) -> Partition {
     Partition { tower: Tower::Vision, site: Site::Resid, layer, selector }
 }
@@ -70,7 +64,7 @@ fn covers(r: &ProbeRow, chance: f64) -> bool {
 fn leaky_store(root: &Path) {
     let (n, tokens, d) = (60, 20, 64);
     let mut rng = Rng::new(21);
-    let base: Vec<Vec<f32>> = (0..n).map(|_| (0..d).map(|_| gaussian(&mut rng)).collect()).collect();
+    let base: Vec<Vec<f32>> = (0..n).map(|_| (0..d).map(|_| rng.gaussian() as f32).collect()).collect();
     let mut labels: Vec<&str> = (0..n).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect();
     rng.shuffle(&mut labels);
     let mut all = PartRows { width: d, ..Default::default() };
@@ -78,7 +72,7 @@ fn leaky_store(root: &Path) {
         for t in 0..tokens {
             all.sample.push(s as u32);
             all.pos.push(t);
-            all.data.extend(v.iter().map(|x| x + 0.1 * gaussian(&mut rng)));
+            all.data.extend(v.iter().map(|x| x + 0.1 * rng.gaussian() as f32));
         }
     }
     write_part(part(1, Selector::All).part(root, 0, 0), &all).unwrap();
@@ -136,7 +130,7 @@ fn a_group_column_keeps_rows_that_share_an_image_in_one_fold() {
     let tmp = tempfile::tempdir().unwrap();
     let (images, per, d) = (40, 3, 64);
     let mut rng = Rng::new(8);
-    let base: Vec<Vec<f32>> = (0..images).map(|_| (0..d).map(|_| gaussian(&mut rng)).collect()).collect();
+    let base: Vec<Vec<f32>> = (0..images).map(|_| (0..d).map(|_| rng.gaussian() as f32).collect()).collect();
     let mut image_label: Vec<&str> = (0..images).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect();
     rng.shuffle(&mut image_label);
     let n = images * per;
@@ -147,7 +141,7 @@ fn a_group_column_keeps_rows_that_share_an_image_in_one_fold() {
         pos: vec![0; n],
         data: group
             .iter()
-            .flat_map(|&g| base[g as usize].iter().map(|x| x + 0.1 * gaussian(&mut rng)).collect::<Vec<_>>())
+            .flat_map(|&g| base[g as usize].iter().map(|x| x + 0.1 * rng.gaussian() as f32).collect::<Vec<_>>())
             .collect(),
     };
     write_part(part(1, Selector::Cls).part(tmp.path(), 0, 0), &rows).unwrap();
@@ -170,7 +164,7 @@ fn plain_store(root: &Path) {
     let mut write = |p: Partition, d: usize, strength: f32| {
         let data = (0..n)
             .flat_map(|i| (0..d).map(move |j| (i, j)))
-            .map(|(i, j)| gaussian(&mut rng) + if j == 0 && i % 2 == 0 { strength } else { 0.0 })
+            .map(|(i, j)| rng.gaussian() as f32 + if j == 0 && i % 2 == 0 { strength } else { 0.0 })
             .collect();
         write_part(p.part(root, 0, 0), &PartRows { width: d, sample: (0..n as u32).collect(), pos: vec![-1; n], data })
             .unwrap();
@@ -302,7 +296,7 @@ fn null_store(root: &Path, planted: bool) {
     let mut labels: Vec<&str> = (0..n).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect();
     rng.shuffle(&mut labels);
     for l in 0..40 {
-        let data = (0..n * d).map(|_| gaussian(&mut rng)).collect();
+        let data = (0..n * d).map(|_| rng.gaussian() as f32).collect();
         write_part(
             part(l, Selector::Cls).part(root, 0, 0),
             &PartRows { width: d, sample: (0..n as u32).collect(), pos: vec![-1; n], data },
@@ -311,7 +305,7 @@ fn null_store(root: &Path, planted: bool) {
     }
     if planted {
         let data = (0..n * d)
-            .map(|k| gaussian(&mut rng) + if k % d == 0 && labels[k / d] == "a" { 1.0 } else { 0.0 })
+            .map(|k| rng.gaussian() as f32 + if k % d == 0 && labels[k / d] == "a" { 1.0 } else { 0.0 })
             .collect();
         write_part(
             part(40, Selector::Cls).part(root, 0, 0),

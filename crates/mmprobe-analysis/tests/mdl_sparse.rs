@@ -15,12 +15,6 @@ use mmprobe_analysis::sparse::{Filter, probe_sparse};
 use ndarray::Array2;
 use safetensors::SafeTensors;
 
-fn gaussian(rng: &mut Rng) -> f64 {
-    let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 1e-300;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
 #[test]
 fn online_codelength_matches_sklearn_within_one_percent() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/mdl");
@@ -66,7 +60,7 @@ fn a_planted_concept_compresses_far_better_than_its_control_task() {
     let (n, d) = (1000, 32);
     let mut rng = Rng::new(4);
     let y: Vec<usize> = (0..n).map(|i| i % 2).collect();
-    let x = Array2::from_shape_fn((n, d), |(i, j)| gaussian(&mut rng) + if j == 0 { 3.0 * y[i] as f64 } else { 0.0 });
+    let x = Array2::from_shape_fn((n, d), |(i, j)| rng.gaussian() + if j == 0 { 3.0 * y[i] as f64 } else { 0.0 });
     let groups = Groups::singletons(n);
     let (order, ends) = mdl::group_order(&groups, 0);
     let p = LogisticParams::default().check().unwrap();
@@ -88,7 +82,7 @@ fn planted_sparse(seed: u64) -> (Array2<f64>, Vec<usize>) {
     let mut rng = Rng::new(seed);
     let y: Vec<usize> = (0..n).map(|i| i % 2).collect();
     let x = Array2::from_shape_fn((n, d), |(i, j)| {
-        gaussian(&mut rng) + if [17, 230, 401].contains(&j) { 1.2 * y[i] as f64 } else { 0.0 }
+        rng.gaussian() + if [17, 230, 401].contains(&j) { 1.2 * y[i] as f64 } else { 0.0 }
     });
     (x, y)
 }

@@ -23,12 +23,6 @@ use safetensors::SafeTensors;
 
 const N: usize = 1000;
 
-fn gaussian(rng: &mut Rng) -> f64 {
-    let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 1e-300;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
 #[test]
 fn a_linfa_estimator_and_our_probe_fit_through_the_same_trait_on_a_partition() {
     let tmp = tempfile::tempdir().unwrap();
@@ -36,7 +30,7 @@ fn a_linfa_estimator_and_our_probe_fit_through_the_same_trait_on_a_partition() {
     let mut rng = Rng::new(2);
     let y: Vec<usize> = (0..n).map(|i| i % 3).collect();
     let data: Vec<f32> =
-        (0..n * d).map(|k| (gaussian(&mut rng) + if k % d == y[k / d] { 3.0 } else { 0.0 }) as f32).collect();
+        (0..n * d).map(|k| (rng.gaussian() + if k % d == y[k / d] { 3.0 } else { 0.0 }) as f32).collect();
     let p = Partition { tower: Tower::Vision, site: Site::Resid, layer: 1, selector: Selector::Cls };
     write_part(
         p.part(tmp.path(), 0, 0),
@@ -111,7 +105,7 @@ fn rbf_svm_probe_matches_sklearn_svc_on_the_same_folds() {
 fn planted() -> (Array2<f64>, Vec<usize>, Vec<usize>) {
     let mut rng = Rng::new(13);
     let x = Array2::from_shape_fn((N, 8), |(i, j)| {
-        let g = gaussian(&mut rng);
+        let g = rng.gaussian();
         match j {
             0 => g.abs() * if i % 2 == 0 { 1.0 } else { -1.0 },
             1 => g.abs() * if (i / 2) % 2 == 0 { 1.0 } else { -1.0 },

@@ -9,21 +9,15 @@ use mmprobe_analysis::probe::{ProbeParams, erased_accuracy, probe_classes};
 use mmprobe_analysis::rng::Rng;
 use ndarray::{Array1, Array2};
 
-fn gaussian(rng: &mut Rng) -> f64 {
-    let u1 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 + 1e-300;
-    let u2 = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
-    (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-}
-
 /// n rows of d-dim noise (per-feature scales differ) plus ±strength along `dir` by class.
 fn planted(n: usize, d: usize, strength: f64, seed: u64) -> (Array2<f64>, Vec<usize>, Array1<f64>) {
     let mut rng = Rng::new(seed);
-    let mut dir = Array1::from_shape_fn(d, |_| gaussian(&mut rng));
+    let mut dir = Array1::from_shape_fn(d, |_| rng.gaussian());
     dir /= dir.dot(&dir).sqrt();
     let scales: Vec<f64> = (0..d).map(|i| 0.5 + (i % 5) as f64 * 0.25).collect();
     let y: Vec<usize> = (0..n).map(|i| i % 2).collect();
     let x = Array2::from_shape_fn((n, d), |(i, j)| {
-        gaussian(&mut rng) * scales[j] + if y[i] == 1 { strength } else { -strength } * dir[j] + 2.0
+        rng.gaussian() * scales[j] + if y[i] == 1 { strength } else { -strength } * dir[j] + 2.0
     });
     (x, y, dir)
 }
