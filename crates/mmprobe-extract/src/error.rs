@@ -7,7 +7,7 @@ use std::path::PathBuf;
 pub enum ExtractError {
     #[error("{} is not a model folder: it has no config.json", .0.display())]
     NoConfig(PathBuf),
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{} is not a valid config: {message}", path.display())]
     BadConfig { path: PathBuf, message: String },

@@ -283,6 +283,14 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let mut manifest = Manifest::read(root)?.unwrap_or(manifest);
     manifest.shards = Some(ShardsDone { count: shards, completed });
     manifest.write(root)?;
+    if store_complete && layout::list_partitions(root)?.is_empty() {
+        return Err(ExtractError::Input(format!(
+            "every row failed ({} of {}; see {}), so the store holds no activations",
+            errors.len(),
+            dataset.len(),
+            root.join(layout::ERRORS).display()
+        )));
+    }
 
     Ok(ExtractSummary {
         store: opts.out.clone(),

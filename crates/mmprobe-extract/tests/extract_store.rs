@@ -564,3 +564,58 @@ fn the_pixel_limit_is_an_option_of_the_run() {
     o.run.max_image_pixels = mmprobe_extract::preprocess::decode::MAX_IMAGE_PIXELS;
     extract(&o, &Quiet).unwrap();
 }
+
+#[test]
+fn malformed_datasets_name_their_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let open = |name: &str, body: &str| -> String {
+        let p = tmp.path().join(name);
+        fs::write(&p, body).unwrap();
+        let e = mmprobe_store::Dataset::open(&p).err().expect("refused").to_string();
+        assert!(!e.contains('\n') && e.contains(name), "{e}");
+        e
+    };
+    let e = open("ragged.csv", "id,text,y\na,\"a cat, black\",1\nb,a dog,0,extra\nc,a bird,1\n");
+    assert!(e.contains("line 3") && e.contains("4 fields") && e.contains("3"), "{e}");
+    let e = open(
+        "bad.jsonl",
+        "{\"id\": \"a\", \"text\": \"x\"}\n{\"id\": \"b\", \"text\": \"y\"}\n{\"id\": \"c\" \"text\": 1}\n",
+    );
+    assert!(e.contains("line 3"), "{e}");
+}
+
+#[test]
+fn a_refused_store_says_what_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 3);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Text]), vec![Site::Embeds], vec![Selector::Pooled]);
+    extract(&o, &Quiet).unwrap();
+    let mut c = o.clone();
+    c.chunk_size = 2;
+    let e = extract(&c, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("--chunk-size 3") && e.contains("not 2") && !e.contains("selectors"), "{e}");
+    // The same file, edited.
+    fs::write(&data, fs::read_to_string(&data).unwrap().replace("a photo of a cat", "a photo of a dog")).unwrap();
+    let e = extract(&o, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("sha256") && e.contains("changed") && !e.contains("another dataset"), "{e}");
+}
+
+#[test]
+fn every_row_bad_is_an_error_not_a_complete_empty_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bad.csv");
+    let img = fixtures().join("images/not_an_image.png");
+    fs::write(&data, format!("id,image,y\na,{0},1\nb,{0},0\n", img.display())).unwrap();
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Vision]), vec![Site::Embeds], vec![Selector::Pooled]);
+    o.skip_bad = true;
+    let e = extract(&o, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("every row") && e.contains("2") && e.contains("errors.parquet"), "{e}");
+    assert!(out.join("errors.parquet").is_file());
+    // Read as a store, it says what it lacks.
+    let e = Store::open(&out).err().expect("no activations").to_string();
+    assert!(e.contains("no acts/") && !e.contains("no samples.parquet"), "{e}");
+}

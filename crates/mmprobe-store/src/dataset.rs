@@ -53,7 +53,7 @@ impl Dataset {
                     return Err(err(format!("unknown format '.{other}' (use .csv, .jsonl, .parquet or a folder)")));
                 }
             }
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(explain(path, &ext, &e.to_string())))?;
             let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
             (frame, root, sha256_file(path)?)
         };
@@ -138,6 +138,63 @@ impl Dataset {
             .map(|c| c.to_string())
             .filter(|c| c != "sample" && !INPUT_COLUMNS.contains(&c.as_str()))
             .collect()
+    }
+}
+
+/// A reader's failure in one line, naming the line at fault where the file
+/// shows it (polars' own messages name neither and span several lines).
+fn explain(path: &Path, ext: &str, polars_message: &str) -> String {
+    let first_line = polars_message.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string();
+    let Ok(text) = std::fs::read_to_string(path) else { return first_line };
+    let found = match ext {
+        "csv" => {
+            ragged_csv_line(&text).map(|(line, n, header)| format!("line {line} has {n} fields, the header {header}"))
+        }
+        "jsonl" | "ndjson" => text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()).find_map(|(i, l)| {
+            serde_json::from_str::<serde_json::Value>(l).err().map(|e| format!("line {} is not valid JSON: {e}", i + 1))
+        }),
+        _ => None,
+    };
+    found.unwrap_or(first_line)
+}
+
+/// The first CSV record whose field count differs from the header's:
+/// (its first line, 1-based; its fields; the header's). Quoted fields may hold commas and newlines.
+fn ragged_csv_line(text: &str) -> Option<(usize, usize, usize)> {
+    let (mut line, mut start, mut fields, mut quoted) = (1, 1, 1, false);
+    let mut header = None;
+    let mut empty = true;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields += 1,
+            '\n' => {
+                line += 1;
+                if quoted {
+                    continue;
+                }
+                if !empty {
+                    match header {
+                        None => header = Some(fields),
+                        Some(h) if h != fields => return Some((start, fields, h)),
+                        Some(_) => {}
+                    }
+                }
+                (start, fields, empty) = (line, 1, true);
+                continue;
+            }
+            '\r' => continue,
+            _ => {}
+        }
+        empty = false;
+    }
+    match header {
+        Some(h) if !empty && h != fields => Some((start, fields, h)),
+        _ => None,
     }
 }
 

@@ -12,6 +12,8 @@ pub enum StoreError {
     BadManifest { path: PathBuf, message: String },
     #[error("{} is not an mmprobe store: it has no samples.parquet or acts/", .0.display())]
     NotAStore(PathBuf),
+    #[error("{} holds no activations: it has samples.parquet but no acts/ (an extraction that wrote no rows?)", .0.display())]
+    NoActivations(PathBuf),
     #[error("the store has no partition {0}")]
     NoPartition(String),
     #[error("partition {partition}: {message}")]

@@ -99,13 +99,31 @@ impl Manifest {
         }
         match (&self.dataset, &other.dataset) {
             (Some(x), Some(y)) if x.sha256 == y.sha256 && x.rows == y.rows => {}
+            (Some(x), Some(y)) if x.path == y.path => {
+                let short = |s: &str| s.chars().take(12).collect::<String>();
+                return Err(format!(
+                    "its dataset {} has changed since (sha256 {} then, {} now; {} rows then, {} now)",
+                    x.path,
+                    short(&x.sha256),
+                    short(&y.sha256),
+                    x.rows,
+                    y.rows
+                ));
+            }
             (Some(x), _) => return Err(format!("it was extracted from another dataset ({})", x.path)),
             _ => return Err("no dataset recorded".into()),
         }
-        if self.extraction != other.extraction {
-            return Err("it holds other towers, sites, layers or selectors".into());
+        match (&self.extraction, &other.extraction) {
+            (Some(a), Some(b)) if a.chunk_size != b.chunk_size => {
+                Err(format!("it was made with --chunk-size {}, not {}", a.chunk_size, b.chunk_size))
+            }
+            (Some(a), Some(b)) if a.logit_lens != b.logit_lens => {
+                let k = |l: Option<usize>| l.map_or("no --logit-lens".to_string(), |k| format!("--logit-lens {k}"));
+                Err(format!("it was made with {}, not {}", k(a.logit_lens), k(b.logit_lens)))
+            }
+            (a, b) if a != b => Err("it holds other towers, sites, layers or selectors".into()),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
 

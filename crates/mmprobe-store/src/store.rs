@@ -23,6 +23,9 @@ pub struct Store {
 impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         let samples_path = root.join(SAMPLES);
+        if samples_path.is_file() && !root.join(ACTS).is_dir() {
+            return Err(StoreError::NoActivations(root.to_path_buf()));
+        }
         if !samples_path.is_file() || !root.join(ACTS).is_dir() {
             return Err(StoreError::NotAStore(root.to_path_buf()));
         }

@@ -91,8 +91,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the error and its causes, no backtrace unless asked for.
-            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
-            eprintln!("mmprobe: error: {}", chain.join(": "));
+            // Errors that print their cause themselves (`path: os error`) are not followed by it again.
+            let mut line = String::new();
+            for cause in e.chain().map(|c| c.to_string()) {
+                if !line.ends_with(&cause) {
+                    line += &if line.is_empty() { cause } else { format!(": {cause}") };
+                }
+            }
+            eprintln!("mmprobe: error: {line}");
             if std::env::var("RUST_BACKTRACE").is_ok_and(|v| v != "0") {
                 eprintln!("{}", e.backtrace());
             }

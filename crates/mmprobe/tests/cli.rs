@@ -275,3 +275,17 @@ fn layers_minus_one_parses_and_a_zero_batch_is_bad_usage() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("--batch-size"), "{err}");
 }
+
+#[test]
+fn a_write_error_is_one_line_that_does_not_say_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 2);
+    let file = tmp.path().join("file");
+    fs::write(&file, "").unwrap();
+    let out = bin().args(extract_args(&data, &file.join("store"))).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("file/store") && !err.contains("cannot read"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "the OS error once: {err}");
+}
