@@ -92,16 +92,6 @@ struct Fig {
     caption: String,
 }
 
-/// A probe on classes (scored by accuracy), not on a number (R²).
-fn is_classes(r: &ProbeRow) -> bool {
-    r.probe.metric() == "accuracy"
-}
-
-/// A linear probe (logistic, ridge, least squares): curves drawn without the probe's name.
-fn is_linear(r: &ProbeRow) -> bool {
-    matches!(r.probe.as_str(), "logistic" | "ridge" | "linear")
-}
-
 /// A cross-validated score on every feature (what the curves draw; an MDL
 /// or sparse row measures something else).
 fn cross_validated(r: &ProbeRow) -> bool {
@@ -118,7 +108,7 @@ fn tower_id(c: &str, t: Tower) -> String {
 
 /// How chance is named: "chance: 1/8 classes = 0.125", "chance: R² = 0".
 fn chance_label(r: &ProbeRow) -> String {
-    if is_classes(r) {
+    if r.probe.classes() {
         format!("chance: 1/{} classes = {:.3}", r.n_classes.max(1), r.chance())
     } else {
         format!("chance: {} = 0", r.probe.metric())
@@ -148,7 +138,7 @@ fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
             let mut by: BTreeMap<String, Vec<&ProbeRow>> = BTreeMap::new();
             for r in rows.iter().filter(|r| r.partition.tower == t && r.partition.site != Site::Embeds) {
                 // A linear probe's curve is named by its site and selector; other probes add their name.
-                let kind = if is_linear(r) { String::new() } else { format!(", {}", r.probe.as_str()) };
+                let kind = if r.probe.linear() { String::new() } else { format!(", {}", r.probe.as_str()) };
                 by.entry(format!("{} {}{kind}", r.partition.site, r.partition.selector)).or_default().push(r);
             }
             let curves = by
@@ -160,7 +150,7 @@ fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
                 .collect();
             let embeds = rows
                 .iter()
-                .filter(|r| r.partition.tower == t && r.partition.site == Site::Embeds && is_linear(r))
+                .filter(|r| r.partition.tower == t && r.partition.site == Site::Embeds && r.probe.linear())
                 .min_by_key(|r| r.partition)
                 .map(|r| point(r));
             TowerCurves { tower: t.to_string(), curves, embeds }
@@ -297,7 +287,8 @@ fn tower_figures(store: &Store, c: &str, probes: &[ProbeRow], rows: &[&ProbeRow]
             .collect();
         layers.sort();
         layers.dedup();
-        let score_at: BTreeMap<Partition, Option<f64>> = rows.iter().map(|r| (r.partition, r.score())).collect();
+        let score_at: BTreeMap<Partition, Option<f64>> =
+            rows.iter().filter(|r| r.probe == best.probe).map(|r| (r.partition, r.score())).collect();
         // A partition where the concept is not classes (or has one class) draws no panel.
         let panels: Vec<Option<Panel>> = layers
             .par_iter()
@@ -361,7 +352,7 @@ fn figure_jobs(
             .filter(|p| p.concept == c && cross_validated(p) && p.skipped.is_none() && p.score().is_some())
             .collect();
         figs.extend(layer_curves(&c, &rows));
-        let classes: Vec<&ProbeRow> = rows.iter().filter(|r| is_classes(r)).copied().collect();
+        let classes: Vec<&ProbeRow> = rows.iter().filter(|r| r.probe.classes()).copied().collect();
         figs.extend(tower_figures(store, &c, probes, &classes)?);
     }
 
