@@ -3,6 +3,10 @@
 //! Model code follows the Hugging Face module tree: one struct per HF module,
 //! field names equal to the checkpoint keys, configs deserialised from
 //! `config.json` and kept apart from run-time options ([`RunOptions`]).
+//!
+//! Extraction from Rust, as `mmprobe extract` does it: fill an [`ExtractOptions`] and call
+//! [`extract`]; see `examples/extract.rs`
+//! (`cargo run --release -p mmprobe-extract --example extract -- MODEL DATA STORE`).
 
 pub mod capture;
 pub mod clip;
