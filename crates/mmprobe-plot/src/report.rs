@@ -199,6 +199,17 @@ fn tower_figures(store: &Store, c: &str, probes: &[ProbeRow], rows: &[&ProbeRow]
         let Some(ClassView { x, y, names }) = classes(&l, c)? else { continue };
         let n = y.len();
         let score = format!("{} {}", best.probe.metric(), fmt(best.score()));
+        // Even the tower's best partition does not beat chance: say so before any picture of it.
+        let warn = if best.covers_chance() {
+            format!(
+                "<span class=\"flag\">Not above chance:</span> even the {t} tower's best partition for {} does not \
+                 beat chance (held-out {score}, chance {}), so any separation this figure shows is noise or fit in-sample. ",
+                esc(c),
+                fmt(Some(best.chance()))
+            )
+        } else {
+            String::new()
+        };
         if !is_constant(&x) {
             let pca = pca2(x.view());
             let lda = lda2(x.view(), &y, names.len())?;
@@ -219,7 +230,7 @@ fn tower_figures(store: &Store, c: &str, probes: &[ProbeRow], rows: &[&ProbeRow]
                 }),
                 section: section.clone(),
                 caption: format!(
-                    "The top two principal components of the {t} tower's best partition for {c} ({where_}, \
+                    "{warn}The top two principal components of the {t} tower's best partition for {c} ({where_}, \
                      held-out {score}), coloured by {c}. PCA never sees the labels: classes that separate here \
                      dominate the variance of this state; classes that overlap may still be linearly separable \
                      in other directions (see the LDA below).",
@@ -242,7 +253,7 @@ fn tower_figures(store: &Store, c: &str, probes: &[ProbeRow], rows: &[&ProbeRow]
                 }),
                 section: section.clone(),
                 caption: format!(
-                    "Fisher discriminant axes of {c} at {where_}, fit (shrunk within-class covariance) on the same \
+                    "{warn}Fisher discriminant axes of {c} at {where_}, fit (shrunk within-class covariance) on the same \
                      {n} samples it shows: in-sample, so the separation looks better than it generalises; the \
                      held-out {score} is the honest number.{}",
                     if two {
@@ -266,7 +277,7 @@ fn tower_figures(store: &Store, c: &str, probes: &[ProbeRow], rows: &[&ProbeRow]
                 }),
                 section: section.clone(),
                 caption: format!(
-                    "Each sample's projection on the first Fisher discriminant of {c} at {where_}, one histogram per \
+                    "{warn}Each sample's projection on the first Fisher discriminant of {c} at {where_}, one histogram per \
                      class (each normalised to its class's size). Classes whose histograms overlap are the ones a \
                      readout along this single direction confuses.",
                     c = esc(c)
@@ -325,7 +336,7 @@ fn tower_figures(store: &Store, c: &str, probes: &[ProbeRow], rows: &[&ProbeRow]
             }),
             section,
             caption: format!(
-                "The {what} state at every layer (the {t} tower's best series for {c}), each panel its own PCA, \
+                "{warn}The {what} state at every layer (the {t} tower's best series for {c}), each panel its own PCA, \
                  so axes are not comparable between panels; the panel title gives the held-out probe score. Read \
                  where the classes start to pull apart. A panel marked constant holds the same vector for every \
                  sample (a position that sees no input yet), so it can only score chance.",

@@ -65,10 +65,7 @@ fn make_store(root: &Path, o: Opts) {
             Column::new("sample".into(), (0..N as u32).collect::<Vec<_>>()),
             Column::new("colour".into(), (0..N).map(|i| names[colour[i]]).collect::<Vec<_>>()),
             Column::new("shape".into(), (0..N).map(|i| ["square", "circle"][shape[i]]).collect::<Vec<_>>()),
-            Column::new(
-                "noise".into(),
-                (0..N).map(|i| ["up", "down", "left"][(i / 6) % 3]).collect::<Vec<_>>(),
-            ),
+            Column::new("noise".into(), (0..N).map(|i| ["up", "down", "left"][(i / 6) % 3]).collect::<Vec<_>>()),
         ],
     )
     .unwrap();
@@ -247,6 +244,9 @@ fn constant_layers_are_marked_and_a_chance_level_best_layer_is_flagged() {
     let noise = best.iter().find(|b| b.concept == "noise").unwrap();
     assert!(noise.covers_chance(), "the noise label should not beat chance: {noise:?}");
     assert!(best.iter().any(|b| b.concept == "colour" && !b.covers_chance()));
+    // A tower whose best partition is at chance says so under its pictures; one above chance does not.
+    assert!(html.contains("even the vision tower's best partition for noise does not beat chance"));
+    assert!(!html.contains("best partition for colour does not beat chance"));
     // No paired embeds: said in words, and no geometry table.
     let geometry = &html[html.find("id=\"geometry\"").unwrap()..];
     assert!(geometry.contains("No paired image and text embeds"));
