@@ -545,9 +545,12 @@ impl Figure for Heatmap {
             .map_err(e)?;
         // Column names, turned a quarter clockwise and hung below each column.
         let turned = TextStyle::from((FAMILY, size).into_font()).transform(FontTransform::Rotate90);
+        // Backend pixels, made relative to `main` (which starts below the title).
+        let (bx, by) = main.get_base_pixel();
+        let bottom = chart.plotting_area().get_pixel_range().1.end - by;
         for (j, l) in self.labels.iter().enumerate() {
-            let (px, py) = chart.backend_coord(&(SegmentValue::CenterOf(j), SegmentValue::Exact(0)));
-            main.draw(&Text::new(l.clone(), (px + size / 2, py + 6), turned.clone())).map_err(e)?;
+            let (px, _) = chart.backend_coord(&(SegmentValue::CenterOf(j), SegmentValue::CenterOf(0)));
+            main.draw(&Text::new(l.clone(), (px - bx + size / 2, bottom + 6), turned.clone())).map_err(e)?;
         }
         chart
             .draw_series((0..n).flat_map(|i| (0..n).map(move |j| (i, j))).map(|(i, j)| {
