@@ -155,6 +155,29 @@ impl LayerCurves {
         v
     }
 
+    /// The legend: a solid and a dashed entry per curve label, then the shared marks.
+    fn keys(&self) -> Vec<Key> {
+        let labels = self.labels();
+        let mut keys: Vec<Key> = Vec::new();
+        let has_control =
+            self.panels.iter().flat_map(|p| &p.curves).any(|c| c.points.iter().any(|p| p.control.is_some()));
+        for (i, l) in labels.iter().enumerate() {
+            keys.push(Key::new(Mark::Line, color(i), l.clone()));
+            if has_control {
+                keys.push(Key::new(Mark::Dashed, color(i), format!("{l}: control task")));
+            }
+        }
+        keys.push(Key::new(Mark::Band, BLACK, "shaded: 95% interval"));
+        if self.panels.iter().any(|p| p.embeds.is_some()) {
+            keys.push(Key::new(Mark::Square, BLACK, "embeds (pooled), bar: 95% interval"));
+            if self.panels.iter().any(|p| p.embeds.is_some_and(|q| q.control.is_some())) {
+                keys.push(Key::new(Mark::HollowSquare, BLACK, "embeds: control task"));
+            }
+        }
+        keys.push(Key::new(Mark::Dotted, BLACK, self.chance_label.clone()));
+        keys
+    }
+
     fn y_range(&self) -> (f64, f64) {
         let vals = self.panels.iter().flat_map(|p| {
             p.curves.iter().flat_map(|c| c.points.iter()).chain(p.embeds.iter()).flat_map(|q| {
@@ -173,7 +196,8 @@ impl Figure for LayerCurves {
     }
 
     fn size(&self) -> (u32, u32) {
-        (LEGEND_WIDTH + 520 * self.panels.len().max(1) as u32, 560)
+        // Tall enough for the legend column (an entry is about 24 px).
+        (LEGEND_WIDTH + 520 * self.panels.len().max(1) as u32, (100 + 26 * self.keys().len() as u32).max(560))
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
@@ -276,24 +300,7 @@ impl Figure for LayerCurves {
                 }
             }
         }
-        let mut keys: Vec<Key> = Vec::new();
-        let has_control =
-            self.panels.iter().flat_map(|p| &p.curves).any(|c| c.points.iter().any(|p| p.control.is_some()));
-        for l in &labels {
-            keys.push(Key::new(Mark::Line, colour_of(l), l.clone()));
-            if has_control {
-                keys.push(Key::new(Mark::Dashed, colour_of(l), format!("{l}: control task")));
-            }
-        }
-        keys.push(Key::new(Mark::Band, BLACK, "shaded: 95% interval"));
-        if self.panels.iter().any(|p| p.embeds.is_some()) {
-            keys.push(Key::new(Mark::Square, BLACK, "embeds (pooled), bar: 95% interval"));
-            if self.panels.iter().any(|p| p.embeds.is_some_and(|q| q.control.is_some())) {
-                keys.push(Key::new(Mark::HollowSquare, BLACK, "embeds: control task"));
-            }
-        }
-        keys.push(Key::new(Mark::Dotted, BLACK, self.chance_label.clone()));
-        draw_keys(&legend, &keys, 50)
+        draw_keys(&legend, &self.keys(), 50)
     }
 }
 
@@ -369,9 +376,11 @@ impl Figure for Scatter {
     }
 
     fn size(&self) -> (u32, u32) {
+        // Tall enough for one legend entry per class (about 22 px each).
+        let legend = 60 + 22 * self.class_names.len() as u32;
         match self.panels.len() {
-            1 => (780 + LEGEND_WIDTH - 60, 680),
-            n => (1100 + LEGEND_WIDTH - 60, (100 + 280 * n.div_ceil(4) as u32).max(420)),
+            1 => (780 + LEGEND_WIDTH - 60, legend.max(680)),
+            n => (1100 + LEGEND_WIDTH - 60, (100 + 280 * n.div_ceil(4) as u32).max(420).max(legend)),
         }
     }
 
@@ -406,7 +415,7 @@ impl Figure for Histograms {
     }
 
     fn size(&self) -> (u32, u32) {
-        (900 + LEGEND_WIDTH - 60, 560)
+        (900 + LEGEND_WIDTH - 60, (60 + 22 * self.class_names.len() as u32).max(560))
     }
 
     fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
