@@ -92,6 +92,12 @@ pub struct ExtractSummary {
     pub store_complete: bool,
     /// Chunks recorded as done whose part files were missing: extracted again.
     pub chunks_redone: Vec<usize>,
+    /// Checkpoint tensors that nothing loaded.
+    pub unused_tensors: Vec<String>,
+    /// Texts extracted now that were cut to the text tower's context length.
+    pub texts_truncated: usize,
+    /// Image-folder files that are not samples, with why.
+    pub files_skipped: Vec<String>,
 }
 
 /// One batch, ready for the model.
@@ -105,6 +111,8 @@ struct Prepared {
     failures: Vec<FailedInput>,
     chunk_end: bool,
     seen: usize,
+    /// Texts cut to the context length.
+    truncated: usize,
 }
 
 enum ToWriter {
@@ -251,6 +259,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let (write_tx, write_rx) = sync_channel::<ToWriter>(256);
     let mut rows_written = 0usize;
     let mut failed = 0usize;
+    let mut truncated = 0usize;
     let (model_result, writer_result) = std::thread::scope(|s| {
         s.spawn(|| inputs.produce(&pending, batch_tx, permit_rx));
         let writer = s.spawn(|| write_parts(root, status, write_rx));
@@ -265,6 +274,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
             progress,
             &mut rows_written,
             &mut failed,
+            &mut truncated,
         );
         drop(write_tx);
         (r, writer.join().expect("writer thread does not panic"))
@@ -304,6 +314,12 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         elapsed: t0.elapsed(),
         store_complete,
         chunks_redone,
+        unused_tensors: match &model {
+            Model::Clip(m) => m.unused.clone(),
+            Model::Llava(m) => m.unused.clone(),
+        },
+        texts_truncated: truncated,
+        files_skipped: dataset.skipped.clone(),
     })
 }
 
@@ -701,10 +717,12 @@ impl Inputs<'_> {
             }
             _ => None,
         };
+        let mut truncated = 0;
         let text = match self.tokenizer {
             Some(tok) if !ok.is_empty() => {
                 let texts: Vec<&str> = ok.iter().map(|&i| self.dataset.text(i).unwrap_or("")).collect();
                 let b = tok.encode_batch(&texts)?;
+                truncated = b.truncated;
                 Some((b.input_ids, b.attention_mask))
             }
             _ => None,
@@ -718,7 +736,7 @@ impl Inputs<'_> {
         };
         let failures = if chunk_end { std::mem::take(failures) } else { Vec::new() };
         let samples = ok.iter().map(|&i| i as u32).collect();
-        Ok(Prepared { chunk, samples, pixels, text, prompt, failures, chunk_end, seen })
+        Ok(Prepared { chunk, samples, pixels, text, prompt, failures, chunk_end, seen, truncated })
     }
 }
 
@@ -736,11 +754,13 @@ fn run_batches(
     progress: &dyn ProgressSink,
     rows_written: &mut usize,
     failed: &mut usize,
+    truncated: &mut usize,
 ) -> Result<()> {
     let partitions = plan.partitions();
     for prepared in rx {
         let b = prepared?;
         *failed += if b.chunk_end { b.failures.len() } else { 0 };
+        *truncated += b.truncated;
         if !b.samples.is_empty() {
             let (rows, mut lens_rows) =
                 guarded(|| tch::no_grad(|| forward(model, plan, &partitions, &b, device, &lens))).map_err(

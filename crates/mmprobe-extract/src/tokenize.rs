@@ -21,6 +21,8 @@ pub struct TokenBatch {
     pub input_ids: Tensor,
     pub attention_mask: Tensor,
     pub tokens: Vec<Vec<(u32, String)>>,
+    /// Rows cut to the model's positions.
+    pub truncated: usize,
 }
 
 impl TextTokenizer {
@@ -67,6 +69,7 @@ impl TextTokenizer {
             input_ids: Tensor::from_slice(&ids).view([b as i64, t as i64]),
             attention_mask: Tensor::from_slice(&mask).view([b as i64, t as i64]),
             tokens,
+            truncated: encodings.iter().filter(|e| !e.get_overflowing().is_empty()).count(),
         })
     }
 

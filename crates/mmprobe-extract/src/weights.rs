@@ -151,3 +151,13 @@ pub struct LoadReport {
     pub loaded: usize,
     pub unused: Vec<String>,
 }
+
+impl LoadReport {
+    /// The unused names that are not buffers transformers saves beside the
+    /// weights (`position_ids`): tensors the model was meant to hold but does not.
+    pub fn unexpected(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.unused.iter().filter(|n| !n.ends_with("position_ids")).cloned().collect();
+        v.sort();
+        v
+    }
+}

@@ -619,3 +619,37 @@ fn every_row_bad_is_an_error_not_a_complete_empty_store() {
     let e = Store::open(&out).err().expect("no activations").to_string();
     assert!(e.contains("no acts/") && !e.contains("no samples.parquet"), "{e}");
 }
+
+#[test]
+fn what_a_run_leaves_out_is_counted_and_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A tensor in the checkpoint that no parameter of the model takes.
+    let model = edited_model(tmp.path(), "tiny-b", &|d| {
+        let extra = Tensor::zeros([2, 3], (tch::Kind::Float, tch::Device::Cpu));
+        Tensor::write_safetensors(&[("extra.weight", &extra)], d.join("extra.safetensors")).unwrap();
+        edit_json(&d.join("model.safetensors.index.json"), &|i| {
+            i["weight_map"]["extra.weight"] = "extra.safetensors".into();
+        });
+    });
+    // tiny-b's text tower holds 32 positions: one text of 60 words is cut.
+    let data = tmp.path().join("long.csv");
+    fs::write(&data, format!("id,text\na,a cat\nb,{}\n", vec!["cat"; 60].join(" "))).unwrap();
+    let mut o = options("tiny-b", &data, &tmp.path().join("store"));
+    (o.model, o.towers, o.sites, o.selectors) =
+        (model, Some(vec![Tower::Text]), vec![Site::Embeds], vec![Selector::Pooled]);
+    let s = extract(&o, &Quiet).unwrap();
+    assert_eq!(s.unused_tensors, ["extra.weight"]);
+    assert_eq!(s.texts_truncated, 1);
+
+    // An image folder's files that are not samples.
+    let folder = tmp.path().join("folder");
+    fs::create_dir_all(folder.join("red/deeper")).unwrap();
+    fs::copy(fixtures().join("images/rgb_50x41.png"), folder.join("red/a.png")).unwrap();
+    fs::write(folder.join("red/notes.txt"), "x").unwrap();
+    fs::write(folder.join("README.md"), "x").unwrap();
+    let d = mmprobe_store::Dataset::open(&folder).unwrap();
+    assert_eq!(d.len(), 1);
+    let skipped = d.skipped.join("; ");
+    assert!(d.skipped.len() == 3 && skipped.contains("README.md (not in a <label>/ folder)"), "{skipped}");
+    assert!(skipped.contains("red/notes.txt (not an image") && skipped.contains("red/deeper (a folder"), "{skipped}");
+}

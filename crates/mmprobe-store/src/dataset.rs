@@ -27,6 +27,8 @@ pub struct Dataset {
     pub images: Option<Vec<Option<String>>>,
     pub texts: Option<Vec<Option<String>>>,
     pub prompts: Option<Vec<Option<String>>>,
+    /// An image folder's files that are not samples, as "path (why)".
+    pub skipped: Vec<String>,
 }
 
 impl Dataset {
@@ -35,8 +37,9 @@ impl Dataset {
         if !path.exists() {
             return Err(err("does not exist".into()));
         }
+        let mut skipped = Vec::new();
         let (frame, root, sha256) = if path.is_dir() {
-            let (frame, sha) = read_image_folder(path)?;
+            let (frame, sha) = read_image_folder(path, &mut skipped)?;
             (frame, path.to_path_buf(), sha)
         } else {
             let ext = path.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
@@ -57,7 +60,9 @@ impl Dataset {
             let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
             (frame, root, sha256_file(path)?)
         };
-        Self::from_frame(path, root, sha256, frame)
+        let mut d = Self::from_frame(path, root, sha256, frame)?;
+        d.skipped = skipped;
+        Ok(d)
     }
 
     fn from_frame(path: &Path, root: PathBuf, sha256: String, frame: DataFrame) -> Result<Dataset> {
@@ -104,7 +109,7 @@ impl Dataset {
             }
         }
         let frame = DataFrame::new(n, columns).map_err(|e| err(e.to_string()))?;
-        Ok(Dataset { path: path.to_path_buf(), root, sha256, frame, ids, images, texts, prompts })
+        Ok(Dataset { path: path.to_path_buf(), root, sha256, frame, ids, images, texts, prompts, skipped: Vec::new() })
     }
 
     pub fn len(&self) -> usize {
@@ -199,12 +204,15 @@ fn ragged_csv_line(text: &str) -> Option<(usize, usize, usize)> {
 }
 
 /// `DIR/<label>/<file>` -> id, image (relative), label. Hashes the listing.
-fn read_image_folder(dir: &Path) -> Result<(DataFrame, String)> {
+fn read_image_folder(dir: &Path, skipped: &mut Vec<String>) -> Result<(DataFrame, String)> {
     let err = |message: String| StoreError::Dataset { path: dir.to_path_buf(), message };
     let mut rows: Vec<(String, String, u64)> = Vec::new();
     let mut labels: Vec<_> =
         std::fs::read_dir(dir).map_err(io(dir))?.collect::<std::io::Result<Vec<_>>>().map_err(io(dir))?;
     labels.sort_by_key(|e| e.file_name());
+    for f in labels.iter().filter(|e| !e.path().is_dir()) {
+        skipped.push(format!("{} (not in a <label>/ folder)", f.file_name().to_string_lossy()));
+    }
     for l in labels.into_iter().filter(|e| e.path().is_dir()) {
         let label = l.file_name().to_string_lossy().into_owned();
         let mut files: Vec<_> = std::fs::read_dir(l.path())
@@ -215,9 +223,14 @@ fn read_image_folder(dir: &Path) -> Result<(DataFrame, String)> {
         for f in files {
             let p = f.path();
             let ext = p.extension().map(|e| e.to_string_lossy().to_lowercase()).unwrap_or_default();
-            if p.is_file() && IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+            let rel = format!("{label}/{}", f.file_name().to_string_lossy());
+            if !p.is_file() {
+                skipped.push(format!("{rel} (a folder below <label>/)"));
+            } else if IMAGE_EXTENSIONS.contains(&ext.as_str()) {
                 let size = f.metadata().map_err(io(&p))?.len();
-                rows.push((label.clone(), format!("{label}/{}", f.file_name().to_string_lossy()), size));
+                rows.push((label.clone(), rel, size));
+            } else {
+                skipped.push(format!("{rel} (not an image extension: {})", IMAGE_EXTENSIONS.join(", ")));
             }
         }
     }

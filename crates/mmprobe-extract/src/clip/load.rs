@@ -16,6 +16,8 @@ pub struct LoadedClip {
     pub vs: VarStore,
     pub device: Device,
     pub dtype: DType,
+    /// Checkpoint tensors that no parameter took (buffers such as `position_ids` aside).
+    pub unused: Vec<String>,
 }
 
 impl LoadedClip {
@@ -35,9 +37,9 @@ impl LoadedClip {
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
         // Cast before loading so each tensor is converted once, on the way in.
         vs.set_kind(dtype.kind());
-        weights.load_into(&vs, str::to_string)?;
+        let report = weights.load_into(&vs, str::to_string)?;
         vs.freeze();
-        Ok(LoadedClip { model, vs, device, dtype })
+        Ok(LoadedClip { model, vs, device, dtype, unused: report.unexpected() })
     }
 
     /// Lets cuDNN run the patch embedding in TF32 (`--allow-tf32`; only f32 on CUDA changes).

@@ -42,6 +42,8 @@ pub struct LoadedLlava {
     pub vs: VarStore,
     pub device: Device,
     pub dtype: DType,
+    /// Checkpoint tensors that no parameter took (buffers such as `position_ids` aside).
+    pub unused: Vec<String>,
 }
 
 impl LoadedLlava {
@@ -62,7 +64,7 @@ impl LoadedLlava {
             .map_err(|message| ExtractError::BadConfig { path: md.config_path.clone(), message })?;
         model.vision_tower.patch_compute = PatchCompute::for_run(dtype, false);
         vs.set_kind(dtype.kind());
-        weights.load_into(&vs, |name| {
+        let report = weights.load_into(&vs, |name| {
             for (canon, prefix) in &layout {
                 if let Some(rest) = name.strip_prefix(canon) {
                     return format!("{prefix}{rest}");
@@ -71,7 +73,7 @@ impl LoadedLlava {
             name.to_string()
         })?;
         vs.freeze();
-        Ok(LoadedLlava { model, vs, device, dtype })
+        Ok(LoadedLlava { model, vs, device, dtype, unused: report.unexpected() })
     }
 
     /// Lets cuDNN run the patch embedding in TF32 (`--allow-tf32`; only f32 on CUDA changes).

@@ -120,6 +120,27 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
 }
 
 pub fn print_summary(s: &mmprobe_extract::ExtractSummary) {
+    let few = |v: &[String]| {
+        let shown: Vec<&str> = v.iter().take(5).map(String::as_str).collect();
+        format!(
+            "{}{}",
+            shown.join(", "),
+            if v.len() > 5 { format!(", and {} more", v.len() - 5) } else { String::new() }
+        )
+    };
+    if !s.unused_tensors.is_empty() {
+        println!(
+            "{} checkpoint tensor(s) are not part of the model and were not loaded: {}",
+            s.unused_tensors.len(),
+            few(&s.unused_tensors)
+        );
+    }
+    if !s.files_skipped.is_empty() {
+        println!("{} file(s) in the image folder are not samples: {}", s.files_skipped.len(), few(&s.files_skipped));
+    }
+    if s.texts_truncated > 0 {
+        println!("{} text(s) were longer than the text tower's context and were cut to it", s.texts_truncated);
+    }
     if !s.chunks_redone.is_empty() {
         println!(
             "{} chunk(s) recorded as done had lost part files and were extracted again (chunks {:?})",
