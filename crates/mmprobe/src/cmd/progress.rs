@@ -17,9 +17,15 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 /// Where plain lines go.
 type Sink = Box<dyn Write + Send>;
 
-/// A rate with one decimal: "468.8/s".
+/// A rate with one decimal: "468.8/s"; below one a second, the time each: "4.4 s each".
 fn rate(per_sec: f64) -> String {
-    if per_sec.is_finite() { format!("{per_sec:.1}/s") } else { "–/s".to_string() }
+    if !per_sec.is_finite() {
+        "–/s".to_string()
+    } else if per_sec > 0.0 && per_sec < 1.0 {
+        format!("{:.1} s each", 1.0 / per_sec)
+    } else {
+        format!("{per_sec:.1}/s")
+    }
 }
 
 /// Seconds as "42 s", "3 min 05 s", "1 h 02 min".
@@ -226,6 +232,7 @@ mod tests {
     #[test]
     fn rates_have_one_decimal_and_lines_say_where_they_are() {
         assert_eq!(rate(468.8332), "468.8/s");
+        assert_eq!(rate(0.227), "4.4 s each");
         let line = plain_line("samples", 120, Some(300), 60.0, Duration::from_millis(3000), "");
         assert_eq!(line, "samples 120/300 (40%)  60.0/s  eta 3 s  elapsed 3 s");
         let line = plain_line("steps", 5, Some(10), 1.0, Duration::from_secs(65), "loss 0.3");
