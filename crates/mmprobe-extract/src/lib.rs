@@ -14,6 +14,7 @@ pub mod describe;
 pub mod error;
 pub mod family;
 pub mod llava;
+pub mod lock;
 pub mod plan;
 pub mod preprocess;
 pub mod run;

@@ -211,6 +211,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let reads = [("the dataset", opts.data.as_path()), ("the model", opts.model.as_path())];
     prepare_store(&opts.out, &manifest, opts.force, &reads)?;
     check_shard_count(&opts.out, opts.shard)?;
+    let _lock = crate::lock::ShardLock::acquire(&opts.out, shard, shards)?;
 
     let root = opts.out.as_path();
     if !root.join(layout::SAMPLES).exists() {
@@ -236,7 +237,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let total: usize = (0..n_chunks).filter(|c| c % shards == shard).map(chunk_len).sum();
     let todo: usize = pending.iter().map(|&c| chunk_len(c)).sum();
     progress.start(total, total - todo);
-    remove_stale_temporaries(root, &partitions);
+    remove_stale_temporaries(root, &partitions, shard);
 
     let inputs = Inputs {
         dataset: &dataset,
@@ -491,15 +492,16 @@ fn same_precision(old: &Manifest, new: &Manifest) -> std::result::Result<(), Str
     }
 }
 
-/// Temporaries of dead processes (a killed run) are removed; live ones
-/// belong to another shard and stay.
-fn remove_stale_temporaries(root: &Path, partitions: &[Partition]) {
+/// Part temporaries of this shard left by other processes: with the shard's
+/// lock held, those processes are dead. Other shards' temporaries are theirs.
+fn remove_stale_temporaries(root: &Path, partitions: &[Partition], shard: usize) {
+    let ours = format!(".part-{shard:03}-");
+    let me = format!(".tmp-{}", std::process::id());
     for p in partitions {
         let Ok(entries) = std::fs::read_dir(p.dir(root)) else { continue };
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.rsplit_once(".tmp-").and_then(|(_, pid)| pid.parse::<u32>().ok()) else { continue };
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            if name.starts_with(&ours) && name.contains(".tmp-") && !name.ends_with(&me) {
                 let _ = std::fs::remove_file(e.path());
             }
         }

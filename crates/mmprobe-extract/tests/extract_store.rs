@@ -653,3 +653,25 @@ fn what_a_run_leaves_out_is_counted_and_named() {
     assert!(d.skipped.len() == 3 && skipped.contains("README.md (not in a <label>/ folder)"), "{skipped}");
     assert!(skipped.contains("red/notes.txt (not an image") && skipped.contains("red/deeper (a folder"), "{skipped}");
 }
+
+#[test]
+fn a_shard_is_filled_by_one_run_at_a_time_and_dead_runs_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 3);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Text]), vec![Site::Embeds], vec![Selector::Pooled]);
+    extract(&o, &Quiet).unwrap();
+    // A temporary of a run that died, under a pid that is alive now (pid 1 always is).
+    let p = Partition { tower: Tower::Text, site: Site::Embeds, layer: 0, selector: Selector::Pooled };
+    let stale = p.dir(&out).join(".part-000-000000.parquet.tmp-1");
+    fs::write(&stale, "half a part").unwrap();
+    extract(&o, &Quiet).unwrap();
+    assert!(!stale.exists(), "the dead run's temporary is removed");
+    // While another run holds the shard, a second one is refused at once.
+    let lock = mmprobe_extract::lock::ShardLock::acquire(&out, 0, 1).unwrap();
+    let e = extract_within(&o, 60).unwrap_err().to_string();
+    assert!(e.contains("another run") && e.contains("0/1") && !e.contains('\n'), "{e}");
+    drop(lock);
+    extract(&o, &Quiet).unwrap();
+}
