@@ -34,7 +34,7 @@ use crate::llava::prompt::{PromptToken, default_prompt};
 use crate::llava::{LoadedLlava, PromptTokenizer};
 use crate::plan::{ExtractionPlan, LayerSpec};
 use crate::preprocess::ImageProcessor;
-use crate::preprocess::decode::open_rgb_limited;
+use crate::preprocess::decode::{decode_rgb_limited, open_rgb_limited};
 use crate::runtime::{RunOptions, device_name};
 use crate::select::{Rows, SequenceLayout, pick, pooled, select};
 use crate::tokenize::TextTokenizer;
@@ -670,12 +670,16 @@ impl Inputs<'_> {
                 .clone()
                 .into_par_iter()
                 .map(|i| {
-                    let r = match self.dataset.image_path(i) {
-                        None => Err("no image".to_string()),
-                        Some(p) => open_rgb_limited(&p, self.opts.run.max_image_pixels)
-                            .map(|img| proc.process(&img))
-                            .map_err(|e| e.to_string()),
+                    let max = self.opts.run.max_image_pixels;
+                    let img = match (self.dataset.image_bytes(i), self.dataset.image_path(i)) {
+                        (Some(bytes), path) => {
+                            let name = path.map_or(format!("of row {i}"), |p| p.display().to_string());
+                            decode_rgb_limited(bytes, &name, max)
+                        }
+                        (None, Some(p)) => open_rgb_limited(&p, max),
+                        (None, None) => Err(ExtractError::Input("no image".into())),
                     };
+                    let r = img.map(|img| proc.process(&img)).map_err(|e| e.to_string());
                     (i, r)
                 })
                 .collect(),

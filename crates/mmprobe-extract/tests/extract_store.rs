@@ -675,3 +675,27 @@ fn a_shard_is_filled_by_one_run_at_a_time_and_dead_runs_leave_nothing() {
     drop(lock);
     extract(&o, &Quiet).unwrap();
 }
+
+#[test]
+fn hugging_face_parquet_images_are_read_from_their_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    // scripts/fixtures/make_hf_parquet.py: image = {bytes, path} with a bare file name.
+    let hf = fixtures().join("hf_images.parquet");
+    let by_path = tmp.path().join("by_path.csv");
+    let img = |f: &str| fixtures().join("images").join(f).display().to_string();
+    fs::write(&by_path, format!("image,label\n{},png\n{},jpeg\n", img("rgb_50x41.png"), img("exif6_40x24.jpg")))
+        .unwrap();
+    let run = |data: &Path, out: &str| {
+        let mut o = options("tiny-a", data, &tmp.path().join(out));
+        (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Vision]), vec![Site::Embeds], vec![Selector::Pooled]);
+        extract(&o, &Quiet).unwrap();
+        Store::open(&tmp.path().join(out)).unwrap()
+    };
+    let (a, b) = (run(&hf, "hf"), run(&by_path, "csv"));
+    let p = Partition { tower: Tower::Vision, site: Site::Embeds, layer: 0, selector: Selector::Pooled };
+    assert_eq!(a.load(p).unwrap().matrix, b.load(p).unwrap().matrix);
+    // samples.parquet keeps the image's path, not its bytes.
+    let images =
+        a.samples.column("image").unwrap().str().unwrap().iter().map(|x| x.unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(images, ["rgb_50x41.png", "exif6_40x24.jpg"]);
+}

@@ -29,6 +29,8 @@ pub struct Dataset {
     pub prompts: Option<Vec<Option<String>>>,
     /// An image folder's files that are not samples, as "path (why)".
     pub skipped: Vec<String>,
+    /// Encoded images held in the file itself (Hugging Face datasets' `{bytes, path}` image struct).
+    pub image_bytes: Option<Vec<Option<Vec<u8>>>>,
 }
 
 impl Dataset {
@@ -65,8 +67,9 @@ impl Dataset {
         Ok(d)
     }
 
-    fn from_frame(path: &Path, root: PathBuf, sha256: String, frame: DataFrame) -> Result<Dataset> {
+    fn from_frame(path: &Path, root: PathBuf, sha256: String, mut frame: DataFrame) -> Result<Dataset> {
         let err = |message: String| StoreError::Dataset { path: path.to_path_buf(), message };
+        let image_bytes = split_image_struct(&mut frame).map_err(|e| err(format!("column 'image': {e}")))?;
         let n = frame.height();
         if n == 0 {
             return Err(err("it has no rows".into()));
@@ -109,7 +112,18 @@ impl Dataset {
             }
         }
         let frame = DataFrame::new(n, columns).map_err(|e| err(e.to_string()))?;
-        Ok(Dataset { path: path.to_path_buf(), root, sha256, frame, ids, images, texts, prompts, skipped: Vec::new() })
+        Ok(Dataset {
+            path: path.to_path_buf(),
+            root,
+            sha256,
+            frame,
+            ids,
+            images,
+            texts,
+            prompts,
+            skipped: Vec::new(),
+            image_bytes,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -125,6 +139,11 @@ impl Dataset {
         let p = self.images.as_ref()?.get(i)?.as_deref()?;
         let p = Path::new(p);
         Some(if p.is_absolute() { p.to_path_buf() } else { self.root.join(p) })
+    }
+
+    /// Row `i`'s encoded image when the dataset holds it (then `image_path` is only its name).
+    pub fn image_bytes(&self, i: usize) -> Option<&[u8]> {
+        self.image_bytes.as_ref()?.get(i)?.as_deref()
     }
 
     pub fn text(&self, i: usize) -> Option<&str> {
@@ -144,6 +163,25 @@ impl Dataset {
             .filter(|c| c != "sample" && !INPUT_COLUMNS.contains(&c.as_str()))
             .collect()
     }
+}
+
+/// Hugging Face datasets write an image as a struct {bytes, path}: the bytes
+/// are taken out, and the column keeps the path (samples.parquet then holds
+/// names, not every image again).
+fn split_image_struct(frame: &mut DataFrame) -> PolarsResult<Option<Vec<Option<Vec<u8>>>>> {
+    let Ok(col) = frame.column("image") else { return Ok(None) };
+    if !matches!(col.dtype(), DataType::Struct(_)) {
+        return Ok(None);
+    }
+    let st = col.as_materialized_series().struct_()?.clone();
+    let bytes = st.field_by_name("bytes")?;
+    let bytes: Vec<Option<Vec<u8>>> = bytes.binary()?.iter().map(|b| b.map(<[u8]>::to_vec)).collect();
+    let paths = match st.field_by_name("path") {
+        Ok(p) => p.cast(&DataType::String)?,
+        Err(_) => Series::full_null("image".into(), frame.height(), &DataType::String),
+    };
+    frame.replace("image", paths.with_name("image".into()).into_column())?;
+    Ok(Some(bytes))
 }
 
 /// A reader's failure in one line, naming the line at fault where the file
