@@ -480,7 +480,7 @@ fn out_of_range_layers_and_a_zero_batch_are_refused_naming_the_count() {
     for spec in ["99", "2,99", "-4", "0,-4"] {
         let e = run(&|o| o.layers = spec.parse().unwrap());
         let bad = spec.rsplit(',').next().unwrap();
-        assert!(e.contains("--layers") && e.contains(&format!("{bad}")) && e.contains("2 layers"), "{spec}: {e}");
+        assert!(e.contains("--layers") && e.contains(bad) && e.contains("2 layers"), "{spec}: {e}");
         assert!(!e.contains("--select"), "{spec}: {e}");
     }
     let e = run(&|o| o.run.batch_size = 0);
