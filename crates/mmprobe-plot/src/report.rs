@@ -61,6 +61,18 @@ pub fn is_constant(x: &Array2<f64>) -> bool {
     })
 }
 
+/// How many different rows `x` has, counting up to `cap`.
+pub fn distinct_rows(x: &Array2<f64>, cap: usize) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for r in x.rows() {
+        seen.insert(r.iter().map(|v| v.to_bits()).collect::<Vec<u64>>());
+        if seen.len() >= cap {
+            break;
+        }
+    }
+    seen.len()
+}
+
 fn xy(m: &Array2<f64>) -> Vec<(f64, f64)> {
     m.rows().into_iter().map(|r| (r[0], r[1])).collect()
 }
@@ -312,6 +324,13 @@ fn tower_figures(store: &Store, c: &str, probes: &[ProbeRow], rows: &[&ProbeRow]
                     None => format!("layer {}", p.layer),
                 };
                 let constant = is_constant(&x);
+                // A few distinct states drawn as many stacked points: say how few.
+                let distinct = distinct_rows(&x, 21);
+                let title = if !constant && distinct <= 20 && distinct < x.nrows() {
+                    format!("{title} ({distinct} distinct states)")
+                } else {
+                    title
+                };
                 Ok(Some(Panel {
                     title,
                     xy: if constant { Vec::new() } else { xy(&pca2(x.view())) },
@@ -788,4 +807,21 @@ pub fn write_report(store_dir: &Path, results: &Path, out: &Path) -> Result<Repo
         figures: saved.into_iter().flat_map(|(a, b)| [a, b]).collect(),
         seconds: t0.elapsed().as_secs_f64(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_and_few_distinct_states_are_told_apart() {
+        let same = Array2::from_shape_fn((50, 4), |(_, j)| j as f64);
+        assert!(is_constant(&same));
+        assert_eq!(distinct_rows(&same, 21), 1);
+        let seven = Array2::from_shape_fn((50, 4), |(i, j)| ((i % 7) * 10 + j) as f64);
+        assert!(!is_constant(&seven));
+        assert_eq!(distinct_rows(&seven, 21), 7);
+        let many = Array2::from_shape_fn((50, 4), |(i, j)| (i * 10 + j) as f64);
+        assert_eq!(distinct_rows(&many, 21), 21, "counting stops at the cap");
+    }
 }
