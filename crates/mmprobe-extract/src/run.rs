@@ -98,6 +98,8 @@ pub struct ExtractSummary {
     pub texts_truncated: usize,
     /// Image-folder files that are not samples, with why.
     pub files_skipped: Vec<String>,
+    /// What the defaults left out (towers without inputs, selectors that fit nothing run), one line each.
+    pub notes: Vec<String>,
 }
 
 /// One batch, ready for the model.
@@ -140,12 +142,8 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         return Err(ExtractError::Input("chunk size must be at least 1".into()));
     }
     let info = ModelInfo::from_dir(&opts.model)?;
-    let selectors = match opts.selectors.is_empty() {
-        true => crate::plan::default_selectors(info.family),
-        false => opts.selectors.clone(),
-    };
-    let plan = ExtractionPlan::new(&info, opts.towers.as_deref(), &opts.sites, &opts.layers, &selectors)?;
     let dataset = Dataset::open(&opts.data)?;
+    let (plan, notes) = plan_run(opts, &info, &dataset)?;
     check_inputs(&plan, &dataset)?;
     check_logit_lens(opts.logit_lens, &plan)?;
     let device = opts.run.apply()?;
@@ -321,21 +319,90 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         },
         texts_truncated: truncated,
         files_skipped: dataset.skipped.clone(),
+        notes,
     })
+}
+
+/// The input column a tower needs and the dataset lacks, if any.
+fn missing_input(tower: Tower, dataset: &Dataset) -> Option<&'static str> {
+    let (ok, column) = match tower {
+        Tower::Vision => (dataset.images.is_some(), "image"),
+        Tower::Text => (dataset.texts.is_some(), "text"),
+        // Without a prompt column a default prompt is built from the text or the image.
+        Tower::Decoder => (dataset.prompts.is_some() || dataset.texts.is_some() || dataset.images.is_some(), "prompt"),
+    };
+    (!ok).then_some(column)
+}
+
+/// The plan of a run. Defaults fit what the model and dataset have: a tower
+/// left to default without its input, a default selector that fits none of
+/// the towers run, and a default tower that no selector fits are left out,
+/// each said in one note. What was asked for by name and cannot be met is an
+/// error. The plan (and so the manifest) holds exactly what is extracted.
+fn plan_run(opts: &ExtractOptions, info: &ModelInfo, dataset: &Dataset) -> Result<(ExtractionPlan, Vec<String>)> {
+    let mut notes = Vec::new();
+    let towers: Vec<Tower> = match &opts.towers {
+        Some(t) => t.clone(),
+        None => {
+            let all: Vec<Tower> = info.towers.iter().map(|t| t.tower).collect();
+            let with: Vec<Tower> = all.iter().copied().filter(|t| missing_input(*t, dataset).is_none()).collect();
+            if with.is_empty() {
+                // No tower can run: the first one's error says why.
+                check_inputs_of(&all, dataset)?;
+            }
+            for t in all.iter().filter(|t| !with.contains(t)) {
+                notes.push(format!(
+                    "the {t} tower is left out: {} has no '{}' column",
+                    dataset.path.display(),
+                    missing_input(*t, dataset).unwrap_or("")
+                ));
+            }
+            with
+        }
+    };
+    let fits = |sel: Selector, t: Tower| opts.sites.iter().any(|s| info.sites(t).contains(s) && sel.fits(t, *s));
+    let selectors = match opts.selectors.is_empty() {
+        false => opts.selectors.clone(),
+        true => {
+            let defaults = crate::plan::default_selectors(info.family);
+            let (keep, skip): (Vec<Selector>, Vec<Selector>) =
+                defaults.into_iter().partition(|&sel| towers.iter().any(|&t| fits(sel, t)));
+            let run: Vec<&str> = towers.iter().map(|t| t.as_str()).collect();
+            for sel in skip {
+                notes.push(format!(
+                    "the default selector '{sel}' is left out: it fits none of the towers and sites run ({})",
+                    run.join(", ")
+                ));
+            }
+            keep
+        }
+    };
+    let mut plan = ExtractionPlan::new(info, Some(&towers), &opts.sites, &opts.layers, &selectors)?;
+    let names: Vec<String> = selectors.iter().map(|s| s.to_string()).collect();
+    for t in towers.iter().filter(|&&t| !selectors.iter().any(|&sel| fits(sel, t))) {
+        let why = format!("no requested selector fits the {t} tower ({})", names.join(", "));
+        match opts.towers {
+            Some(_) => return Err(ExtractError::Input(format!("--towers {t}: {why}"))),
+            None => {
+                notes.push(format!("the {t} tower is left out: {why}"));
+                plan.sites.remove(t);
+            }
+        }
+    }
+    if plan.sites.is_empty() {
+        return Err(ExtractError::Input("no tower of the model has a requested selector".into()));
+    }
+    Ok((plan, notes))
 }
 
 /// Every requested tower needs its input column.
 fn check_inputs(plan: &ExtractionPlan, dataset: &Dataset) -> Result<()> {
-    for tower in plan.towers() {
-        let (ok, column) = match tower {
-            Tower::Vision => (dataset.images.is_some(), "image"),
-            Tower::Text => (dataset.texts.is_some(), "text"),
-            // Without a prompt column a default prompt is built from the text or the image.
-            Tower::Decoder => {
-                (dataset.prompts.is_some() || dataset.texts.is_some() || dataset.images.is_some(), "prompt")
-            }
-        };
-        if !ok {
+    check_inputs_of(&plan.towers().collect::<Vec<_>>(), dataset)
+}
+
+fn check_inputs_of(towers: &[Tower], dataset: &Dataset) -> Result<()> {
+    for &tower in towers {
+        if let Some(column) = missing_input(tower, dataset) {
             return Err(ExtractError::Input(format!(
                 "the {tower} tower needs a '{column}' column, which {} lacks (use --towers to pick others)",
                 dataset.path.display()

@@ -279,7 +279,8 @@ fn bad_datasets_and_flags_are_one_line_errors() {
     };
     let e = run("id,text\nx,a\nx,b\n", &text_only);
     assert!(e.contains("duplicate id 'x'"), "{e}");
-    let e = run("id,text\nx,a\n", &|_| {});
+    // Named (left to default, a tower without its input is left out and said).
+    let e = run("id,text\nx,a\n", &|o| o.towers = Some(vec![Tower::Vision, Tower::Text]));
     assert!(e.contains("the vision tower needs a 'image' column"), "{e}");
     let e = run("id,caption\nx,a\n", &text_only);
     assert!(e.contains("needs an 'image' or 'text' column (it has: id, caption)"), "{e}");
@@ -698,4 +699,33 @@ fn hugging_face_parquet_images_are_read_from_their_bytes() {
     let images =
         a.samples.column("image").unwrap().str().unwrap().iter().map(|x| x.unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(images, ["rgb_50x41.png", "exif6_40x24.jpg"]);
+}
+
+#[test]
+fn defaults_fit_the_data_and_say_what_they_skip() {
+    let tmp = tempfile::tempdir().unwrap();
+    // An image folder: no text, so the text tower and its default selector are skipped.
+    let folder = tmp.path().join("folder");
+    for (label, f) in [("a", "rgb_50x41.png"), ("b", "grey_70x20.png")] {
+        fs::create_dir_all(folder.join(label)).unwrap();
+        fs::copy(fixtures().join("images").join(f), folder.join(label).join(f)).unwrap();
+    }
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &folder, &out);
+    (o.sites, o.selectors) = (vec![Site::Resid, Site::Embeds], vec![]);
+    let s = extract(&o, &Quiet).unwrap();
+    let notes = s.notes.join("\n");
+    assert!(notes.contains("text tower") && notes.contains("'text' column"), "{notes}");
+    assert!(notes.contains("'eos'"), "{notes}");
+    let store = Store::open(&out).unwrap();
+    assert!(store.partitions().unwrap().iter().all(|p| p.tower == Tower::Vision));
+    let spec = store.manifest.as_ref().unwrap().extraction.clone().unwrap();
+    assert_eq!(spec.sites.keys().collect::<Vec<_>>(), ["vision"], "the manifest lists what the store holds");
+    assert_eq!(spec.selectors, ["cls", "pooled"]);
+
+    // Asked for by name, a tower without its input is still an error.
+    o.towers = Some(vec![Tower::Text]);
+    o.out = tmp.path().join("s2");
+    let e = extract(&o, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("the text tower needs a 'text' column"), "{e}");
 }

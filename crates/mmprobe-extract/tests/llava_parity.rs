@@ -240,3 +240,35 @@ fn extraction_stores_tokens_states_and_logit_lens_like_transformers() {
 fn reference_layers(r: &Checkpoint) -> usize {
     (0..).take_while(|l| r.contains(&format!("p0.decoder.resid.{l}"))).count() - 1
 }
+
+#[test]
+fn a_default_tower_no_selector_fits_is_left_out_and_said() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("store");
+    let opts = ExtractOptions {
+        model: dir(MODELS[0]),
+        data: write_dataset(tmp.path(), MODELS[0]),
+        out: out.clone(),
+        towers: None,
+        sites: vec![Site::Resid],
+        layers: LayerSpec::All,
+        selectors: vec![Selector::Last, Selector::MeanImage, Selector::MeanText],
+        run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
+        shard: (0, 1),
+        skip_bad: false,
+        force: false,
+        chunk_size: 2,
+        logit_lens: None,
+    };
+    let s = extract(&opts, &Quiet).unwrap();
+    let notes = s.notes.join("\n");
+    assert!(notes.contains("vision tower") && notes.contains("no requested selector fits"), "{notes}");
+    let store = Store::open(&out).unwrap();
+    let spec = store.manifest.as_ref().unwrap().extraction.clone().unwrap();
+    assert_eq!(spec.sites.keys().collect::<Vec<_>>(), ["decoder"], "the manifest lists what the store holds");
+    // Named, the same tower is an error.
+    let mut named = opts.clone();
+    (named.towers, named.out) = (Some(vec![Tower::Vision, Tower::Decoder]), tmp.path().join("s2"));
+    let e = extract(&named, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("vision") && e.contains("no requested selector fits"), "{e}");
+}
