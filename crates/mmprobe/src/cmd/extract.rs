@@ -128,6 +128,9 @@ pub fn print_summary(s: &mmprobe_extract::ExtractSummary) {
             if v.len() > 5 { format!(", and {} more", v.len() - 5) } else { String::new() }
         )
     };
+    for note in &s.notes {
+        println!("{note}");
+    }
     if !s.unused_tensors.is_empty() {
         println!(
             "{} checkpoint tensor(s) are not part of the model and were not loaded: {}",
