@@ -120,7 +120,9 @@ fn tower_id(c: &str, t: Tower) -> String {
 
 /// How chance is named: "chance: 1/8 classes = 0.125", "chance: R² = 0".
 fn chance_label(r: &ProbeRow) -> String {
-    if r.probe.classes() {
+    if r.probe.classes() && r.majority.is_some() {
+        format!("chance: majority {:.3}", r.chance())
+    } else if r.probe.classes() {
         format!("chance: 1/{} classes = {:.3}", r.n_classes.max(1), r.chance())
     } else {
         format!("chance: {} = 0", r.probe.metric())

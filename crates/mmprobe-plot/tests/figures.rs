@@ -186,7 +186,7 @@ fn report_writes_every_figure_and_links_only_existing_files() {
     assert!(html.contains("Erasure (LEACE)") && html.contains("majority-class rate"));
     // Layer curves: a panel per tower, embeds as the last point, chance named.
     let curves = svg(&out, "layers_colour");
-    for want in ["vision tower", "text tower", "embeds", "chance: 1/3 classes", "resid cls: control task"] {
+    for want in ["vision tower", "text tower", "embeds", "chance: majority 0.333", "resid cls: control task"] {
         assert!(curves.contains(want), "layers_colour.svg lacks {want:?}");
     }
     // Two classes have one discriminant: no "LD 2" axis; the LDA says what it was fit on.

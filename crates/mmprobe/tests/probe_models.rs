@@ -53,15 +53,23 @@ fn first_f64(df: &DataFrame, col: &str) -> f64 {
 }
 
 #[test]
-fn probe_model_svm_reads_what_the_linear_probe_cannot() {
+fn probe_model_svm_reads_what_the_linear_probe_cannot_and_both_share_the_table() {
     let tmp = tempfile::tempdir().unwrap();
     xor_store(tmp.path());
-    let linear = probe(tmp.path(), &tmp.path().join("linear"), &[]);
-    let svm = probe(tmp.path(), &tmp.path().join("svm"), &["--model", "svm"]);
-    assert_eq!(svm.column("probe").unwrap().str().unwrap().get(0), Some("svm"));
-    let (l, s) = (first_f64(&linear, "accuracy"), first_f64(&svm, "accuracy"));
-    assert!(first_f64(&linear, "accuracy_ci_low") <= 0.5, "logistic on XOR: {l}");
-    assert!(first_f64(&svm, "accuracy_ci_low") > 0.8, "svm on XOR: {s}");
+    let out = tmp.path().join("results");
+    probe(tmp.path(), &out, &[]);
+    // A second model into the same folder keeps the first one's rows.
+    let both = probe(tmp.path(), &out, &["--model", "svm"]);
+    assert_eq!(both.height(), 2, "{both}");
+    let probe_col: Vec<&str> = both.column("probe").unwrap().str().unwrap().iter().map(|v| v.unwrap_or("")).collect();
+    let at = |kind: &str, col: &str| {
+        let i = probe_col.iter().position(|p| *p == kind).unwrap_or_else(|| panic!("no {kind} row"));
+        both.column(col).unwrap().cast(&DataType::Float64).unwrap().f64().unwrap().get(i).unwrap()
+    };
+    assert!(at("logistic", "accuracy_ci_low") <= 0.5, "logistic on XOR: {}", at("logistic", "accuracy"));
+    assert!(at("svm", "accuracy_ci_low") > 0.8, "svm on XOR: {}", at("svm", "accuracy"));
+    // Running the SVM again replaces its own row, never duplicates it.
+    assert_eq!(probe(tmp.path(), &out, &["--model", "svm"]).height(), 2);
 }
 
 #[test]

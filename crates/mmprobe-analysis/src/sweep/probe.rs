@@ -240,6 +240,13 @@ fn probe_concept(
     let mut row = ProbeRow::empty(&concept.name, l.partition, kind);
     row.n = concept.rows.len();
     row.n_classes = concept.n_classes();
+    if let Target::Classes { y, names } = &concept.target {
+        let mut counts = vec![0usize; names.len()];
+        for &c in y {
+            counts[c] += 1;
+        }
+        row.majority = counts.iter().max().map(|&m| m as f64 / y.len().max(1) as f64);
+    }
     row.dropped_null = concept.dropped_null;
     row.group_by = s.group_by.name().to_string();
     row.folds = s.params.folds;

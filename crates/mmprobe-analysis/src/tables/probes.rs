@@ -107,6 +107,9 @@ pub struct ProbeRow {
     /// Distinct groups (samples, or `--group-column` values) the folds split.
     pub n_groups: usize,
     pub n_classes: usize,
+    /// Classes: the share of the most common class, what a constant guess
+    /// scores (a probe on states that carry nothing scores it, not 1/K).
+    pub majority: Option<f64>,
     pub dropped_null: usize,
     pub accuracy: Option<f64>,
     pub accuracy_ci_low: Option<f64>,
@@ -160,6 +163,7 @@ impl ProbeRow {
             n: 0,
             n_groups: 0,
             n_classes: 0,
+            majority: None,
             dropped_null: 0,
             accuracy: None,
             accuracy_ci_low: None,
@@ -208,9 +212,10 @@ impl ProbeRow {
         }
     }
 
-    /// The score a guess makes: 1/K for K classes, 0 for R².
+    /// The score a constant guess makes: the majority class's share (1/K when
+    /// the table does not say), 0 for R².
     pub fn chance(&self) -> f64 {
-        if self.probe.classes() { 1.0 / self.n_classes.max(1) as f64 } else { 0.0 }
+        if self.probe.classes() { self.majority.unwrap_or(1.0 / self.n_classes.max(1) as f64) } else { 0.0 }
     }
 
     /// Not distinguishable from chance: the interval covers chance, or the
@@ -238,6 +243,7 @@ pub fn frame_of(rows: &[ProbeRow], lists_as_text: bool) -> Result<DataFrame> {
         Column::new("n".into(), u(|r| r.n)),
         Column::new("n_groups".into(), u(|r| r.n_groups)),
         Column::new("n_classes".into(), u(|r| r.n_classes)),
+        Column::new("majority".into(), opt(rows.iter().map(|r| r.majority))),
         Column::new("dropped_null".into(), u(|r| r.dropped_null)),
         Column::new("accuracy".into(), opt(rows.iter().map(|r| r.accuracy))),
         Column::new("accuracy_ci_low".into(), opt(rows.iter().map(|r| r.accuracy_ci_low))),
@@ -302,6 +308,24 @@ fn u32_lists(t: &Read, name: &str) -> Result<Vec<Vec<u32>>> {
         .collect()
 }
 
+/// The rows of an earlier probes.parquet that a new run does not replace
+/// (other probes, methods or k), followed by the new rows: a results folder
+/// can hold the linear probe, a non-linear one, MDL and sparse probes side
+/// by side. A row is replaced when concept, partition, probe, method and k
+/// all match.
+pub fn merge(earlier: Vec<ProbeRow>, new: Vec<ProbeRow>) -> (Vec<ProbeRow>, usize) {
+    let key = |r: &ProbeRow| (r.concept.clone(), r.partition, r.probe, r.method, r.k);
+    let replaced: std::collections::BTreeSet<_> = new.iter().map(key).collect();
+    let kept: Vec<ProbeRow> = earlier.into_iter().filter(|r| !replaced.contains(&key(r))).collect();
+    let n = kept.len();
+    let mut rows = kept;
+    rows.extend(new);
+    rows.sort_by(|a, b| {
+        (&a.concept, a.partition, a.probe, a.method, a.k).cmp(&(&b.concept, b.partition, b.probe, b.method, b.k))
+    });
+    (rows, n)
+}
+
 /// Reads RESULTS/probes.parquet back (columns a table lacks read as empty).
 pub fn read(dir: &Path) -> Result<Vec<ProbeRow>> {
     let path = dir.join("probes.parquet");
@@ -324,6 +348,7 @@ pub fn read(dir: &Path) -> Result<Vec<ProbeRow>> {
     );
     let (features, feature_counts) = (u32_lists(&t, "features")?, u32_lists(&t, "feature_counts")?);
     let f = |name: &str| t.floats(name);
+    let majority = f("majority")?;
     let (acc, lo, hi, bal, f1, roc) = (
         f("accuracy")?,
         f("accuracy_ci_low")?,
@@ -353,6 +378,7 @@ pub fn read(dir: &Path) -> Result<Vec<ProbeRow>> {
                 n: n[i],
                 n_groups: ng[i],
                 n_classes: k[i],
+                majority: majority[i],
                 dropped_null: dn[i],
                 accuracy: acc[i],
                 accuracy_ci_low: lo[i],

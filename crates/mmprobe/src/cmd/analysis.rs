@@ -260,6 +260,18 @@ pub fn probe(a: ProbeCmd) -> anyhow::Result<()> {
     let rows = sweep::probe_store(&store, &sweep, &|| b.inc(1));
     b.finish_and_clear();
     let rows = rows?;
+    // Other probes' rows already in the folder stay, so runs of several models
+    // and methods end up side by side in one table and one report.
+    let earlier = a.out.join("probes.parquet");
+    let rows = if earlier.is_file() {
+        let (merged, kept) = tables::probes::merge(tables::probes::read(&a.out)?, rows);
+        if kept > 0 {
+            println!("kept {kept} rows of other probes or methods from {}", earlier.display());
+        }
+        merged
+    } else {
+        rows
+    };
     tables::probes::write(&a.out, &rows)?;
     if let Some(r) = rows.iter().find(|r| r.dropped_null > 0) {
         println!("{}: {} rows with a null label dropped", r.concept, r.dropped_null);
