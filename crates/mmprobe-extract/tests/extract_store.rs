@@ -729,3 +729,21 @@ fn defaults_fit_the_data_and_say_what_they_skip() {
     let e = extract(&o, &Quiet).unwrap_err().to_string();
     assert!(e.contains("the text tower needs a 'text' column"), "{e}");
 }
+
+#[test]
+fn another_plan_is_refused_saying_what_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 3);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Vision]), vec![Site::Resid], vec![Selector::Cls]);
+    o.layers = "1".parse().unwrap();
+    extract(&o, &Quiet).unwrap();
+    let mut p = o.clone();
+    (p.towers, p.sites, p.selectors) =
+        (Some(vec![Tower::Vision, Tower::Text]), vec![Site::Resid], vec![Selector::Cls, Selector::Eos]);
+    p.layers = "1,2".parse().unwrap();
+    let e = extract(&p, &Quiet).unwrap_err().to_string();
+    assert!(!e.contains('\n') && e.contains("--force"), "{e}");
+    assert!(e.contains("text") && e.contains("eos") && e.contains("vision resid layers 1, not 1, 2"), "{e}");
+}

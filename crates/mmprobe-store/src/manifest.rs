@@ -121,10 +121,48 @@ impl Manifest {
                 let k = |l: Option<usize>| l.map_or("no --logit-lens".to_string(), |k| format!("--logit-lens {k}"));
                 Err(format!("it was made with {}, not {}", k(a.logit_lens), k(b.logit_lens)))
             }
+            (Some(a), Some(b)) if a != b => Err(format!("it holds another plan ({})", plan_difference(a, b))),
             (a, b) if a != b => Err("it holds other towers, sites, layers or selectors".into()),
             _ => Ok(()),
         }
     }
+}
+
+/// How plan `new` differs from the store's `old`, as "it has X, not Y" clauses.
+fn plan_difference(old: &ExtractionSpec, new: &ExtractionSpec) -> String {
+    let list = |v: &mut dyn Iterator<Item = String>| {
+        let v: Vec<String> = v.collect();
+        if v.is_empty() { "none".to_string() } else { v.join(", ") }
+    };
+    let mut out = Vec::new();
+    let towers = |s: &ExtractionSpec| list(&mut s.sites.keys().cloned());
+    if old.sites.keys().ne(new.sites.keys()) {
+        out.push(format!("towers {}, not {}", towers(old), towers(new)));
+    }
+    for (tower, sites) in old.sites.iter().filter(|(t, _)| new.sites.contains_key(*t)) {
+        let other = &new.sites[tower];
+        if sites.keys().ne(other.keys()) {
+            out.push(format!(
+                "{tower} sites {}, not {}",
+                list(&mut sites.keys().cloned()),
+                list(&mut other.keys().cloned())
+            ));
+        }
+        for (site, layers) in sites.iter().filter(|(s, _)| other.contains_key(*s)) {
+            if layers != &other[site] {
+                let l = |v: &[usize]| list(&mut v.iter().map(|x| x.to_string()));
+                out.push(format!("{tower} {site} layers {}, not {}", l(layers), l(&other[site])));
+            }
+        }
+    }
+    if old.selectors != new.selectors {
+        out.push(format!(
+            "selectors {}, not {}",
+            list(&mut old.selectors.iter().cloned()),
+            list(&mut new.selectors.iter().cloned())
+        ));
+    }
+    out.join("; ")
 }
 
 /// Hex sha256 of a file, streamed.
