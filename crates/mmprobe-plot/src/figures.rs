@@ -144,6 +144,8 @@ pub struct LayerCurves {
     /// How chance is named in the legend, e.g. "chance (1/8 classes) 0.125".
     pub chance_label: String,
     pub metric: String,
+    /// The x axis: "layer" for layer curves, "k (features kept)" for sparse probes.
+    pub x_label: String,
 }
 
 impl LayerCurves {
@@ -184,9 +186,11 @@ impl LayerCurves {
                 [Some(q.score), q.ci_low, q.ci_high, q.control].into_iter().flatten().filter(|v| v.is_finite())
             })
         });
-        let lo = vals.fold(0.0f64, f64::min).min(self.chance);
+        let (lo, hi) = vals.fold((0.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+        let lo = lo.min(self.chance);
         let lo = if lo < 0.0 { lo - 0.05 } else { 0.0 };
-        (lo, 1.02)
+        // Scores live in [0, 1]; a compression can exceed it.
+        (lo, if hi > 1.0 { hi * 1.05 } else { 1.02 })
     }
 }
 
@@ -230,7 +234,7 @@ impl Figure for LayerCurves {
             };
             chart
                 .configure_mesh()
-                .x_desc("layer")
+                .x_desc(&self.x_label)
                 .x_labels((x_max as usize + 1).min(25))
                 .x_label_formatter(&fmt_x)
                 .y_desc(&self.metric)

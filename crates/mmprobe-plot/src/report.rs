@@ -184,6 +184,7 @@ fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
             chance: first.chance(),
             chance_label: chance_label(first),
             metric: metric.to_string(),
+            x_label: "layer".to_string(),
         }),
         section: concept_id(c),
         caption: format!(
@@ -194,6 +195,155 @@ fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
             c = esc(c)
         ),
     })
+}
+
+/// MDL: compression by layer, one panel per tower, the control task's dashed.
+fn compression_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
+    rows.first()?;
+    let mut towers: Vec<Tower> = rows.iter().map(|r| r.partition.tower).collect();
+    towers.sort();
+    towers.dedup();
+    let panels = towers
+        .iter()
+        .map(|&t| {
+            let mut by: BTreeMap<String, Vec<&ProbeRow>> = BTreeMap::new();
+            for r in rows.iter().filter(|r| r.partition.tower == t && r.partition.site != Site::Embeds) {
+                by.entry(format!("{} {}", r.partition.site, r.partition.selector)).or_default().push(r);
+            }
+            let point = |r: &ProbeRow| CurvePoint {
+                layer: r.partition.layer as f64,
+                score: r.compression.unwrap_or(f64::NAN),
+                ci_low: None,
+                ci_high: None,
+                control: r.control_compression,
+            };
+            let curves = by
+                .into_iter()
+                .map(|(label, mut v)| {
+                    v.sort_by_key(|r| r.partition.layer);
+                    Curve { label, points: v.iter().map(|r| point(r)).collect() }
+                })
+                .collect();
+            let embeds =
+                rows.iter().find(|r| r.partition.tower == t && r.partition.site == Site::Embeds).map(|r| point(r));
+            TowerCurves { tower: t.to_string(), curves, embeds }
+        })
+        .collect();
+    Some(Fig {
+        job: Job::Curves(LayerCurves {
+            name: format!("compression_{}", slug(c)),
+            title: format!("{c}: MDL compression by layer (online code)"),
+            panels,
+            chance: 1.0,
+            chance_label: "uniform code (1)".into(),
+            metric: "compression (uniform bits / online bits)".into(),
+            x_label: "layer".into(),
+        }),
+        section: concept_id(c),
+        caption: format!(
+            "How easily <b>{c}</b> is extracted from each layer: the uniform codelength of its labels divided by the \
+             online codelength (Voita &amp; Titov), one panel per tower. Higher means fewer bits once a probe has \
+             seen earlier data; dashed, same colour: the control task on the same blocks. Read it next to the \
+             accuracy curves: two layers with the same accuracy can differ in how much data the probe needed.",
+            c = esc(c)
+        ),
+    })
+}
+
+/// Sparse probes: accuracy against k for the partitions that read the
+/// concept best, one panel per tower.
+fn sparse_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
+    let first = rows.first()?;
+    let mut towers: Vec<Tower> = rows.iter().map(|r| r.partition.tower).collect();
+    towers.sort();
+    towers.dedup();
+    let panels = towers
+        .iter()
+        .map(|&t| {
+            let mut by: BTreeMap<Partition, Vec<&ProbeRow>> = BTreeMap::new();
+            for r in rows.iter().filter(|r| r.partition.tower == t) {
+                by.entry(r.partition).or_default().push(r);
+            }
+            // The four partitions with the best accuracy at their largest k.
+            let mut series: Vec<(Partition, Vec<&ProbeRow>)> = by.into_iter().collect();
+            let top = |v: &[&ProbeRow]| v.iter().max_by_key(|r| r.k).and_then(|r| r.accuracy).unwrap_or(0.0);
+            series.sort_by(|a, b| top(&b.1).total_cmp(&top(&a.1)).then(a.0.cmp(&b.0)));
+            let curves = series
+                .into_iter()
+                .take(4)
+                .map(|(p, mut v)| {
+                    v.sort_by_key(|r| r.k);
+                    Curve {
+                        label: format!("{} {} {}", p.site, p.layer, p.selector),
+                        points: v
+                            .iter()
+                            .map(|r| CurvePoint {
+                                layer: r.k.unwrap_or(0) as f64,
+                                score: r.accuracy.unwrap_or(f64::NAN),
+                                ci_low: r.accuracy_ci_low,
+                                ci_high: r.accuracy_ci_high,
+                                control: None,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect();
+            TowerCurves { tower: t.to_string(), curves, embeds: None }
+        })
+        .collect();
+    Some(Fig {
+        job: Job::Curves(LayerCurves {
+            name: format!("sparse_{}", slug(c)),
+            title: format!("{c}: accuracy of k-sparse probes against k"),
+            panels,
+            chance: first.chance(),
+            chance_label: chance_label(first),
+            metric: "accuracy".into(),
+            x_label: "k (features kept, ranked on each training fold)".into(),
+        }),
+        section: concept_id(c),
+        caption: format!(
+            "How few features carry <b>{c}</b>: a probe on the k best features of each training fold (ranked on \
+             that fold only), by k, for the partitions that read it best; shaded: the 95% interval. A curve that \
+             reaches its plateau at small k points at a few concept neurons; the table below names them.",
+            c = esc(c)
+        ),
+    })
+}
+
+/// The features sparse probes chose most often, per partition: an HTML table.
+fn neuron_table(c: &str, probes: &[ProbeRow]) -> String {
+    let mut rows: Vec<&ProbeRow> =
+        probes.iter().filter(|p| p.concept == c && p.method == ProbeMethod::Sparse && p.skipped.is_none()).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    // Per partition, its row with the largest k: which features it kept, and how often.
+    rows.sort_by(|a, b| (a.partition, std::cmp::Reverse(a.k)).cmp(&(b.partition, std::cmp::Reverse(b.k))));
+    rows.dedup_by_key(|r| r.partition);
+    rows.sort_by(|a, b| {
+        b.accuracy.unwrap_or(0.0).total_cmp(&a.accuracy.unwrap_or(0.0)).then(a.partition.cmp(&b.partition))
+    });
+    let mut h = format!(
+        "<h4>Top features of the sparse probes ({})</h4><table><tr><th>partition</th><th>k</th><th>accuracy</th>\
+         <th>features chosen (times chosen / folds x repeats)</th></tr>",
+        esc(c)
+    );
+    for r in rows.iter().take(8) {
+        let fits = r.folds * r.repeats.max(1);
+        let features: Vec<String> =
+            r.features.iter().zip(&r.feature_counts).take(10).map(|(f, n)| format!("{f} ({n}/{fits})")).collect();
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            r.partition,
+            r.k.unwrap_or(0),
+            fmt(r.accuracy),
+            features.join(", ")
+        );
+    }
+    h.push_str("</table>");
+    h
 }
 
 /// PCA, LDA, the projection histogram at the tower's best partition, and PCA
@@ -384,6 +534,11 @@ fn figure_jobs(
             .filter(|p| p.concept == c && cross_validated(p) && p.skipped.is_none() && p.score().is_some())
             .collect();
         figs.extend(layer_curves(&c, &rows));
+        let of = |m: ProbeMethod| -> Vec<&ProbeRow> {
+            probes.iter().filter(|p| p.concept == c && p.method == m && p.skipped.is_none()).collect()
+        };
+        figs.extend(compression_curves(&c, &of(ProbeMethod::Mdl)));
+        figs.extend(sparse_curves(&c, &of(ProbeMethod::Sparse)));
         let classes: Vec<&ProbeRow> = rows.iter().filter(|r| r.probe.classes()).copied().collect();
         figs.extend(tower_figures(store, &c, probes, &classes)?);
     }
@@ -706,6 +861,7 @@ pub fn write_report(store_dir: &Path, results: &Path, out: &Path) -> Result<Repo
         for (f, (png, svg)) in in_section(&concept_id(c)) {
             figure_html(&mut h, png, svg, &f.caption);
         }
+        h.push_str(&neuron_table(c, &probes));
         for t in Tower::ALL {
             let id = tower_id(c, *t);
             if in_section(&id).is_empty() {

@@ -253,3 +253,50 @@ fn constant_layers_are_marked_and_a_chance_level_best_layer_is_flagged() {
     assert!(!geometry.contains("<table>"));
     assert!(!s.figures.iter().any(|f| f.ends_with("modality_gap.png")));
 }
+
+#[test]
+fn mdl_and_sparse_rows_get_a_compression_curve_an_accuracy_against_k_and_a_neuron_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (store_dir, res, out) = (tmp.path().join("store"), tmp.path().join("results"), tmp.path().join("report"));
+    std::fs::create_dir_all(&res).unwrap();
+    make_store(&store_dir, Opts::default());
+    let cv = analyse(&store_dir, &res);
+    let store = mmprobe_store::Store::open(&store_dir).unwrap();
+    let p = ProbeParams { logistic: LogisticParams { c: Some(1.0), ..Default::default() }, ..Default::default() }
+        .check()
+        .unwrap();
+    let mut rows = cv;
+    for probing in [
+        sweep::Probing::Mdl,
+        sweep::Probing::Sparse { ks: vec![1, 2, 4], filter: mmprobe_analysis::sparse::Filter::Anova },
+    ] {
+        let s = ProbeSweep {
+            concepts: vec!["colour".into()],
+            filters: Filters::default(),
+            params: p.clone(),
+            control_by: ControlBy::Default,
+            fold_column: None,
+            group_by: GroupBy::Sample,
+            probing,
+        };
+        rows = tables::probes::merge(rows, sweep::probe_store(&store, &s, &|| {}).unwrap()).0;
+    }
+    tables::probes::write(&res, &rows).unwrap();
+    let s = mmprobe_plot::write_report(&store_dir, &res, &out).unwrap();
+    for want in ["compression_colour.png", "sparse_colour.png"] {
+        assert!(s.figures.iter().any(|f| f.ends_with(want)), "{want} missing");
+    }
+    let compression = svg(&out, "compression_colour");
+    assert!(compression.contains("uniform code (1)") && compression.contains("vision tower"));
+    assert!(svg(&out, "sparse_colour").contains("k (features kept"));
+    let html = std::fs::read_to_string(&s.html).unwrap();
+    assert!(html.contains("Top features of the sparse probes (colour)"), "no neuron table");
+    // Colour lives on features 0..2: the best partition's k = 4 row names them first.
+    let table = &html[html.find("Top features of the sparse probes").unwrap()..];
+    let first_row = &table[table.find("<tr><td>").unwrap()..];
+    let cells: Vec<&str> = first_row.split("<td>").collect();
+    let features = cells[4];
+    for f in ["0 (", "1 (", "2 ("] {
+        assert!(features.contains(f), "feature {f} missing from {features}");
+    }
+}
