@@ -319,7 +319,7 @@ fn neuron_table(c: &str, probes: &[ProbeRow]) -> String {
         return String::new();
     }
     // Per partition, its row with the largest k: which features it kept, and how often.
-    rows.sort_by(|a, b| (a.partition, std::cmp::Reverse(a.k)).cmp(&(b.partition, std::cmp::Reverse(b.k))));
+    rows.sort_by_key(|r| (r.partition, std::cmp::Reverse(r.k)));
     rows.dedup_by_key(|r| r.partition);
     rows.sort_by(|a, b| {
         b.accuracy.unwrap_or(0.0).total_cmp(&a.accuracy.unwrap_or(0.0)).then(a.partition.cmp(&b.partition))
