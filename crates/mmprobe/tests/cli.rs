@@ -247,6 +247,14 @@ fn every_analysis_command_takes_another_tools_partial_manifest() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--cka-rows must be at least 3, got 0") && stderr.trim().lines().count() == 1, "{stderr}");
+
+    // `report --out` naming a file says so, in one line.
+    let file = tmp.path().join("a-file");
+    fs::write(&file, "x").unwrap();
+    let out = bin().args(["report", "--store", s, "--results", r, "--out", file.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("is a file: the report needs a folder") && stderr.trim().lines().count() == 1, "{stderr}");
 }
 
 #[test]
