@@ -139,21 +139,23 @@ fn point(r: &ProbeRow) -> CurvePoint {
     }
 }
 
-/// One concept's layer curves: a panel per tower, a curve per site/selector,
-/// the embeds as the last point.
-fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
-    let first = rows.first()?;
+/// One panel per tower of `rows`: a curve per `label` along the layers, and
+/// the first embeds row that `embeds` accepts as the point after the last layer.
+fn tower_panels(
+    rows: &[&ProbeRow],
+    label: impl Fn(&ProbeRow) -> String,
+    point: impl Fn(&ProbeRow) -> CurvePoint,
+    embeds: impl Fn(&ProbeRow) -> bool,
+) -> Vec<TowerCurves> {
     let mut towers: Vec<Tower> = rows.iter().map(|r| r.partition.tower).collect();
     towers.sort();
     towers.dedup();
-    let panels: Vec<TowerCurves> = towers
+    towers
         .iter()
         .map(|&t| {
             let mut by: BTreeMap<String, Vec<&ProbeRow>> = BTreeMap::new();
             for r in rows.iter().filter(|r| r.partition.tower == t && r.partition.site != Site::Embeds) {
-                // A linear probe's curve is named by its site and selector; other probes add their name.
-                let kind = if r.probe.linear() { String::new() } else { format!(", {}", r.probe.as_str()) };
-                by.entry(format!("{} {}{kind}", r.partition.site, r.partition.selector)).or_default().push(r);
+                by.entry(label(r)).or_default().push(r);
             }
             let curves = by
                 .into_iter()
@@ -164,12 +166,28 @@ fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
                 .collect();
             let embeds = rows
                 .iter()
-                .filter(|r| r.partition.tower == t && r.partition.site == Site::Embeds && r.probe.linear())
+                .filter(|r| r.partition.tower == t && r.partition.site == Site::Embeds && embeds(r))
                 .min_by_key(|r| r.partition)
                 .map(|r| point(r));
             TowerCurves { tower: t.to_string(), curves, embeds }
         })
-        .collect();
+        .collect()
+}
+
+/// One concept's layer curves: a panel per tower, a curve per site/selector,
+/// the embeds as the last point.
+fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
+    let first = rows.first()?;
+    let panels = tower_panels(
+        rows,
+        // A linear probe's curve is named by its site and selector; other probes add their name.
+        |r| {
+            let kind = if r.probe.linear() { String::new() } else { format!(", {}", r.probe.as_str()) };
+            format!("{} {}{kind}", r.partition.site, r.partition.selector)
+        },
+        point,
+        |r| r.probe.linear(),
+    );
     let metric = first.probe.metric();
     let embeds = if panels.iter().any(|p| p.embeds.is_some()) {
         "black square after the last layer: the pooled embeds (bar: its interval; hollow: its control); "
@@ -200,35 +218,14 @@ fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
 /// MDL: compression by layer, one panel per tower, the control task's dashed.
 fn compression_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
     rows.first()?;
-    let mut towers: Vec<Tower> = rows.iter().map(|r| r.partition.tower).collect();
-    towers.sort();
-    towers.dedup();
-    let panels = towers
-        .iter()
-        .map(|&t| {
-            let mut by: BTreeMap<String, Vec<&ProbeRow>> = BTreeMap::new();
-            for r in rows.iter().filter(|r| r.partition.tower == t && r.partition.site != Site::Embeds) {
-                by.entry(format!("{} {}", r.partition.site, r.partition.selector)).or_default().push(r);
-            }
-            let point = |r: &ProbeRow| CurvePoint {
-                layer: r.partition.layer as f64,
-                score: r.compression.unwrap_or(f64::NAN),
-                ci_low: None,
-                ci_high: None,
-                control: r.control_compression,
-            };
-            let curves = by
-                .into_iter()
-                .map(|(label, mut v)| {
-                    v.sort_by_key(|r| r.partition.layer);
-                    Curve { label, points: v.iter().map(|r| point(r)).collect() }
-                })
-                .collect();
-            let embeds =
-                rows.iter().find(|r| r.partition.tower == t && r.partition.site == Site::Embeds).map(|r| point(r));
-            TowerCurves { tower: t.to_string(), curves, embeds }
-        })
-        .collect();
+    let point = |r: &ProbeRow| CurvePoint {
+        layer: r.partition.layer as f64,
+        score: r.compression.unwrap_or(f64::NAN),
+        ci_low: None,
+        ci_high: None,
+        control: r.control_compression,
+    };
+    let panels = tower_panels(rows, |r| format!("{} {}", r.partition.site, r.partition.selector), point, |_| true);
     Some(Fig {
         job: Job::Curves(LayerCurves {
             name: format!("compression_{}", slug(c)),
