@@ -2,57 +2,42 @@
 //! data and folds (scripts/fixtures/make_intervals.py), and its calibration
 //! under the null next to the out-of-fold bootstrap's.
 
-use std::path::PathBuf;
+mod common;
 
+use common::Fixture;
 use mmprobe_analysis::folds::Groups;
 use mmprobe_analysis::logistic::LogisticParams;
 use mmprobe_analysis::probe::{FoldPlan, Interval, ProbeParams, probe_classes_on_folds, probe_numeric_on_folds};
 use mmprobe_analysis::ridge::RidgeParams;
 use ndarray::Array2;
-use safetensors::SafeTensors;
-
-fn fixture() -> (Vec<u8>, serde_json::Value) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/intervals");
-    (
-        std::fs::read(dir.join("reference.safetensors")).unwrap(),
-        serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap(),
-    )
-}
-
-fn tensor(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<u8>) {
-    let st = SafeTensors::deserialize(bytes).unwrap();
-    let t = st.tensor(name).unwrap();
-    (t.shape().to_vec(), t.data().to_vec())
-}
-
-fn f64s(data: &[u8]) -> Vec<f64> {
-    data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect()
-}
-
-fn i64s(data: &[u8]) -> Vec<usize> {
-    data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize).collect()
-}
 
 struct Case {
     x: Array2<f64>,
-    y: Vec<u8>,
+    /// The fixture, for the labels: class indices, or numbers for the ridge case.
+    fx: Fixture,
+    name: String,
     plan: FoldPlan,
     want: serde_json::Value,
 }
 
-fn case(name: &str) -> Case {
-    let (bytes, json) = fixture();
-    let (shape, x) = tensor(&bytes, &format!("{name}.x"));
-    let x = Array2::from_shape_vec((shape[0], shape[1]), f64s(&x)).unwrap();
-    let (fshape, folds) = tensor(&bytes, &format!("{name}.folds"));
-    let folds = i64s(&folds);
-    let repeats = folds.chunks(fshape[1]).map(|c| c.to_vec()).collect();
-    Case {
-        x,
-        y: tensor(&bytes, &format!("{name}.y")).1,
-        plan: FoldPlan { n_folds: 5, repeats },
-        want: json[name].clone(),
+impl Case {
+    fn classes(&self) -> Vec<usize> {
+        self.fx.usizes(&format!("{}.y", self.name))
     }
+
+    fn numbers(&self) -> Vec<f64> {
+        self.fx.f64s(&format!("{}.y", self.name))
+    }
+}
+
+fn case(name: &str) -> Case {
+    let fx = Fixture::load("intervals");
+    let x = fx.matrix(&format!("{name}.x"));
+    let folds = fx.usizes(&format!("{name}.folds"));
+    let per_repeat = fx.shape(&format!("{name}.folds"))[1];
+    let repeats = folds.chunks(per_repeat).map(|c| c.to_vec()).collect();
+    let want = fx.json[name].clone();
+    Case { x, fx, name: name.to_string(), plan: FoldPlan { n_folds: 5, repeats }, want }
 }
 
 fn close(got: f64, want: &serde_json::Value, what: &str, tol: f64) {
@@ -64,7 +49,7 @@ fn close(got: f64, want: &serde_json::Value, what: &str, tol: f64) {
 fn corrected_interval_matches_sklearn_and_scipy() {
     for name in ["binary", "multi"] {
         let c = case(name);
-        let y = i64s(&c.y);
+        let y = c.classes();
         let k = y.iter().max().unwrap() + 1;
         let p = ProbeParams {
             logistic: LogisticParams {
@@ -95,7 +80,7 @@ fn corrected_interval_matches_sklearn_and_scipy() {
 #[test]
 fn corrected_interval_of_ridge_r2_matches_sklearn() {
     let c = case("ridge");
-    let y = f64s(&c.y);
+    let y = c.numbers();
     let p = ProbeParams {
         ridge: RidgeParams { alpha: c.want["alpha"].as_f64(), ..Default::default() },
         ..Default::default()
@@ -112,7 +97,7 @@ fn corrected_interval_of_ridge_r2_matches_sklearn() {
 #[test]
 fn the_bootstrap_interval_stays_available_and_is_narrower() {
     let c = case("binary");
-    let y = i64s(&c.y);
+    let y = c.classes();
     let groups = Groups::singletons(y.len());
     let run = |interval| {
         let p = ProbeParams {

@@ -4,8 +4,9 @@
 //! in every fold, match the full probe there, and sit at chance on shuffled
 //! labels (the ranking never sees a test row).
 
-use std::path::PathBuf;
+mod common;
 
+use common::Fixture;
 use mmprobe_analysis::folds::Groups;
 use mmprobe_analysis::logistic::LogisticParams;
 use mmprobe_analysis::mdl::{self, online_codelength};
@@ -13,29 +14,13 @@ use mmprobe_analysis::probe::{FoldPlan, ProbeParams, probe_classes};
 use mmprobe_analysis::rng::Rng;
 use mmprobe_analysis::sparse::{Filter, probe_sparse};
 use ndarray::Array2;
-use safetensors::SafeTensors;
 
 #[test]
 fn online_codelength_matches_sklearn_within_one_percent() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/mdl");
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-    let want: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let f64s = |name: &str| -> (Vec<usize>, Vec<f64>) {
-        let t = st.tensor(name).unwrap();
-        (t.shape().to_vec(), t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect())
-    };
-    let i64s = |name: &str| -> Vec<usize> {
-        st.tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
-            .collect()
-    };
-    let (shape, x) = f64s("x");
-    let x = Array2::from_shape_vec((shape[0], shape[1]), x).unwrap();
-    let (y, order) = (i64s("y"), i64s("order"));
+    let fx = Fixture::load("mdl");
+    let want = &fx.json;
+    let x = fx.matrix("x");
+    let (y, order) = (fx.usizes("y"), fx.usizes("order"));
     let ends: Vec<usize> = want["ends"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
     let p = LogisticParams { max_iterations: 1000, tolerance: 1e-6, ..Default::default() }.check().unwrap();
     let m = online_codelength(x.view(), &y, 3, &order, &ends, want["C"].as_f64().unwrap(), &p).unwrap();

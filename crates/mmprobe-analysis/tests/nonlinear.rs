@@ -4,8 +4,9 @@
 //! an XOR concept that only the non-linear probes read, and a linear one that
 //! every probe reads alike.
 
-use std::path::PathBuf;
+mod common;
 
+use common::Fixture;
 use linfa::prelude::*;
 use mmprobe_analysis::folds::Groups;
 use mmprobe_analysis::logistic::LogisticParams;
@@ -19,7 +20,6 @@ use mmprobe_store::store::write_parquet;
 use mmprobe_store::{PartRows, Partition, Selector, Site, Store, Tower};
 use ndarray::{Array1, Array2};
 use polars::prelude::*;
-use safetensors::SafeTensors;
 
 const N: usize = 1000;
 
@@ -64,25 +64,10 @@ fn a_linfa_estimator_and_our_probe_fit_through_the_same_trait_on_a_partition() {
 
 #[test]
 fn rbf_svm_probe_matches_sklearn_svc_on_the_same_folds() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/fixtures/svm");
-    let bytes = std::fs::read(dir.join("reference.safetensors")).unwrap();
-    let want: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("reference.json")).unwrap()).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let t = st.tensor("x").unwrap();
-    let x = Array2::from_shape_vec(
-        (t.shape()[0], t.shape()[1]),
-        t.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect(),
-    )
-    .unwrap();
-    let ints = |name: &str| -> Vec<usize> {
-        st.tensor(name)
-            .unwrap()
-            .data()
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
-            .collect()
-    };
-    let (y, folds) = (ints("y"), ints("folds"));
+    let fx = Fixture::load("svm");
+    let want = &fx.json;
+    let x = fx.matrix("x");
+    let (y, folds) = (fx.usizes("y"), fx.usizes("folds"));
     let groups = Groups::singletons(y.len());
     let plan = FoldPlan::given(folds, 5, &groups).unwrap();
     for (name, model) in [("svm", ModelChoice::Svm(RbfSvm::default())), ("logistic", ModelChoice::Linear)] {
