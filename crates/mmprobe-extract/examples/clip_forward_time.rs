@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use mmprobe_extract::clip::LoadedClip;
-use mmprobe_extract::{DType, SiteRequest};
+use mmprobe_extract::{Capture, DType, SiteRequest};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -20,10 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let v = &clip.model.config.vision_config;
     let pixels = tch::Tensor::randn([batch, 3, v.image_size, v.image_size], (tch::Kind::Float, device));
     let req = SiteRequest { resid: (0..=v.num_hidden_layers).collect(), embeds: true, ..Default::default() };
-    tch::no_grad(|| clip.model.encode_image(&pixels, &req)); // warm-up
+    tch::no_grad(|| clip.model.encode_image(&pixels, &mut Capture::new(req.clone()))); // warm-up
     let t0 = Instant::now();
     for _ in 0..repeats {
-        let out = tch::no_grad(|| clip.model.encode_image(&pixels, &req));
+        let mut out = Capture::new(req.clone());
+        tch::no_grad(|| clip.model.encode_image(&pixels, &mut out));
         // Force completion (CUDA is asynchronous).
         let _ = out.embeds.map(|e| e.sum(tch::Kind::Float).double_value(&[]));
     }

@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use mmprobe_store::{Site, Tower};
+use mmprobe_store::{Selector, Site, Tower};
 
-use crate::clip::ClipConfig;
 use crate::error::Result;
-use crate::family::{Family, ModelDir};
+use crate::family::ModelDir;
 
 /// One tower: its layer count and width, and the sites it offers.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,90 +21,21 @@ pub struct TowerInfo {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInfo {
-    pub family: Family,
+    /// The family's name, as the manifest records it.
+    pub family: &'static str,
     pub towers: Vec<TowerInfo>,
     /// Width of the shared `embeds` space, when the family has one.
     pub embeds_width: Option<i64>,
     /// Family-specific facts worth printing (name, value).
     pub details: Vec<(String, String)>,
-}
-
-/// A CLIP vision transformer, in either family: patches plus CLS.
-fn vision_tower(v: &crate::clip::ClipVisionConfig) -> TowerInfo {
-    TowerInfo {
-        tower: Tower::Vision,
-        layers: v.num_hidden_layers,
-        width: v.hidden_size,
-        heads: v.num_attention_heads,
-        max_tokens: v.num_patches() + 1,
-    }
+    /// What a run extracts when no selector is given.
+    pub default_selectors: Vec<Selector>,
 }
 
 impl ModelInfo {
+    /// What a checkpoint folder holds, from its config.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let md = ModelDir::open(dir)?;
-        match md.family {
-            Family::Clip => {
-                let c: ClipConfig = md.config()?;
-                let v = &c.vision_config;
-                let t = &c.text_config;
-                Ok(ModelInfo {
-                    family: Family::Clip,
-                    towers: vec![
-                        vision_tower(v),
-                        TowerInfo {
-                            tower: Tower::Text,
-                            layers: t.num_hidden_layers,
-                            width: t.hidden_size,
-                            heads: t.num_attention_heads,
-                            max_tokens: t.max_position_embeddings,
-                        },
-                    ],
-                    embeds_width: Some(c.projection_dim),
-                    details: Vec::new(),
-                })
-            }
-            Family::Llava => {
-                let c = crate::llava::load::llava_config(&md)?;
-                let v = &c.vision_config;
-                let t = &c.text_config;
-                Ok(ModelInfo {
-                    family: Family::Llava,
-                    towers: vec![
-                        vision_tower(v),
-                        TowerInfo {
-                            tower: Tower::Decoder,
-                            layers: t.num_hidden_layers,
-                            width: t.hidden_size,
-                            heads: t.num_attention_heads,
-                            max_tokens: t.max_position_embeddings,
-                        },
-                    ],
-                    embeds_width: None,
-                    details: vec![
-                        (
-                            "image".into(),
-                            format!(
-                                "{} tokens per image from vision hidden states {:?} ({:?} strategy), token id {}",
-                                c.image_seq_length,
-                                c.vision_feature_layer.0,
-                                c.vision_feature_select_strategy,
-                                c.image_token_index
-                            ),
-                        ),
-                        (
-                            "decoder".into(),
-                            format!(
-                                "{} kv heads, vocabulary {}, {} head",
-                                t.kv_heads(),
-                                t.vocab_size,
-                                if c.tied() { "tied" } else { "untied" }
-                            ),
-                        ),
-                    ],
-                })
-            }
-        }
+        Ok(crate::family::open(&ModelDir::open(dir)?)?.info().clone())
     }
 
     pub fn tower(&self, tower: Tower) -> Option<&TowerInfo> {

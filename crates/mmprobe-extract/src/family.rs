@@ -1,34 +1,40 @@
-//! Which model family a checkpoint folder holds, from its `config.json`.
+//! The seam every model family sits behind. A family is one folder (`clip/`,
+//! `llava/`) holding its config, its modules, its loader and one
+//! [`Family`] implementation; [`open`] picks it from `config.json`'s
+//! `model_type` through [`FAMILIES`], the one list a new family joins.
+//!
+//! A new family adds: its folder with `config.rs` (serde, transformers'
+//! defaults), `model.rs` (one struct per HF module, fields named after the
+//! checkpoint keys, forward passes reporting to a [`Capture`]), `load.rs`
+//! (key layouts onto the canonical module paths) and `family.rs` (this
+//! trait: what it is, what inputs it needs, how a prepared batch runs); and
+//! one line in [`FAMILIES`]. Shared modules live in `layers.rs` and, for
+//! decoders, `llama/`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use mmprobe_store::Tower;
 use serde::de::DeserializeOwned;
+use tch::{Device, Tensor};
 
+use crate::capture::{Capture, SiteRequest};
+use crate::describe::ModelInfo;
 use crate::error::{ExtractError, Result, read_file};
+use crate::llava::PromptTokenizer;
+use crate::preprocess::ImageProcessor;
+use crate::runtime::RunOptions;
+use crate::select::SequenceLayout;
+use crate::tokenize::TextTokenizer;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Clip,
-    Llava,
-}
-
-impl Family {
-    const KNOWN: &'static [(&'static str, Family)] = &[("clip", Family::Clip), ("llava", Family::Llava)];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::Clip => "clip",
-            Family::Llava => "llava",
-        }
-    }
-}
-
-/// A checkpoint folder's config.json, parsed once.
+/// A checkpoint folder's config.json, read and parsed once.
 pub struct ModelDir {
     pub dir: PathBuf,
-    pub family: Family,
     pub config_path: PathBuf,
     pub config_bytes: Vec<u8>,
+    pub config_value: serde_json::Value,
+    /// `model_type`, or "" when the config has none.
+    pub model_type: String,
 }
 
 impl ModelDir {
@@ -38,22 +44,93 @@ impl ModelDir {
             return Err(ExtractError::NoConfig(dir.to_path_buf()));
         }
         let config_bytes = read_file(&config_path)?;
-        let value: serde_json::Value = serde_json::from_slice(&config_bytes)
+        let config_value: serde_json::Value = serde_json::from_slice(&config_bytes)
             .map_err(|e| ExtractError::BadConfig { path: config_path.clone(), message: e.to_string() })?;
-        let model_type = value.get("model_type").and_then(|v| v.as_str()).unwrap_or("");
-        let family = Family::KNOWN.iter().find(|(n, _)| *n == model_type).map(|(_, f)| *f).ok_or_else(|| {
-            ExtractError::UnsupportedFamily {
-                path: config_path.clone(),
-                found: if model_type.is_empty() { "(none)".into() } else { model_type.into() },
-                known: Family::KNOWN.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            }
-        })?;
-        Ok(ModelDir { dir: dir.to_path_buf(), family, config_path, config_bytes })
+        let model_type = config_value.get("model_type").and_then(|v| v.as_str()).unwrap_or("").to_string();
+        Ok(ModelDir { dir: dir.to_path_buf(), config_path, config_bytes, config_value, model_type })
     }
 
-    /// The config as the family's struct.
+    /// The config as a family's struct.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.config_bytes)
-            .map_err(|e| ExtractError::BadConfig { path: self.config_path.clone(), message: e.to_string() })
+        T::deserialize(&self.config_value).map_err(|e| self.bad_config(e.to_string()))
     }
+
+    /// A one-line error about this config.
+    pub fn bad_config(&self, message: impl Into<String>) -> ExtractError {
+        ExtractError::BadConfig { path: self.config_path.clone(), message: message.into() }
+    }
+}
+
+/// How a family parses a checkpoint folder's config.
+pub type OpenFamily = fn(&ModelDir) -> Result<Box<dyn Family>>;
+
+/// The families mmprobe reads: `model_type` and how to open one.
+pub const FAMILIES: &[(&str, OpenFamily)] =
+    &[("clip", crate::clip::family::open), ("llava", crate::llava::family::open)];
+
+/// The family of a checkpoint folder, its config parsed.
+pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
+    match FAMILIES.iter().find(|(name, _)| *name == md.model_type) {
+        Some((_, open)) => open(md),
+        None => Err(ExtractError::UnsupportedFamily {
+            path: md.config_path.clone(),
+            found: if md.model_type.is_empty() { "(none)".into() } else { md.model_type.clone() },
+            known: FAMILIES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        }),
+    }
+}
+
+/// What turns a dataset's columns into model inputs, for the towers a run needs.
+#[derive(Default)]
+pub struct InputTools {
+    /// Text towers: the tokenizer, padded to the family's convention.
+    pub text: Option<TextTokenizer>,
+    /// Decoders: the prompt tokenizer, image tokens expanded.
+    pub prompts: Option<PromptTokenizer>,
+    /// Pixels for the vision tower (or a decoder's image).
+    pub images: Option<ImageProcessor>,
+}
+
+/// One prepared batch, on the CPU as the loader made it.
+#[derive(Default)]
+pub struct Batch {
+    /// [B, 3, H, W] f32.
+    pub pixels: Option<Tensor>,
+    /// Text tower: ids and mask [B, T].
+    pub text: Option<(Tensor, Tensor)>,
+    /// Decoder prompts: ids and mask [B, T], image tokens expanded.
+    pub prompt: Option<(Tensor, Tensor)>,
+}
+
+/// One tower's states after a batch: what its hook kept, and what its positions mean.
+pub struct TowerStates {
+    pub tower: Tower,
+    pub capture: Capture,
+    pub layout: SequenceLayout,
+}
+
+/// A model family, its config parsed; nothing loaded yet.
+pub trait Family: Send + Sync {
+    /// Towers, layers, widths, sites and default selectors.
+    fn info(&self) -> &ModelInfo;
+
+    /// The tokenizers and image processor that running `towers` needs, read
+    /// from the folder and checked against the config (vocabulary, image size).
+    fn inputs(&self, md: &ModelDir, towers: &[Tower], has_images: bool) -> Result<InputTools>;
+
+    /// The weights onto `device` in the run's dtype.
+    fn load(&self, md: &ModelDir, device: Device, run: &RunOptions) -> Result<Box<dyn LoadedModel>>;
+}
+
+/// A family's model with its weights loaded.
+pub trait LoadedModel {
+    /// One batch through the model: each tower in `requests` reports its sites.
+    fn forward(&self, batch: &Batch, requests: &BTreeMap<Tower, SiteRequest>, device: Device) -> Vec<TowerStates>;
+
+    /// Next-token logits of decoder residual vectors [.., D] (final norm, then
+    /// the head), for the logit lens; `None` for families without a decoder.
+    fn logits(&self, h: &Tensor) -> Option<Tensor>;
+
+    /// Checkpoint tensors that no parameter took (buffers such as `position_ids` aside).
+    fn unused_tensors(&self) -> Vec<String>;
 }

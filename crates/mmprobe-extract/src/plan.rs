@@ -9,7 +9,6 @@ use mmprobe_store::{Partition, Selector, Site, Tower};
 
 use crate::describe::ModelInfo;
 use crate::error::{ExtractError, Result};
-use crate::family::Family;
 
 /// `--layers`: every layer, or indices where negatives count from the end (-1 = last).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -71,14 +70,6 @@ impl LayerSpec {
     }
 }
 
-/// The selectors a run uses when none are given.
-pub fn default_selectors(family: Family) -> Vec<Selector> {
-    match family {
-        Family::Clip => vec![Selector::Cls, Selector::Eos, Selector::Pooled],
-        Family::Llava => vec![Selector::Cls, Selector::Last, Selector::MeanImage, Selector::MeanText],
-    }
-}
-
 /// What one run extracts: per tower, per site, the layers; and the selectors.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExtractionPlan {
@@ -102,7 +93,7 @@ impl ExtractionPlan {
             let Some(t) = info.tower(tower) else {
                 return Err(ExtractError::Input(format!(
                     "--towers: this {} model has no {tower} tower (it has: {})",
-                    info.family.name(),
+                    info.family,
                     names(&available)
                 )));
             };

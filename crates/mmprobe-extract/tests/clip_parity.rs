@@ -4,7 +4,7 @@ mod common;
 
 use common::{assert_close, clip_dir, device, reference};
 use mmprobe_extract::clip::{LoadedClip, PatchCompute};
-use mmprobe_extract::{DType, SiteRequest};
+use mmprobe_extract::{Capture, DType, SiteRequest};
 use tch::Device;
 
 const TOL: f64 = 1e-4;
@@ -20,8 +20,10 @@ fn check_model(name: &str) {
 
     let n_text = m.config.text_config.num_hidden_layers;
     let n_vision = m.config.vision_config.num_hidden_layers;
-    let text = tch::no_grad(|| m.encode_text(&ids, &mask, &SiteRequest::everything(n_text)));
-    let vision = tch::no_grad(|| m.encode_image(&pixels, &SiteRequest::everything(n_vision)));
+    let mut text = Capture::new(SiteRequest::everything(n_text));
+    tch::no_grad(|| m.encode_text(&ids, &mask, &mut text));
+    let mut vision = Capture::new(SiteRequest::everything(n_vision));
+    tch::no_grad(|| m.encode_image(&pixels, &mut vision));
 
     for (tower, got, n) in [("text", &text, n_text), ("vision", &vision, n_vision)] {
         assert_eq!(got.resid.len(), n + 1);
@@ -81,8 +83,8 @@ fn every_patch_computation_matches_transformers() {
     };
     for &how in ways {
         clip.model.vision_model.patch_compute = how;
-        let got =
-            tch::no_grad(|| clip.model.encode_image(&pixels, &SiteRequest { resid: [0].into(), ..Default::default() }));
+        let mut got = Capture::new(SiteRequest { resid: [0].into(), ..Default::default() });
+        tch::no_grad(|| clip.model.encode_image(&pixels, &mut got));
         assert_close(&format!("{how:?} vision resid 0"), &got.resid[&0], &want, TOL);
     }
 }
@@ -93,7 +95,8 @@ fn only_requested_sites_are_kept() {
     let r = reference(&dir);
     let clip = LoadedClip::load(&dir, Device::Cpu, DType::F32).unwrap();
     let req = SiteRequest { resid: [2].into(), mlp: [1].into(), ..Default::default() };
-    let got = tch::no_grad(|| clip.model.encode_image(&r.tensor("pixel_values").unwrap(), &req));
+    let mut got = Capture::new(req);
+    tch::no_grad(|| clip.model.encode_image(&r.tensor("pixel_values").unwrap(), &mut got));
     assert_eq!(got.resid.keys().copied().collect::<Vec<_>>(), vec![2]);
     assert_eq!(got.mlp.keys().copied().collect::<Vec<_>>(), vec![1]);
     assert!(got.attn.is_empty() && got.embeds.is_none());

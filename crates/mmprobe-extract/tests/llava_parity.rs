@@ -11,7 +11,7 @@ use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::weights::Checkpoint;
 use mmprobe_extract::{
-    DType, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract,
+    Capture, DType, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract,
 };
 use mmprobe_store::{Partition, Store};
 use tch::{Kind, Tensor};
@@ -92,12 +92,12 @@ fn check_states(name: &str, flip_padding: bool) {
     let model = &l.model;
     let nv = model.config.vision_config.num_hidden_layers;
     let n = model.config.text_config.num_hidden_layers;
-    let vreq = SiteRequest { resid: (0..=nv).collect(), ..Default::default() };
+    let mut vision = Capture::new(SiteRequest { resid: (0..=nv).collect(), ..Default::default() });
+    let mut out = Capture::new(SiteRequest { embeds: false, ..SiteRequest::everything(n) });
     let (ids, mask) = (b.input_ids.to_device(device()), b.attention_mask.to_device(device()));
-    let (vision, out) = tch::no_grad(|| {
-        let (vision, feats) = model.encode_image(&px, &vreq);
-        let req = SiteRequest { embeds: false, ..SiteRequest::everything(n) };
-        (vision, model.decode(&ids, &mask, Some(&feats), &req, &[]))
+    let _last = tch::no_grad(|| {
+        let feats = model.encode_image(&px, &mut vision);
+        model.decode(&ids, &mask, Some(&feats), &mut out)
     });
     let side = if tok.left_padding { "left" } else { "right" };
     for i in 0..ps.len() as i64 {
@@ -107,11 +107,11 @@ fn check_states(name: &str, flip_padding: bool) {
         }
         for lay in 0..=n {
             let want = r.tensor(&format!("p{i}.decoder.resid.{lay}")).unwrap();
-            let got = unpadded(&out.captured.resid[&lay], &mask, i);
+            let got = unpadded(&out.resid[&lay], &mask, i);
             assert_close(&format!("{name} ({side} padded) p{i} decoder resid {lay}"), &got, &want, TOL);
         }
         for lay in 1..=n {
-            for (site, map) in [("attn", &out.captured.attn), ("mlp", &out.captured.mlp)] {
+            for (site, map) in [("attn", &out.attn), ("mlp", &out.mlp)] {
                 let want = r.tensor(&format!("p{i}.decoder.{site}.{lay}")).unwrap();
                 let got = unpadded(&map[&lay], &mask, i);
                 assert_close(&format!("{name} ({side} padded) p{i} decoder {site} {lay}"), &got, &want, TOL);

@@ -5,10 +5,10 @@
 use std::path::Path;
 
 use image::RgbImage;
-use mmprobe_extract::SiteRequest;
 use mmprobe_extract::clip::{ClipConfig, ClipModel};
 use mmprobe_extract::preprocess::{ImageProcessor, Rgb8};
 use mmprobe_extract::tokenize::TextTokenizer;
+use mmprobe_extract::{Capture, SiteRequest};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::{Value, json};
@@ -264,9 +264,11 @@ fn next_batch(
 
 /// Symmetric InfoNCE over the batch, and the image-to-text in-batch accuracy.
 fn contrastive_loss(model: &ClipModel, b: &Batch) -> (Tensor, Tensor) {
-    let req = SiteRequest { embeds: true, ..Default::default() };
-    let img = model.encode_image(&b.pixels, &req).embeds.expect("embeds were requested");
-    let txt = model.encode_text(&b.input_ids, &b.attention_mask, &req).embeds.expect("embeds were requested");
+    let (mut img, mut txt) = (Capture::new(SiteRequest::embeds()), Capture::new(SiteRequest::embeds()));
+    model.encode_image(&b.pixels, &mut img);
+    model.encode_text(&b.input_ids, &b.attention_mask, &mut txt);
+    let img = img.embeds.expect("embeds were requested");
+    let txt = txt.embeds.expect("embeds were requested");
     let norm = |x: Tensor| &x / x.norm_scalaropt_dim(2, [-1], true);
     let logits = norm(img).mm(&norm(txt).tr()) * model.logit_scale.exp();
     let n = logits.size()[0];

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use mmprobe_extract::SiteRequest;
+use mmprobe_extract::Capture;
 use mmprobe_extract::llava::{LlavaConfig, LlavaModel, PromptTokenizer};
 use mmprobe_extract::preprocess::ImageProcessor;
 use mmprobe_extract::weights::Checkpoint;
@@ -210,14 +210,12 @@ fn vqa_batch(
 /// The residual stream after the decoder's last layer, before the final norm
 /// [B, T, D]: what `LlavaModel::logits` reads. `image` holds the projected features.
 pub(crate) fn final_stream(model: &LlavaModel, ids: &Tensor, mask: &Tensor, image: &Tensor) -> Tensor {
-    let last = model.language_model.layers.len();
-    let out = model.decode(ids, mask, Some(image), &SiteRequest::default(), &[last]);
-    out.raw_resid.into_iter().next().expect("the last layer's stream was asked for").1
+    model.decode(ids, mask, Some(image), &mut Capture::nothing())
 }
 
 /// Next-token logits [B, T, V] of a batch; the vision tower runs without gradients.
 fn vqa_logits(model: &LlavaModel, pixels: &Tensor, ids: &Tensor, mask: &Tensor) -> Tensor {
-    let feats = tch::no_grad(|| model.vision_features(pixels, &SiteRequest::default()).1);
+    let feats = tch::no_grad(|| model.vision_features(pixels, &mut Capture::nothing()));
     let image = model.multi_modal_projector.forward(&feats);
     model.logits(&final_stream(model, ids, mask, &image))
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::ImageProcessor;
-use mmprobe_extract::{DType, SiteRequest};
+use mmprobe_extract::{Capture, DType};
 use tch::{Device, Kind, Tensor};
 
 use crate::ZooError;
@@ -46,14 +46,13 @@ pub fn vqa_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<VqaReport, Zo
     tok.left_padding = true;
     let processor = ImageProcessor::from_dir(model_dir)?;
     let side = processor.output_size().0 as u32;
-    let none = SiteRequest::default();
 
     let mut correct = [0usize; TASKS];
     let mut stream = ShapeStream::new(seed, side).take(n).peekable();
     while stream.peek().is_some() {
         let batch: Vec<(ShapeSample, image::RgbImage)> = stream.by_ref().take(100).collect();
         let pixels = pixel_batch(&processor, batch.iter().map(|(_, img)| img));
-        let image = tch::no_grad(|| model.encode_image(&pixels, &none).1);
+        let image = tch::no_grad(|| model.encode_image(&pixels, &mut Capture::nothing()));
         for (task, right) in correct.iter_mut().enumerate() {
             let (prompts, truths): (Vec<String>, Vec<String>) = batch.iter().map(|(s, _)| task_text(s, task)).unzip();
             let answers = greedy_answers(&llava, &tok, &image, &prompts)?;

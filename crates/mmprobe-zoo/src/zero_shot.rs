@@ -11,7 +11,7 @@ use std::path::Path;
 use mmprobe_extract::clip::LoadedClip;
 use mmprobe_extract::preprocess::ImageProcessor;
 use mmprobe_extract::tokenize::TextTokenizer;
-use mmprobe_extract::{DType, SiteRequest};
+use mmprobe_extract::{Capture, DType, SiteRequest};
 use tch::{Device, Kind, Tensor};
 
 use crate::ZooError;
@@ -77,7 +77,6 @@ pub fn zero_shot_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<ZeroSho
     let tokenizer = TextTokenizer::from_dir(model_dir, max_len, model.config.text_config.pad_token_id as u32)?;
     let processor = ImageProcessor::from_dir(model_dir)?;
     let side = processor.output_size().0 as u32;
-    let req = SiteRequest { embeds: true, ..Default::default() };
 
     let captions = every_caption();
     let texts: Vec<String> = captions.iter().map(ShapeSample::caption).collect();
@@ -86,7 +85,9 @@ pub fn zero_shot_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<ZeroSho
         for chunk in texts.chunks(256) {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
             let b = tokenizer.encode_batch(&refs)?;
-            parts.push(unit(model.encode_text(&b.input_ids, &b.attention_mask, &req).embeds.expect("asked")));
+            let mut cap = Capture::new(SiteRequest::embeds());
+            model.encode_text(&b.input_ids, &b.attention_mask, &mut cap);
+            parts.push(unit(cap.embeds.expect("asked")));
         }
         Ok(Tensor::cat(&parts, 0))
     })?;
@@ -104,7 +105,9 @@ pub fn zero_shot_shapes(model_dir: &Path, n: usize, seed: u64) -> Result<ZeroSho
         let batch: Vec<(ShapeSample, image::RgbImage)> = stream.by_ref().take(128).collect();
         let pixels = pixel_batch(&processor, batch.iter().map(|(_, img)| img));
         let probs = tch::no_grad(|| {
-            let img = unit(model.encode_image(&pixels, &req).embeds.expect("asked"));
+            let mut cap = Capture::new(SiteRequest::embeds());
+            model.encode_image(&pixels, &mut cap);
+            let img = unit(cap.embeds.expect("asked"));
             (img.mm(&text_emb.tr()) * model.logit_scale.exp()).softmax(-1, Kind::Float)
         });
         for (c, m) in membership.iter().enumerate() {

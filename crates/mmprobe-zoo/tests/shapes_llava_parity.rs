@@ -9,7 +9,7 @@ use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::weights::Checkpoint;
 use mmprobe_extract::{
-    DType, DeviceChoice, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract,
+    Capture, DType, DeviceChoice, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract,
 };
 use mmprobe_store::dataset::Dataset;
 use mmprobe_store::{Partition, Store};
@@ -156,7 +156,7 @@ fn greedy_answers_match_transformers_generate() {
                 Tensor::from_slice(&proc.process(&img)).view([3, 64, 64])
             })
             .collect();
-        let image = tch::no_grad(|| l.model.encode_image(&Tensor::stack(&pixels, 0), &SiteRequest::default()).1);
+        let image = tch::no_grad(|| l.model.encode_image(&Tensor::stack(&pixels, 0), &mut Capture::nothing()));
         let answers = mmprobe_zoo::vqa::greedy_answers(&l, &tok, &image, &p[start..end]).unwrap();
         for (i, words) in (start..end).zip(answers) {
             assert_eq!(words.join(" "), want[i].as_str().unwrap(), "row {i}");

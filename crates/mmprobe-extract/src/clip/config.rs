@@ -2,30 +2,7 @@
 
 use serde::Deserialize;
 
-/// The activation functions transformers' `ACT2FN` names that CLIP checkpoints use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Activation {
-    QuickGelu,
-    Gelu,
-    #[serde(alias = "gelu_pytorch_tanh", alias = "gelu_new")]
-    GeluTanh,
-    Relu,
-    Silu,
-}
-
-impl Activation {
-    pub fn apply(self, x: &tch::Tensor) -> tch::Tensor {
-        match self {
-            // x * sigmoid(1.702 x), as OpenAI's CLIP
-            Activation::QuickGelu => x * (x * 1.702).sigmoid(),
-            Activation::Gelu => x.gelu("none"),
-            Activation::GeluTanh => x.gelu("tanh"),
-            Activation::Relu => x.relu(),
-            Activation::Silu => x.silu(),
-        }
-    }
-}
+pub use crate::layers::Activation;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ClipTextConfig {

@@ -6,7 +6,7 @@ use tch::{Device, nn::VarStore};
 
 use super::{ClipConfig, ClipModel, PatchCompute};
 use crate::error::{ExtractError, Result};
-use crate::family::{Family, ModelDir};
+use crate::family::ModelDir;
 use crate::runtime::DType;
 use crate::weights::Checkpoint;
 
@@ -21,19 +21,24 @@ pub struct LoadedClip {
 }
 
 impl LoadedClip {
+    /// Opens `dir` (which must hold a CLIP checkpoint) and loads it.
     pub fn load(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
         let md = ModelDir::open(dir)?;
-        if md.family != Family::Clip {
+        if md.model_type != "clip" {
             return Err(ExtractError::UnsupportedFamily {
                 path: md.config_path.clone(),
-                found: md.family.name().into(),
+                found: md.model_type.clone(),
                 known: "clip".into(),
             });
         }
-        let config: ClipConfig = md.config()?;
-        let weights = Checkpoint::open(dir)?;
+        Self::from_config(&md, &md.config()?, device, dtype)
+    }
+
+    /// Loads the weights of `md` for an already parsed config.
+    pub fn from_config(md: &ModelDir, config: &ClipConfig, device: Device, dtype: DType) -> Result<Self> {
+        let weights = Checkpoint::open(&md.dir)?;
         let mut vs = VarStore::new(device);
-        let mut model = ClipModel::new(vs.root(), &config);
+        let mut model = ClipModel::new(vs.root(), config);
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
         // Cast before loading so each tensor is converted once, on the way in.
         vs.set_kind(dtype.kind());

@@ -1,6 +1,7 @@
 //! The CLIP family (transformers' `CLIPModel`).
 
 pub mod config;
+pub mod family;
 pub mod load;
 pub mod model;
 

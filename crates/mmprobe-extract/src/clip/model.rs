@@ -4,17 +4,10 @@
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use super::config::{Activation, ClipConfig, ClipTextConfig, ClipVisionConfig};
-use crate::capture::{Captured, SiteRequest};
+use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
+use crate::capture::Capture;
+use crate::layers::{Activation, layer_norm, linear};
 use crate::runtime::DType;
-
-fn linear(p: nn::Path, i: i64, o: i64, bias: bool) -> nn::Linear {
-    nn::linear(p, i, o, nn::LinearConfig { bias, ..Default::default() })
-}
-
-fn layer_norm(p: nn::Path, d: i64, eps: f64) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![d], nn::LayerNormConfig { eps, ..Default::default() })
-}
 
 pub struct ClipAttention {
     pub q_proj: nn::Linear,
@@ -109,15 +102,15 @@ impl ClipEncoder {
         ClipEncoder { layers: (0..n).map(|i| ClipEncoderLayer::new(&p / i, d, inner, heads, act, eps)).collect() }
     }
 
-    /// Runs every layer, keeping the requested sites; returns the last hidden state.
-    fn forward(&self, x: Tensor, allowed: Option<&Tensor>, req: &SiteRequest, out: &mut Captured) -> Tensor {
-        out.keep_resid(req, 0, &x);
+    /// Runs every layer, reporting each site to `cap`; returns the last hidden state.
+    fn forward(&self, x: Tensor, allowed: Option<&Tensor>, cap: &mut Capture) -> Tensor {
+        cap.resid(0, &x);
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
             let l = i + 1;
             let o = layer.forward(&h, allowed);
-            out.keep_sublayers(req, l, &o.attn, &o.mlp);
-            out.keep_resid(req, l, &o.resid);
+            cap.sublayers(l, &o.attn, &o.mlp);
+            cap.resid(l, &o.resid);
             h = o.resid;
         }
         h
@@ -174,8 +167,9 @@ impl ClipTextTransformer {
     }
 
     /// input_ids and attention_mask: [B, T] int64 (mask 1 = token, 0 = padding).
-    /// Returns the captured sites and the pooled output (after the final norm).
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, req: &SiteRequest) -> (Captured, Tensor) {
+    /// Reports every site to `cap` (with the pooled positions); returns the
+    /// pooled output (after the final norm).
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, cap: &mut Capture) -> Tensor {
         let (_b, t) = input_ids.size2().expect("input_ids are [batch, tokens]");
         let device = input_ids.device();
         let positions = Tensor::arange(t, (Kind::Int64, device));
@@ -185,13 +179,12 @@ impl ClipTextTransformer {
         let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0);
         let keys = attention_mask.ne(0).unsqueeze(1).unsqueeze(1);
         let allowed = causal.unsqueeze(0).unsqueeze(0).logical_and(&keys);
-        let mut out = Captured::default();
-        let last = self.encoder.forward(x, Some(&allowed), req, &mut out);
+        let last = self.encoder.forward(x, Some(&allowed), cap);
         let last = self.final_layer_norm.forward(&last);
         let pos = self.pool_positions(input_ids);
         let pooled = last.gather(1, &pos.view([-1, 1, 1]).expand([-1, 1, last.size()[2]], false), false).squeeze_dim(1);
-        out.pool_positions = Some(pos);
-        (out, pooled)
+        cap.pool_positions = Some(pos);
+        pooled
     }
 }
 
@@ -304,19 +297,17 @@ impl ClipVisionTransformer {
         }
     }
 
-    /// pixel_values: [B, C, H, W] in the model's dtype. Returns the captured
-    /// sites and the pooled output (post-layernorm of the CLS state).
-    pub fn forward(&self, pixel_values: &Tensor, req: &SiteRequest) -> (Captured, Tensor) {
+    /// pixel_values: [B, C, H, W] in the model's dtype. Reports every site to
+    /// `cap`; returns the pooled output (post-layernorm of the CLS state).
+    pub fn forward(&self, pixel_values: &Tensor, cap: &mut Capture) -> Tensor {
         let b = pixel_values.size()[0];
         let patches = self.embeddings.patches(pixel_values, self.patch_compute);
         let d = patches.size()[2];
         let cls = self.embeddings.class_embedding.view([1, 1, d]).expand([b, 1, d], false);
         let x = Tensor::cat(&[cls, patches], 1) + self.embeddings.position_embedding.ws.unsqueeze(0);
         let x = self.pre_layrnorm.forward(&x);
-        let mut out = Captured::default();
-        let last = self.encoder.forward(x, None, req, &mut out);
-        let pooled = self.post_layernorm.forward(&last.select(1, 0));
-        (out, pooled)
+        let last = self.encoder.forward(x, None, cap);
+        self.post_layernorm.forward(&last.select(1, 0))
     }
 }
 
@@ -343,22 +334,22 @@ impl ClipModel {
         }
     }
 
-    pub fn encode_text(&self, input_ids: &Tensor, attention_mask: &Tensor, req: &SiteRequest) -> Captured {
-        let (mut out, pooled) = self.text_model.forward(input_ids, attention_mask, req);
-        if req.embeds {
-            out.embeds = Some(self.text_projection.forward(&pooled));
+    /// The text tower, its sites reported to `cap`, with the pooled output and (when asked) the embedding.
+    pub fn encode_text(&self, input_ids: &Tensor, attention_mask: &Tensor, cap: &mut Capture) {
+        let pooled = self.text_model.forward(input_ids, attention_mask, cap);
+        if cap.wants_embeds() {
+            cap.embeds = Some(self.text_projection.forward(&pooled));
         }
-        out.pooled = Some(pooled);
-        out
+        cap.pooled = Some(pooled);
     }
 
-    pub fn encode_image(&self, pixel_values: &Tensor, req: &SiteRequest) -> Captured {
-        let (mut out, pooled) = self.vision_model.forward(pixel_values, req);
-        if req.embeds {
-            out.embeds = Some(self.visual_projection.forward(&pooled));
+    /// The vision tower, its sites reported to `cap`, with the pooled output and (when asked) the embedding.
+    pub fn encode_image(&self, pixel_values: &Tensor, cap: &mut Capture) {
+        let pooled = self.vision_model.forward(pixel_values, cap);
+        if cap.wants_embeds() {
+            cap.embeds = Some(self.visual_projection.forward(&pooled));
         }
-        out.pooled = Some(pooled);
-        out
+        cap.pooled = Some(pooled);
     }
 }
 

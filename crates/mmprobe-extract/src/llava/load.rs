@@ -10,7 +10,7 @@ use tch::{Device, nn::VarStore};
 use super::{LlavaConfig, LlavaModel};
 use crate::clip::PatchCompute;
 use crate::error::{ExtractError, Result};
-use crate::family::{Family, ModelDir};
+use crate::family::ModelDir;
 use crate::runtime::DType;
 use crate::weights::Checkpoint;
 
@@ -47,21 +47,25 @@ pub struct LoadedLlava {
 }
 
 impl LoadedLlava {
+    /// Opens `dir` (which must hold a LLaVA checkpoint) and loads it.
     pub fn load(dir: &Path, device: Device, dtype: DType) -> Result<Self> {
         let md = ModelDir::open(dir)?;
-        if md.family != Family::Llava {
+        if md.model_type != "llava" {
             return Err(ExtractError::UnsupportedFamily {
                 path: md.config_path.clone(),
-                found: md.family.name().into(),
+                found: md.model_type.clone(),
                 known: "llava".into(),
             });
         }
-        let config = llava_config(&md)?;
-        let weights = Checkpoint::open(dir)?;
+        Self::from_config(&md, &llava_config(&md)?, device, dtype)
+    }
+
+    /// Loads the weights of `md` for an already parsed config.
+    pub fn from_config(md: &ModelDir, config: &LlavaConfig, device: Device, dtype: DType) -> Result<Self> {
+        let weights = Checkpoint::open(&md.dir)?;
         let layout = key_layout(&weights);
         let mut vs = VarStore::new(device);
-        let mut model = LlavaModel::new(vs.root(), &config)
-            .map_err(|message| ExtractError::BadConfig { path: md.config_path.clone(), message })?;
+        let mut model = LlavaModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
         model.vision_tower.patch_compute = PatchCompute::for_run(dtype, false);
         vs.set_kind(dtype.kind());
         let report = weights.load_into(&vs, |name| {
@@ -82,8 +86,7 @@ impl LoadedLlava {
     }
 }
 
+/// The config of `md`, LLaVA's vision defaults filled in.
 pub fn llava_config(md: &ModelDir) -> Result<LlavaConfig> {
-    let value: serde_json::Value = md.config()?;
-    LlavaConfig::from_value(value)
-        .map_err(|e| ExtractError::BadConfig { path: md.config_path.clone(), message: e.to_string() })
+    LlavaConfig::from_value(md.config_value.clone()).map_err(|e| md.bad_config(e.to_string()))
 }

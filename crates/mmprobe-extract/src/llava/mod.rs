@@ -1,11 +1,12 @@
 //! The LLaVA family (transformers' `LlavaForConditionalGeneration`).
 
 pub mod config;
+pub mod family;
 pub mod load;
 pub mod model;
 pub mod prompt;
 
-pub use config::{FeatureSelect, LlamaConfig, LlavaConfig};
+pub use config::{FeatureSelect, LlavaConfig};
 pub use load::LoadedLlava;
 pub use model::LlavaModel;
 pub use prompt::{PromptBatch, PromptTokenizer};

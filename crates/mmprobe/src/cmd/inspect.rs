@@ -5,7 +5,7 @@ use mmprobe_extract::ModelInfo;
 pub fn run(model: &Path) -> anyhow::Result<()> {
     let info = ModelInfo::from_dir(model)?;
     println!("model     {}", model.display());
-    println!("family    {}", info.family.name());
+    println!("family    {}", info.family);
     println!("{:<8} {:>6} {:>6} {:>6} {:>7}  sites", "tower", "layers", "width", "heads", "tokens");
     for t in &info.towers {
         let sites: Vec<String> = info

@@ -1,0 +1,218 @@
+//! The model stage: prepared batches through the model, selected rows to
+//! the writer, the logit lens beside them.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, SyncSender};
+
+use mmprobe_store::Partition;
+use mmprobe_store::logit_lens::LensRow;
+use mmprobe_store::{Selector, Site, Tower};
+use tch::{Device, Tensor};
+
+use super::ProgressSink;
+use super::inputs::Prepared;
+use super::writer::ToWriter;
+use crate::capture::SiteRequest;
+use crate::error::{ExtractError, Result};
+use crate::family::{LoadedModel, TowerStates};
+use crate::llava::PromptTokenizer;
+use crate::plan::ExtractionPlan;
+use crate::select::{Rows, SequenceLayout, pick, pooled, select};
+
+/// The logit lens settings of a run: the top `k` tokens, named by `tokenizer`.
+pub(super) struct Lens<'a> {
+    pub k: usize,
+    pub tokenizer: &'a PromptTokenizer,
+}
+
+/// What the model stage counted.
+#[derive(Default)]
+pub(super) struct Counts {
+    pub rows_written: usize,
+    pub failed: usize,
+    pub truncated: usize,
+}
+
+/// The model stage of a run.
+pub(super) struct ModelStage<'a> {
+    pub model: &'a dyn LoadedModel,
+    pub plan: &'a ExtractionPlan,
+    pub lens: Option<Lens<'a>>,
+    pub device: Device,
+    pub progress: &'a dyn ProgressSink,
+}
+
+impl ModelStage<'_> {
+    /// Runs every batch from `rx`, sending rows to `tx`. `permits` is owned,
+    /// so that however this loop ends the loader's wait for a permit ends too.
+    pub fn run(
+        &self,
+        rx: Receiver<Result<Prepared>>,
+        tx: &SyncSender<ToWriter>,
+        permits: SyncSender<()>,
+        counts: &mut Counts,
+    ) -> Result<()> {
+        let partitions = self.plan.partitions();
+        let requests = self.requests();
+        for prepared in rx {
+            let b = prepared?;
+            counts.failed += if b.chunk_end { b.failures.len() } else { 0 };
+            counts.truncated += b.truncated;
+            if !b.samples.is_empty() {
+                let (rows, mut lens_rows) =
+                    guarded(|| tch::no_grad(|| self.forward(&b, &requests, &partitions))).map_err(|message| {
+                        ExtractError::Forward { first: b.samples[0], last: b.samples[b.samples.len() - 1], message }
+                    })?;
+                if !lens_rows.is_empty() {
+                    lens_rows.iter_mut().for_each(|r| r.sample = b.samples[r.sample as usize]);
+                    if tx.send(ToWriter::Lens(b.chunk, lens_rows)).is_err() {
+                        return Ok(());
+                    }
+                }
+                for (partition, mut part) in rows {
+                    // Batch positions -> dataset rows.
+                    part.sample.iter_mut().for_each(|i| *i = b.samples[*i as usize]);
+                    counts.rows_written += part.len();
+                    if tx.send(ToWriter::Rows(b.chunk, partition, part)).is_err() {
+                        return Ok(()); // the writer stopped; its error is reported
+                    }
+                }
+            }
+            let _ = permits.try_send(());
+            if b.chunk_end && tx.send(ToWriter::ChunkDone(b.chunk, b.failures)).is_err() {
+                return Ok(());
+            }
+            self.progress.advance(b.seen);
+        }
+        Ok(())
+    }
+
+    /// Each planned tower's sites, and the decoder's raw streams the logit lens reads.
+    fn requests(&self) -> BTreeMap<Tower, SiteRequest> {
+        let mut out = BTreeMap::new();
+        for (tower, sites) in &self.plan.sites {
+            let mut req = SiteRequest::default();
+            for (site, layers) in sites {
+                match site {
+                    Site::Resid => req.resid.extend(layers),
+                    Site::Attn => req.attn.extend(layers),
+                    Site::Mlp => req.mlp.extend(layers),
+                    Site::Embeds => req.embeds = true,
+                }
+            }
+            if self.lens.is_some() && *tower == Tower::Decoder {
+                req.raw = req.resid.clone();
+            }
+            out.insert(*tower, req);
+        }
+        out
+    }
+
+    fn forward(
+        &self,
+        b: &Prepared,
+        requests: &BTreeMap<Tower, SiteRequest>,
+        partitions: &[Partition],
+    ) -> (Vec<(Partition, Rows)>, Vec<LensRow>) {
+        let towers = self.model.forward(&b.batch, requests, self.device);
+        let mut lens_rows = Vec::new();
+        let mut out = Vec::new();
+        for TowerStates { tower, capture: cap, layout } in &towers {
+            if let (Some(lens), Tower::Decoder) = (&self.lens, tower) {
+                lens_rows = self.logit_lens(&cap.raw, layout, lens);
+            }
+            for p in partitions.iter().filter(|p| p.tower == *tower) {
+                let rows = match p.site {
+                    Site::Embeds => cap.embeds.as_ref().map(pooled),
+                    Site::Resid => cap.resid.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
+                    Site::Attn => cap.attn.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
+                    Site::Mlp => cap.mlp.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
+                };
+                if let Some(r) = rows {
+                    out.push((*p, r));
+                }
+            }
+        }
+        (out, lens_rows)
+    }
+
+    /// Top-k next tokens of each selected residual vector (every selector but
+    /// `all`, whose rows are positions, not samples). `sample` is the batch row.
+    fn logit_lens(&self, raw: &BTreeMap<usize, Tensor>, layout: &SequenceLayout, lens: &Lens) -> Vec<LensRow> {
+        let mut rows = Vec::new();
+        for (layer, h) in raw {
+            let selectors = self.plan.selectors.iter().filter(|s| **s != Selector::All);
+            for &sel in selectors.filter(|s| s.fits(Tower::Decoder, Site::Resid)) {
+                let Some(picked) = pick(h, sel, layout) else { continue };
+                // Mean selectors average in f32; the head runs in the model's dtype.
+                let Some(logits) = self.model.logits(&picked.rows.to_kind(h.kind())) else { return rows };
+                let logits = logits.to_kind(tch::Kind::Float);
+                let k = (lens.k as i64).min(logits.size()[1]);
+                let (values, ids) = logits.topk(k, -1, true, true);
+                let values = Vec::<f32>::try_from(values.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
+                let ids = Vec::<i64>::try_from(ids.to_device(Device::Cpu).reshape([-1])).unwrap_or_default();
+                for (r, &sample) in picked.sample.iter().enumerate() {
+                    for rank in 0..k as usize {
+                        let id = ids[r * k as usize + rank];
+                        rows.push(LensRow {
+                            sample,
+                            layer: *layer as u32,
+                            selector: sel.to_string(),
+                            rank: rank as u32 + 1,
+                            token_id: id,
+                            token: lens.tokenizer.id_to_token(id as u32).unwrap_or_default(),
+                            logit: values[r * k as usize + rank],
+                        });
+                    }
+                }
+            }
+        }
+        rows
+    }
+}
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic (tch panics on any libtorch error) into its
+/// message's first line; the panic hook stays quiet meanwhile, so the user
+/// sees one line and not libtorch's trace.
+fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET_PANICS.with(|q| q.get()) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET_PANICS.with(|q| q.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET_PANICS.with(|q| q.set(false));
+    r.map_err(|payload| {
+        let text = match (payload.downcast_ref::<String>(), payload.downcast_ref::<&str>()) {
+            (Some(s), _) => s.clone(),
+            (None, Some(s)) => s.to_string(),
+            _ => "a panic without a message".into(),
+        };
+        text.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_string()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_libtorch_panic_becomes_its_first_line() {
+        let e = guarded(|| {
+            Tensor::zeros([2, 3], (tch::Kind::Float, Device::Cpu))
+                .matmul(&Tensor::zeros([2], (tch::Kind::Float, Device::Cpu)))
+        })
+        .unwrap_err();
+        assert!(!e.contains('\n') && e.contains("Torch"), "{e}");
+        assert_eq!(guarded(|| 7), Ok(7));
+    }
+}
