@@ -164,7 +164,39 @@ impl ExtractionPlan {
                 .collect(),
             selectors: self.selectors.iter().map(|s| s.to_string()).collect(),
             chunk_size,
-            logit_lens: None,
+            ..Default::default()
         }
+    }
+
+    /// The plan a manifest records, if its names parse.
+    pub fn from_spec(spec: &ExtractionSpec) -> Option<Self> {
+        let mut sites = BTreeMap::new();
+        for (tower, per_site) in &spec.sites {
+            let mut m = BTreeMap::new();
+            for (site, layers) in per_site {
+                m.insert(site.parse::<Site>().ok()?, layers.clone());
+            }
+            sites.insert(tower.parse::<Tower>().ok()?, m);
+        }
+        let selectors = spec.selectors.iter().map(|s| s.parse::<Selector>().ok()).collect::<Option<Vec<_>>>()?;
+        Some(ExtractionPlan { sites, selectors })
+    }
+
+    /// Both plans' towers, sites, layers and selectors: the smallest plan
+    /// whose partitions hold both plans' partitions.
+    pub fn union(&self, other: &ExtractionPlan) -> ExtractionPlan {
+        let mut sites = self.sites.clone();
+        for (tower, per_site) in &other.sites {
+            let mine = sites.entry(*tower).or_default();
+            for (site, layers) in per_site {
+                let l = mine.entry(*site).or_default();
+                l.extend(layers);
+                l.sort_unstable();
+                l.dedup();
+            }
+        }
+        let mut selectors = self.selectors.clone();
+        selectors.extend(other.selectors.iter().filter(|s| !self.selectors.contains(s)));
+        ExtractionPlan { sites, selectors }
     }
 }

@@ -731,19 +731,123 @@ fn defaults_fit_the_data_and_say_what_they_skip() {
 }
 
 #[test]
-fn another_plan_is_refused_saying_what_differs() {
+fn another_plan_is_refused_saying_what_differs_while_a_store_is_being_filled() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = dataset(tmp.path(), 3);
+    let data = dataset(tmp.path(), 5);
     let out = tmp.path().join("store");
     let mut o = options("tiny-a", &data, &out);
     (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Vision]), vec![Site::Resid], vec![Selector::Cls]);
     o.layers = "1".parse().unwrap();
+    o.shard = (0, 2);
     extract(&o, &Quiet).unwrap();
     let mut p = o.clone();
     (p.towers, p.sites, p.selectors) =
         (Some(vec![Tower::Vision, Tower::Text]), vec![Site::Resid], vec![Selector::Cls, Selector::Eos]);
     p.layers = "1,2".parse().unwrap();
     let e = extract(&p, &Quiet).unwrap_err().to_string();
-    assert!(!e.contains('\n') && e.contains("--force"), "{e}");
+    assert!(!e.contains('\n') && e.contains("--force") && e.contains("still being filled"), "{e}");
     assert!(e.contains("text") && e.contains("eos") && e.contains("vision resid layers 1, not 1, 2"), "{e}");
+    // A part of the plan, asked for while the store is incomplete, is refused too.
+    let mut q = o.clone();
+    q.towers = Some(vec![Tower::Vision]);
+    (q.selectors, q.sites) = (vec![Selector::Cls], vec![Site::Resid]);
+    q.layers = "1".parse().unwrap();
+    q.shard = (1, 2);
+    assert!(extract(&q, &Quiet).unwrap().store_complete, "the store's own plan finishes it");
+}
+
+/// Every part file under a store, with its modification time and bytes.
+fn part_files(root: &Path) -> Vec<(std::path::PathBuf, std::time::SystemTime, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join("acts")];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), fs::metadata(&path).unwrap().modified().unwrap(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Two stores hold the same partitions, rows and tokens.
+fn assert_same_stores(a: &Path, b: &Path) {
+    let (x, y) = (Store::open(a).unwrap(), Store::open(b).unwrap());
+    assert_eq!(x.partitions().unwrap(), y.partitions().unwrap());
+    for p in x.partitions().unwrap() {
+        let (u, v) = (x.load(p).unwrap(), y.load(p).unwrap());
+        assert_eq!((u.sample, u.pos, u.matrix), (v.sample, v.pos, v.matrix), "{p}");
+    }
+    let spec = |s: &Store| s.manifest.as_ref().unwrap().extraction.clone().unwrap();
+    assert_eq!(spec(&x), spec(&y), "the manifests record the same plan");
+    let tokens = |r: &Path| mmprobe_store::store::read_parquet(&r.join("tokens.parquet")).ok();
+    assert_eq!(tokens(a), tokens(b), "tokens.parquet");
+}
+
+#[test]
+fn a_complete_store_takes_more_towers_layers_and_selectors_without_redoing_its_parts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 5);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Vision]), vec![Site::Resid], vec![Selector::Cls]);
+    o.layers = "1".parse().unwrap();
+    extract(&o, &Quiet).unwrap();
+    let before = part_files(&out);
+    assert_eq!(before.len(), 2, "one partition, chunks of 3");
+
+    let mut p = o.clone();
+    (p.towers, p.selectors) =
+        (Some(vec![Tower::Vision, Tower::Text]), vec![Selector::Cls, Selector::Eos, Selector::All]);
+    p.layers = "1,2".parse().unwrap();
+    let s = extract(&p, &Quiet).unwrap();
+    assert!(s.store_complete && s.samples_run == 5, "{s:?}");
+    // vision: layers 1, 2 x cls, all; text: 1, 2 x eos, all; the store had vision 1 cls.
+    assert_eq!(s.partitions, 7, "{s:?}");
+    assert!(s.notes.iter().any(|n| n.contains("adding 7 partitions to the 1")), "{:?}", s.notes);
+    for (path, modified, bytes) in &before {
+        assert_eq!(&fs::metadata(path).unwrap().modified().unwrap(), modified, "{} was rewritten", path.display());
+        assert_eq!(&fs::read(path).unwrap(), bytes);
+    }
+    // The store is what one run of the joined plan makes.
+    let mut u = p.clone();
+    u.out = tmp.path().join("at-once");
+    extract(&u, &Quiet).unwrap();
+    assert_same_stores(&out, &u.out);
+
+    // Asking for what it holds extracts nothing.
+    let s = extract(&o, &Quiet).unwrap();
+    assert!(s.store_complete && s.samples_run == 0 && s.rows_written == 0, "{s:?}");
+    assert!(s.notes.iter().any(|n| n.contains("nothing to extract")), "{:?}", s.notes);
+}
+
+#[test]
+fn an_interrupted_addition_resumes_to_the_same_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 9);
+    let out = tmp.path().join("store");
+    let mut o = options("tiny-a", &data, &out);
+    (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Vision]), vec![Site::Embeds], vec![Selector::Pooled]);
+    extract(&o, &Quiet).unwrap();
+    let mut p = o.clone();
+    (p.towers, p.sites) = (Some(vec![Tower::Vision, Tower::Text]), vec![Site::Embeds]);
+    // The addition fails writing its second chunk.
+    let text = Partition { tower: Tower::Text, site: Site::Embeds, layer: 0, selector: Selector::Pooled };
+    let blocked = mmprobe_store::layout::tmp_path(&text.part(&out, 0, 1));
+    fs::create_dir_all(&blocked).unwrap();
+    let e = extract_within(&p, 60).unwrap_err().to_string();
+    assert!(e.contains(&*blocked.to_string_lossy()), "{e}");
+    let m = Store::open(&out).unwrap().manifest.unwrap();
+    assert!(m.shards.is_none_or(|s| s.completed.is_empty()), "an unfinished addition leaves the store incomplete");
+    fs::remove_dir(&blocked).unwrap();
+    let s = extract_within(&p, 60).unwrap();
+    assert!(s.store_complete && s.samples_resumed == 3 && s.samples_run == 6, "{s:?}");
+    let mut u = p.clone();
+    u.out = tmp.path().join("at-once");
+    extract(&u, &Quiet).unwrap();
+    assert_same_stores(&out, &u.out);
 }

@@ -79,6 +79,7 @@ impl ShardProgress {
             .map_err(io(&dir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("shard-")))
             .collect();
         paths.sort();
         for p in paths {
@@ -86,6 +87,44 @@ impl ShardProgress {
         }
         Ok(out)
     }
+}
+
+/// An addition to a store in progress (or the last one made): the
+/// partitions it fills, and the failures recorded before it began, since its
+/// shard progress files replace those of the fill before.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Addition {
+    pub partitions: Vec<String>,
+    pub earlier_errors: Vec<FailedInput>,
+}
+
+impl Addition {
+    pub fn path(root: &Path) -> PathBuf {
+        root.join(PROGRESS).join("addition.json")
+    }
+
+    pub fn load(root: &Path) -> Result<Option<Addition>> {
+        read_json(&Self::path(root))
+    }
+
+    pub fn save(&self, root: &Path) -> Result<()> {
+        let path = Self::path(root);
+        let dir = root.join(PROGRESS);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let json = serde_json::to_vec_pretty(self).expect("an addition serialises");
+        write_atomic(&path, |f| std::io::Write::write_all(f, &json).map_err(io(&path)))
+    }
+}
+
+/// Every failure a store recorded: its shards' and those before its last
+/// addition, one per sample (the first recorded).
+pub fn all_errors(root: &Path) -> Result<Vec<FailedInput>> {
+    let mut out: Vec<FailedInput> = Addition::load(root)?.map(|a| a.earlier_errors).unwrap_or_default();
+    out.extend(ShardProgress::all(root)?.into_iter().flat_map(|p| p.errors));
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|e| seen.insert(e.sample));
+    Ok(out)
 }
 
 /// errors.parquet from every shard's failures, sorted by sample; removed when there are none.

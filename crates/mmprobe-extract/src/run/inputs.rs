@@ -134,7 +134,8 @@ pub(super) struct Inputs<'a> {
     pub dataset: &'a Dataset,
     pub tools: &'a InputTools,
     pub opts: &'a ExtractOptions,
-    pub plan: &'a ExtractionPlan,
+    /// The towers this run fills.
+    pub towers: &'a [Tower],
 }
 
 impl Inputs<'_> {
@@ -186,7 +187,7 @@ impl Inputs<'_> {
                 )))
             }
         };
-        let wants_text = self.plan.sites.contains_key(&Tower::Text);
+        let wants_text = self.towers.contains(&Tower::Text);
         let mut prompt_rows: HashMap<usize, Vec<PromptToken>> = HashMap::new();
         let images: Vec<(usize, std::result::Result<Vec<f32>, String>)> = match self.tools.images.as_ref() {
             Some(proc) => rows

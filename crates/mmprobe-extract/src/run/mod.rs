@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use mmprobe_store::layout::{self, TOKENS};
 use mmprobe_store::logit_lens::merge_lens_parts;
 use mmprobe_store::manifest::{Manifest, ShardsDone};
-use mmprobe_store::progress::{FailedInput, ShardProgress, write_errors};
+use mmprobe_store::progress::{ShardProgress, all_errors, write_errors};
 use mmprobe_store::store::write_parquet;
 use mmprobe_store::tokens::write_tokens;
 use mmprobe_store::{Dataset, Selector, Site, Tower};
@@ -114,7 +114,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let family = crate::family::open(&md)?;
     let info = family.info();
     let dataset = Dataset::open(&opts.data)?;
-    let (plan, notes) = plan_run(opts, info, &dataset)?;
+    let (plan, mut notes) = plan_run(opts, info, &dataset)?;
     check_inputs(&plan, &dataset)?;
     check_logit_lens(opts.logit_lens, &plan)?;
     let device = opts.run.apply()?;
@@ -130,7 +130,8 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let tools = family.inputs(&md, &towers, dataset.images.is_some())?;
     let manifest = provenance(opts, &md, info.family, &dataset, &plan, device, weights)?;
     let reads = [("the dataset", opts.data.as_path()), ("the model", opts.model.as_path())];
-    prepare_store(&opts.out, &manifest, opts.force, &reads)?;
+    let fill = prepare_store(&opts.out, &manifest, &plan, opts.force, &reads)?;
+    notes.extend(fill.note.clone());
     check_shard_count(&opts.out, opts.shard)?;
     let _lock = crate::lock::ShardLock::acquire(&opts.out, shard, shards)?;
 
@@ -138,8 +139,9 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     if !root.join(layout::SAMPLES).exists() {
         write_parquet(&root.join(layout::SAMPLES), &mut dataset.frame.clone())?;
     }
-    if plan.selectors.contains(&Selector::All) && !root.join(TOKENS).exists() {
-        let rows = token_rows(&plan, info, &dataset, tools.text.as_ref(), tools.prompts.as_ref())?;
+    let plan = &fill.plan;
+    if plan.selectors.contains(&Selector::All) && (fill.rewrite_tokens || !root.join(TOKENS).exists()) {
+        let rows = token_rows(plan, info, &dataset, tools.text.as_ref(), tools.prompts.as_ref())?;
         write_tokens(root, &rows)?;
     }
 
@@ -149,21 +151,32 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     status.shards = shards;
     status.chunks_total = (0..n_chunks).filter(|c| c % shards == shard).count();
     status.device = device_name(device);
-    let partitions = plan.partitions();
-    let chunks_redone =
-        status.forget_lost_chunks(|c| partitions.iter().filter(|p| p.part(root, shard, c).is_file()).count());
+    let partitions = &fill.partitions;
+    // A run with nothing to fill (the store holds all it asks for) has no parts to count.
+    let chunks_redone = match partitions.is_empty() {
+        true => Vec::new(),
+        false => status.forget_lost_chunks(|c| partitions.iter().filter(|p| p.part(root, shard, c).is_file()).count()),
+    };
     let pending: Vec<usize> =
         (0..n_chunks).filter(|c| c % shards == shard && !status.chunks_done.contains(c)).collect();
     let chunk_len = |c: usize| (dataset.len() - c * opts.chunk_size).min(opts.chunk_size);
     let total: usize = (0..n_chunks).filter(|c| c % shards == shard).map(chunk_len).sum();
     let todo: usize = pending.iter().map(|&c| chunk_len(c)).sum();
     progress.start(total, total - todo);
-    remove_stale_temporaries(root, &partitions, shard);
+    remove_stale_temporaries(root, partitions, shard);
 
-    let inputs = Inputs { dataset: &dataset, tools: &tools, opts, plan: &plan };
+    let mut filled: Vec<Tower> = partitions.iter().map(|p| p.tower).collect();
+    filled.dedup();
+    // An addition or a resumed store may fill other towers than those asked for.
+    let tools = match filled == towers {
+        true => tools,
+        false => family.inputs(&md, &filled, dataset.images.is_some())?,
+    };
+    let inputs = Inputs { dataset: &dataset, tools: &tools, opts, towers: &filled };
     let stage = ModelStage {
         model: model.as_ref(),
-        plan: &plan,
+        plan,
+        partitions,
         lens: match (opts.logit_lens, tools.prompts.as_ref()) {
             (Some(k), Some(tokenizer)) => Some(Lens { k, tokenizer }),
             _ => None,
@@ -194,7 +207,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     model_result?;
 
     let all = ShardProgress::all(root)?;
-    let errors: Vec<FailedInput> = all.iter().flat_map(|p| p.errors.iter().cloned()).collect();
+    let errors = all_errors(root)?;
     write_errors(root, &errors)?;
     let completed: Vec<usize> = all.iter().filter(|p| p.shards == shards && p.complete()).map(|p| p.shard).collect();
     let store_complete = completed.len() == shards;
@@ -219,7 +232,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         samples_run: todo,
         samples_resumed: total - todo,
         failed: counts.failed,
-        partitions: plan.partitions().len(),
+        partitions: partitions.len(),
         rows_written: counts.rows_written,
         parts_written,
         elapsed: t0.elapsed(),

@@ -36,7 +36,10 @@ pub(super) struct Counts {
 /// The model stage of a run.
 pub(super) struct ModelStage<'a> {
     pub model: &'a dyn LoadedModel,
+    /// The store's plan (its selectors name the logit lens rows).
     pub plan: &'a ExtractionPlan,
+    /// The partitions this run fills.
+    pub partitions: &'a [Partition],
     pub lens: Option<Lens<'a>>,
     pub device: Device,
     pub progress: &'a dyn ProgressSink,
@@ -52,7 +55,6 @@ impl ModelStage<'_> {
         permits: SyncSender<()>,
         counts: &mut Counts,
     ) -> Result<()> {
-        let partitions = self.plan.partitions();
         let requests = self.requests();
         for prepared in rx {
             let b = prepared?;
@@ -60,7 +62,7 @@ impl ModelStage<'_> {
             counts.truncated += b.truncated;
             if !b.samples.is_empty() {
                 let (rows, mut lens_rows) =
-                    guarded(|| tch::no_grad(|| self.forward(&b, &requests, &partitions))).map_err(|message| {
+                    guarded(|| tch::no_grad(|| self.forward(&b, &requests))).map_err(|message| {
                         ExtractError::Forward { first: b.samples[0], last: b.samples[b.samples.len() - 1], message }
                     })?;
                 if !lens_rows.is_empty() {
@@ -87,33 +89,25 @@ impl ModelStage<'_> {
         Ok(())
     }
 
-    /// Each planned tower's sites, and the decoder's raw streams the logit lens reads.
+    /// The sites each filled tower keeps, and the decoder's raw streams the logit lens reads.
     fn requests(&self) -> BTreeMap<Tower, SiteRequest> {
-        let mut out = BTreeMap::new();
-        for (tower, sites) in &self.plan.sites {
-            let mut req = SiteRequest::default();
-            for (site, layers) in sites {
-                match site {
-                    Site::Resid => req.resid.extend(layers),
-                    Site::Attn => req.attn.extend(layers),
-                    Site::Mlp => req.mlp.extend(layers),
-                    Site::Embeds => req.embeds = true,
-                }
+        let mut out: BTreeMap<Tower, SiteRequest> = BTreeMap::new();
+        for p in self.partitions {
+            let req = out.entry(p.tower).or_default();
+            match p.site {
+                Site::Resid => _ = req.resid.insert(p.layer),
+                Site::Attn => _ = req.attn.insert(p.layer),
+                Site::Mlp => _ = req.mlp.insert(p.layer),
+                Site::Embeds => req.embeds = true,
             }
-            if self.lens.is_some() && *tower == Tower::Decoder {
-                req.raw = req.resid.clone();
-            }
-            out.insert(*tower, req);
+        }
+        if let (Some(_), Some(req)) = (&self.lens, out.get_mut(&Tower::Decoder)) {
+            req.raw = req.resid.clone();
         }
         out
     }
 
-    fn forward(
-        &self,
-        b: &Prepared,
-        requests: &BTreeMap<Tower, SiteRequest>,
-        partitions: &[Partition],
-    ) -> (Vec<(Partition, Rows)>, Vec<LensRow>) {
+    fn forward(&self, b: &Prepared, requests: &BTreeMap<Tower, SiteRequest>) -> (Vec<(Partition, Rows)>, Vec<LensRow>) {
         let towers = self.model.forward(&b.batch, requests, self.device);
         let mut lens_rows = Vec::new();
         let mut out = Vec::new();
@@ -121,7 +115,7 @@ impl ModelStage<'_> {
             if let (Some(lens), Tower::Decoder) = (&self.lens, tower) {
                 lens_rows = self.logit_lens(&cap.raw, layout, lens);
             }
-            for p in partitions.iter().filter(|p| p.tower == *tower) {
+            for p in self.partitions.iter().filter(|p| p.tower == *tower) {
                 let rows = match p.site {
                     Site::Embeds => cap.embeds.as_ref().map(pooled),
                     Site::Resid => cap.resid.get(&p.layer).and_then(|h| select(h, p.selector, layout)),

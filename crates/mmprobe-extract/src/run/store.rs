@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use mmprobe_store::Dataset;
 use mmprobe_store::layout::{self, Partition};
 use mmprobe_store::logit_lens::LENS_PARTS;
 use mmprobe_store::manifest::{
     DatasetProvenance, ExtractionSpec, Manifest, ModelProvenance, sha256_bytes, sha256_file,
 };
-use mmprobe_store::progress::ShardProgress;
+use mmprobe_store::progress::{Addition, ShardProgress, all_errors};
+use mmprobe_store::{Dataset, Selector};
 use tch::Device;
 
 use super::ExtractOptions;
@@ -60,10 +60,35 @@ pub(super) fn provenance(
     })
 }
 
+/// What a run fills: the store's plan once it is done, the partitions this
+/// run writes, and a line saying what it adds, when it adds.
+pub(super) struct Fill {
+    pub plan: ExtractionPlan,
+    pub partitions: Vec<Partition>,
+    /// An addition's partitions include `all` rows, so tokens.parquet is rewritten.
+    pub rewrite_tokens: bool,
+    pub note: Option<String>,
+}
+
+impl Fill {
+    fn whole(plan: &ExtractionPlan) -> Fill {
+        Fill { plan: plan.clone(), partitions: plan.partitions(), rewrite_tokens: false, note: None }
+    }
+}
+
 /// Makes `root` ready: new stores get a manifest; existing ones must come
-/// from the same model, dataset and plan unless `force` empties them first.
-/// `reads`: what the run reads, as (what it is, path), which `force` must leave alone.
-pub(super) fn prepare_store(root: &Path, manifest: &Manifest, force: bool, reads: &[(&str, &Path)]) -> Result<()> {
+/// from the same model, dataset and settings unless `force` empties them
+/// first. An existing store is resumed with its own plan, and a complete one
+/// takes an addition: the partitions of its plan joined with `plan` that it
+/// lacks (see [`Fill`]). `reads`: what the run reads, as (what it is, path),
+/// which `force` must leave alone.
+pub(super) fn prepare_store(
+    root: &Path,
+    manifest: &Manifest,
+    plan: &ExtractionPlan,
+    force: bool,
+    reads: &[(&str, &Path)],
+) -> Result<Fill> {
     let existing = Manifest::read(root)?;
     let has_content = root.join(layout::ACTS).exists() || root.join(layout::SAMPLES).exists();
     if force {
@@ -89,13 +114,7 @@ pub(super) fn prepare_store(root: &Path, manifest: &Manifest, force: bool, reads
             removed.map_err(|source| ExtractError::Io { path: p.clone(), source })?;
         }
     } else if let Some(old) = existing {
-        old.same_origin(manifest).and_then(|()| same_precision(&old, manifest)).map_err(|why| {
-            ExtractError::Input(format!(
-                "{} already holds a store and {why}; use --force to replace it",
-                root.display()
-            ))
-        })?;
-        return Ok(());
+        return existing_store(root, &old, manifest, plan);
     } else if has_content {
         return Err(ExtractError::Input(format!(
             "{} holds files but no manifest.json; use --force to replace them",
@@ -103,7 +122,100 @@ pub(super) fn prepare_store(root: &Path, manifest: &Manifest, force: bool, reads
         )));
     }
     std::fs::create_dir_all(root).map_err(|source| ExtractError::Io { path: root.to_path_buf(), source })?;
-    Ok(manifest.write(root)?)
+    manifest.write(root)?;
+    Ok(Fill::whole(plan))
+}
+
+/// A run on a store that exists: resumed, added to, or refused in one line.
+fn existing_store(root: &Path, old: &Manifest, new: &Manifest, plan: &ExtractionPlan) -> Result<Fill> {
+    let refuse = |why: String| {
+        ExtractError::Input(format!("{} already holds a store and {why}; use --force to replace it", root.display()))
+    };
+    // Everything but the plan must agree.
+    let mut same_plan = new.clone();
+    if let (Some(n), Some(o)) = (same_plan.extraction.as_mut(), old.extraction.as_ref()) {
+        n.sites = o.sites.clone();
+        n.selectors = o.selectors.clone();
+    }
+    old.same_origin(&same_plan).and_then(|()| same_precision(old, new)).map_err(refuse)?;
+    let Some(old_plan) = old.extraction.as_ref().and_then(ExtractionPlan::from_spec) else {
+        return old.same_origin(new).map(|()| Fill::whole(plan)).map_err(refuse);
+    };
+    let addition = Addition::load(root)?;
+    let filling: Vec<Partition> = match &addition {
+        Some(a) => old_plan.partitions().into_iter().filter(|p| a.partitions.contains(&p.to_string())).collect(),
+        None => old_plan.partitions(),
+    };
+    let resume = |note: Option<String>| Fill {
+        plan: old_plan.clone(),
+        partitions: filling.clone(),
+        rewrite_tokens: false,
+        note,
+    };
+    if old_plan == *plan {
+        return Ok(resume(None));
+    }
+    let complete = old.shards.as_ref().is_some_and(|s| s.count > 0 && s.completed.len() == s.count);
+    let union = old_plan.union(plan);
+    let asked = plan.partitions();
+    if union == old_plan {
+        if complete {
+            return Ok(Fill {
+                note: Some("the store already holds every partition asked for: nothing to extract".into()),
+                partitions: Vec::new(),
+                ..resume(None)
+            });
+        }
+        if addition.is_some() && asked.iter().any(|p| filling.contains(p)) {
+            return Ok(resume(Some(format!("resuming the addition of {} partitions", filling.len()))));
+        }
+        return Err(refuse(format!(
+            "{}, and is still being filled (rerun with its flags to finish it)",
+            old.same_origin(new).err().unwrap_or_default()
+        )));
+    }
+    if !complete {
+        return Err(refuse(format!(
+            "{}, and is still being filled: finish that run (same flags) before adding to it",
+            old.same_origin(new).err().unwrap_or_default()
+        )));
+    }
+    if new.extraction.as_ref().is_some_and(|e| e.logit_lens.is_some()) {
+        return Err(refuse(
+            "was made with --logit-lens, and adding to such a store is not supported yet (extract the new \
+             partitions into another store)"
+                .into(),
+        ));
+    }
+    let had = old_plan.partitions();
+    let adding: Vec<Partition> = union.partitions().into_iter().filter(|p| !had.contains(p)).collect();
+    // The addition's record first: a run killed after it redoes the same addition.
+    let earlier_errors = all_errors(root)?;
+    Addition { partitions: adding.iter().map(|p| p.to_string()).collect(), earlier_errors }.save(root)?;
+    for p in ShardProgress::all(root)? {
+        let path = ShardProgress::path(root, p.shard, p.shards);
+        std::fs::remove_file(&path).map_err(|source| ExtractError::Io { path, source })?;
+    }
+    let mut manifest = old.clone();
+    if let (Some(e), Some(n)) = (manifest.extraction.as_mut(), new.extraction.as_ref()) {
+        *e = ExtractionSpec { chunk_size: e.chunk_size, logit_lens: e.logit_lens, ..union.spec(n.chunk_size) };
+    }
+    manifest.shards = None;
+    manifest.write(root)?;
+    let extra = adding.len() - adding.iter().filter(|p| asked.contains(p)).count();
+    let mut note = format!("adding {} partitions to the {} the store holds", adding.len(), had.len());
+    if extra > 0 {
+        note += &format!(
+            " ({extra} of them not asked for: a store's partitions are every tower, site, layer and selector \
+             of its plan combined)"
+        );
+    }
+    Ok(Fill {
+        rewrite_tokens: adding.iter().any(|p| p.selector == Selector::All),
+        plan: union,
+        partitions: adding,
+        note: Some(note),
+    })
 }
 
 fn canonical(p: &Path) -> PathBuf {

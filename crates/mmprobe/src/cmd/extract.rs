@@ -12,7 +12,7 @@ pub struct ExtractArgs {
     /// Dataset manifest (.csv, .jsonl, .parquet) or an image folder DIR/<label>/<file>.
     #[arg(long)]
     data: PathBuf,
-    /// The store folder to write (created; an existing store from the same run is resumed).
+    /// The store folder to write (created; an existing store of the same model and dataset is resumed, or takes the partitions it lacks).
     #[arg(long)]
     out: PathBuf,
     /// Towers to run, comma-separated (vision, text, decoder); default: all the model has.
