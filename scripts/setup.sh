@@ -23,6 +23,18 @@ done
 
 die() { echo "setup: $*" >&2; exit 1; }
 
+# crates/mmprobe-jpeg builds libjpeg-turbo (Pillow's JPEG decoder) from the source that
+# turbojpeg-sys vendors: cmake drives that build and nasm assembles its SIMD code.
+missing=()
+for tool in cmake nasm; do command -v "$tool" >/dev/null 2>&1 || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  command -v apt-get >/dev/null 2>&1 || die "install ${missing[*]} (libjpeg-turbo's build needs them), then rerun"
+  as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
+  echo "setup: apt-get install ${missing[*]} (libjpeg-turbo's build needs them)"
+  { $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq "${missing[@]}" >/dev/null; } \
+    || die "apt-get install ${missing[*]} failed (is the Debian package index reachable?)"
+fi
+
 py=${PYTHON:-python3}
 command -v "$py" >/dev/null 2>&1 || die "no python3 on PATH (install Python >= 3.10, or set PYTHON=/path/to/python)"
 pyver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])') || die "'$py' does not run"
