@@ -30,6 +30,13 @@ impl SequenceLayout {
         SequenceLayout { valid, content, eos: None, has_cls: true, image: None, offset: None }
     }
 
+    /// A vision tower without a CLS token (SigLIP): every position a patch,
+    /// all of them valid and averaged by `mean`; `cls` does not apply.
+    pub fn patches(batch: i64, tokens: i64, device: Device) -> Self {
+        let valid = Tensor::ones([batch, tokens], (Kind::Bool, device));
+        SequenceLayout { content: valid.copy(), valid, eos: None, has_cls: false, image: None, offset: None }
+    }
+
     /// A text tower: attention mask [B, T] (1 = token) and the pooled positions.
     pub fn text(attention_mask: &Tensor, eos: Tensor) -> Self {
         let valid = attention_mask.ne(0);
@@ -146,15 +153,63 @@ pub fn pick(h: &Tensor, selector: Selector, layout: &SequenceLayout) -> Option<P
     }
 }
 
+/// Many partitions' picked rows to the CPU as store rows with one copy: the
+/// rows are gathered (as f32) into one device buffer first, so a batch costs
+/// one device-to-host transfer, not one per partition.
+pub fn to_cpu_rows(picked: Vec<Picked>) -> Vec<Rows> {
+    // On the CPU there is no transfer to save, only copies to add.
+    if picked.first().is_none_or(|p| p.rows.device() == Device::Cpu) {
+        return picked.into_iter().map(Picked::into_rows).collect();
+    }
+    one_transfer(picked)
+}
+
+/// [`to_cpu_rows`] through one buffer, wherever the rows are.
+fn one_transfer(picked: Vec<Picked>) -> Vec<Rows> {
+    if picked.is_empty() {
+        return Vec::new();
+    }
+    let widths: Vec<usize> = picked.iter().map(|p| p.rows.size().last().copied().unwrap_or(0) as usize).collect();
+    let flat: Vec<Tensor> = picked.iter().map(|p| p.rows.to_kind(Kind::Float).reshape([-1])).collect();
+    let all = Tensor::cat(&flat, 0).to_device(Device::Cpu).contiguous();
+    let n = all.numel();
+    let mut data = vec![0f32; n];
+    all.copy_data(&mut data, n);
+    // Split from the end, so each partition's rows move out without a copy.
+    let starts: Vec<usize> = picked
+        .iter()
+        .zip(&widths)
+        .scan(0, |at, (p, w)| {
+            let start = *at;
+            *at += p.sample.len() * w;
+            Some(start)
+        })
+        .collect();
+    let mut out: Vec<Rows> = picked
+        .into_iter()
+        .zip(widths)
+        .zip(starts)
+        .rev()
+        .map(|((p, width), start)| PartRows { width, sample: p.sample, pos: p.pos, data: data.split_off(start) })
+        .collect();
+    out.reverse();
+    out
+}
+
 /// [`pick`], copied to the CPU as store rows.
 pub fn select(h: &Tensor, selector: Selector, layout: &SequenceLayout) -> Option<Rows> {
     pick(h, selector, layout).map(Picked::into_rows)
 }
 
+/// A pooled [B, D] output (`embeds`) as rows with position -1, on the device.
+pub fn pick_pooled(e: &Tensor) -> Picked {
+    let b = e.size()[0];
+    Picked { rows: e.shallow_clone(), sample: (0..b as u32).collect(), pos: vec![-1; b as usize] }
+}
+
 /// A pooled [B, D] output (`embeds`) as rows with position -1.
 pub fn pooled(e: &Tensor) -> Rows {
-    let b = e.size()[0];
-    Picked { rows: e.shallow_clone(), sample: (0..b as u32).collect(), pos: vec![-1; b as usize] }.into_rows()
+    pick_pooled(e).into_rows()
 }
 
 #[cfg(test)]
@@ -181,6 +236,21 @@ mod tests {
     }
 
     #[test]
+    fn one_copy_gives_each_partition_its_rows() {
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 0]).view([2, 3]);
+        let layout = SequenceLayout::text(&mask, Tensor::from_slice(&[2i64, 1]));
+        let h = hidden();
+        let sels = [Selector::Eos, Selector::All, Selector::Mean, Selector::Last];
+        for convert in [one_transfer, to_cpu_rows] {
+            let picked: Vec<Picked> = sels.iter().map(|&s| pick(&h, s, &layout).unwrap()).collect();
+            for (s, rows) in sels.iter().zip(convert(picked)) {
+                assert_eq!(rows, select(&h, *s, &layout).unwrap(), "{s}");
+            }
+            assert!(convert(Vec::new()).is_empty());
+        }
+    }
+
+    #[test]
     fn vision_mean_skips_cls() {
         let layout = SequenceLayout::vision(2, 3, Device::Cpu);
         let h = hidden();
@@ -188,6 +258,16 @@ mod tests {
         assert_eq!(select(&h, Selector::Mean, &layout).unwrap().data, vec![1.5, 1.5, 11.5, 11.5]);
         assert_eq!(select(&h, Selector::All, &layout).unwrap().len(), 6);
         assert!(select(&h, Selector::Eos, &layout).is_none());
+    }
+
+    #[test]
+    fn patch_towers_have_no_cls_and_mean_every_patch() {
+        let layout = SequenceLayout::patches(2, 3, Device::Cpu);
+        let h = hidden();
+        assert!(select(&h, Selector::Cls, &layout).is_none());
+        assert_eq!(select(&h, Selector::Mean, &layout).unwrap().data, vec![1., 1., 11., 11.]);
+        let all = select(&h, Selector::All, &layout).unwrap();
+        assert_eq!((all.sample, all.pos), (vec![0, 0, 0, 1, 1, 1], vec![0, 1, 2, 0, 1, 2]));
     }
 
     #[test]

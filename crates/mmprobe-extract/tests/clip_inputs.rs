@@ -62,20 +62,11 @@ fn check_images(name: &str) {
         let want_raw_i = want_raw.get(i as i64);
         let d = common::max_abs_diff(&got_raw, &want_raw_i);
         worst.push(format!("{file}: {:.2}/255", d * 255.0));
-        if file.ends_with(".jpg") {
-            // JPEG decoders may differ (the standard allows IDCT and chroma
-            // upsampling latitude): image's zune-jpeg vs Pillow's libjpeg-turbo
-            // give a few levels here. The orientation and the resampling are
-            // still checked: a wrong rotation or filter is off by far more.
-            let mean = (&got_raw - &want_raw_i).abs().mean(tch::Kind::Float).double_value(&[]);
-            assert!(d <= 6.0 / 255.0 && mean <= 1.0 / 255.0, "{name} {file}: max {d}, mean {mean}");
-            continue;
-        }
-        assert!(d <= 1.0 / 255.0 + 1e-6, "{name} {file}: unnormalised pixels differ by {d} (> 1/255)");
+        // JPEGs too: they are decoded by libjpeg-turbo with Pillow's settings.
+        assert_eq!(d, 0.0, "{name} {file}: unnormalised pixels differ by {d}");
         let got = Tensor::from_slice(&proc.process(&img)).view([3, h as i64, w as i64]);
-        // Normalising divides by std (>= 0.2 here), scaling a 1/255 difference.
         let d = common::max_abs_diff(&got, &want.get(i as i64));
-        assert!(d <= 1.0 / 255.0 / 0.2 + 1e-5, "{name} {file}: normalised pixels differ by {d}");
+        assert_eq!(d, 0.0, "{name} {file}: normalised pixels differ by {d}");
     }
     eprintln!("{name}: {}", worst.join(", "));
 }

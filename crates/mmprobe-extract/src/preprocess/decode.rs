@@ -2,10 +2,13 @@
 //! does (what its pipelines use for paths): EXIF orientation applied, then
 //! Pillow's `convert("RGB")`, which drops alpha rather than compositing it,
 //! clamps 16-bit grey at 255 and keeps the high byte of 16-bit colour.
+//! JPEGs are decoded by libjpeg-turbo with Pillow's settings (`mmprobe-jpeg`),
+//! so their pixels are Pillow's; other formats by the `image` crate.
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use super::resample::Rgb8;
 use crate::error::{ExtractError, Result};
@@ -23,20 +26,41 @@ pub fn decode_rgb(bytes: &[u8], name: &str) -> Result<Rgb8> {
 /// from the header before any pixel is decoded.
 pub fn decode_rgb_limited(bytes: &[u8], name: &str, max_pixels: u64) -> Result<Rgb8> {
     let err = |message: String| ExtractError::Image { path: name.to_string(), message };
+    let over_limit = |w: u64, h: u64| {
+        (w * h > max_pixels).then(|| {
+            err(format!(
+                "{w}x{h} is {} pixels, over the limit of {max_pixels} (a decompression bomb?); \
+                 raise it with --max-image-pixels if the image is meant to be this large",
+                w * h
+            ))
+        })
+    };
+    if mmprobe_jpeg::is_jpeg(bytes) {
+        let header = mmprobe_jpeg::read_header(bytes).map_err(|e| err(e.to_string()))?;
+        if let Some(e) = over_limit(header.width as u64, header.height as u64) {
+            return Err(e);
+        }
+        let rgb = mmprobe_jpeg::decode_rgb(bytes).map_err(|e| err(e.to_string()))?;
+        let img = Rgb8::new(rgb.width as usize, rgb.height as usize, rgb.data);
+        return Ok(match Orientation::from_exif(mmprobe_jpeg::exif_orientation(bytes)) {
+            Some(o) if o != Orientation::NoTransforms => {
+                let buf = image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data)
+                    .expect("the buffer holds the image");
+                let mut img = DynamicImage::ImageRgb8(buf);
+                img.apply_orientation(o);
+                to_rgb8(img)
+            }
+            _ => img,
+        });
+    }
     let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| err(e.to_string()))?;
-    match reader.format() {
-        None => return Err(err("not an image (unknown format)".into())),
-        Some(ImageFormat::Jpeg) => jpeg_complete(bytes).map_err(err)?,
-        Some(_) => {}
+    if reader.format().is_none() {
+        return Err(err("not an image (unknown format)".into()));
     }
     let mut decoder = reader.into_decoder().map_err(|e| err(e.to_string()))?;
     let (w, h) = decoder.dimensions();
-    if w as u64 * h as u64 > max_pixels {
-        return Err(err(format!(
-            "{w}x{h} is {} pixels, over the limit of {max_pixels} (a decompression bomb?); \
-             raise it with --max-image-pixels if the image is meant to be this large",
-            w as u64 * h as u64
-        )));
+    if let Some(e) = over_limit(w as u64, h as u64) {
+        return Err(e);
     }
     let orientation = decoder.orientation().map_err(|e| err(e.to_string()))?;
     let mut img = DynamicImage::from_decoder(decoder).map_err(|e| err(e.to_string()))?;
@@ -73,44 +97,4 @@ fn to_rgb8(img: DynamicImage) -> Rgb8 {
         other => other.to_rgb8().into_raw(),
     };
     Rgb8::new(w, h, data)
-}
-
-/// Pillow refuses a JPEG whose data ends early ("image file is truncated"),
-/// while the `image` crate fills the missing rows with grey. A JPEG is taken
-/// as complete only when its segments and scans run to an end-of-image marker.
-fn jpeg_complete(b: &[u8]) -> std::result::Result<(), String> {
-    let truncated =
-        |at: usize| Err(format!("truncated JPEG: the data ends at byte {at} before its end-of-image marker"));
-    let mut i = 2; // after the start-of-image marker
-    loop {
-        // Like libjpeg, skip stray bytes and fill bytes before a marker.
-        while i < b.len() && (b[i] != 0xFF || b.get(i + 1) == Some(&0xFF)) {
-            i += 1;
-        }
-        if i + 1 >= b.len() {
-            return truncated(b.len());
-        }
-        let marker = b[i + 1];
-        i += 2;
-        match marker {
-            0xD9 => return Ok(()),
-            // Standalone markers: no length follows.
-            0x01 | 0xD0..=0xD8 => continue,
-            _ => {}
-        }
-        let Some(len) = b.get(i..i + 2).map(|l| u16::from_be_bytes([l[0], l[1]]) as usize) else {
-            return truncated(b.len());
-        };
-        i += len;
-        if i > b.len() {
-            return truncated(b.len());
-        }
-        if marker == 0xDA {
-            // Entropy-coded data: 0xFF is followed by a stuffed 0x00 or a restart
-            // marker inside it; any other marker ends the scan.
-            while i + 1 < b.len() && !(b[i] == 0xFF && b[i + 1] != 0x00 && !(0xD0..=0xD7).contains(&b[i + 1])) {
-                i += 1;
-            }
-        }
-    }
 }

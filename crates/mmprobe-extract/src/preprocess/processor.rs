@@ -78,13 +78,10 @@ impl ImageProcessor {
         let path = if !single.exists() && combined.exists() { combined.clone() } else { single };
         let bytes = read_file(&path)?;
         let bad = |e: serde_json::Error| ExtractError::BadConfig { path: path.clone(), message: e.to_string() };
-        let config: ImageProcessorConfig = if path == combined {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(bad)?;
-            let part = v.get("image_processor").cloned().unwrap_or_default();
-            serde_json::from_value(part).map_err(bad)?
-        } else {
-            serde_json::from_slice(&bytes).map_err(bad)?
-        };
+        let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(bad)?;
+        let mut part = if path == combined { v.get("image_processor").cloned().unwrap_or_default() } else { v };
+        class_defaults(&mut part);
+        let config: ImageProcessorConfig = serde_json::from_value(part).map_err(bad)?;
         let mut p = Self::new(config).map_err(|message| ExtractError::BadConfig { path: path.clone(), message })?;
         p.source = Some(path);
         Ok(p)
@@ -149,40 +146,73 @@ impl ImageProcessor {
     /// Resize and crop: the 8-bit image the model's pixels come from.
     pub fn resize_and_crop(&self, img: &Rgb8) -> Rgb8 {
         let (h, w) = self.resized_size((img.height, img.width));
-        let img = img.resize(w, h, self.filter);
         match self.crop {
-            Some((ch, cw)) => center_crop(&img, ch, cw),
-            None => img,
+            // The crop lies inside the resized image: only its pixels are resampled.
+            Some((ch, cw)) if h >= ch && w >= cw => {
+                let (top, left) = ((h - ch) / 2, (w - cw) / 2);
+                img.resize_window(w, h, self.filter, top..top + ch, left..left + cw)
+            }
+            Some((ch, cw)) => center_crop(&img.resize(w, h, self.filter), ch, cw),
+            None => img.resize(w, h, self.filter),
         }
     }
 
     /// CHW float32 in [0, 1] (when rescaling), before normalisation.
     pub fn unnormalised(&self, img: &Rgb8) -> Vec<f32> {
         let img = self.resize_and_crop(img);
-        let scale = if self.config.do_rescale { self.config.rescale_factor } else { 1.0 };
-        let plane = img.width * img.height;
-        let mut out = vec![0f32; 3 * plane];
-        for (i, px) in img.data.chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * plane + i] = (px[c] as f64 * scale) as f32;
-            }
-        }
+        let mut out = vec![0f32; 3 * img.width * img.height];
+        self.write(&img, &mut out, false);
         out
     }
 
     /// CHW float32 pixel values as the model takes them.
     pub fn process(&self, img: &Rgb8) -> Vec<f32> {
-        let mut out = self.unnormalised(img);
-        if self.config.do_normalize {
-            let plane = out.len() / 3;
-            for c in 0..3 {
-                let (m, s) = (self.config.image_mean[c], self.config.image_std[c]);
-                for v in &mut out[c * plane..(c + 1) * plane] {
-                    *v = (*v - m) / s;
-                }
+        let (h, w) = self.output;
+        let mut out = vec![0f32; 3 * h * w];
+        self.process_into(img, &mut out);
+        out
+    }
+
+    /// [`ImageProcessor::process`] into `out` (3 x height x width of [`ImageProcessor::output_size`]),
+    /// so a batch is filled in place.
+    pub fn process_into(&self, img: &Rgb8, out: &mut [f32]) {
+        let img = self.resize_and_crop(img);
+        self.write(&img, out, self.config.do_normalize);
+    }
+
+    /// Rescales (and normalises) an 8-bit image into CHW floats, with the
+    /// arithmetic of transformers' PIL backend: the rescale in f64, the
+    /// normalisation in f32.
+    fn write(&self, img: &Rgb8, out: &mut [f32], normalize: bool) {
+        let scale = if self.config.do_rescale { self.config.rescale_factor } else { 1.0 };
+        let plane = img.width * img.height;
+        assert_eq!(out.len(), 3 * plane, "the output holds one image");
+        for c in 0..3 {
+            let (m, s) = (self.config.image_mean[c], self.config.image_std[c]);
+            let dst = &mut out[c * plane..(c + 1) * plane];
+            for (o, px) in dst.iter_mut().zip(img.data.chunks_exact(3)) {
+                let v = (px[c] as f64 * scale) as f32;
+                *o = if normalize { (v - m) / s } else { v };
             }
         }
-        out
+    }
+}
+
+/// The defaults of the processor class the config names, where they differ
+/// from CLIP's (the struct's serde defaults). SigLIP's processor resizes to
+/// `size` and never crops (it has no crop settings), and normalises with
+/// mean = std = 0.5 unless told otherwise.
+fn class_defaults(v: &mut serde_json::Value) {
+    let class = v.get("image_processor_type").and_then(|c| c.as_str()).unwrap_or("");
+    if !class.starts_with("SiglipImageProcessor") {
+        return;
+    }
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("do_center_crop".into(), false.into());
+        obj.entry("size").or_insert_with(|| serde_json::json!({"height": 224, "width": 224}));
+        for key in ["image_mean", "image_std"] {
+            obj.entry(key).or_insert_with(|| serde_json::json!([0.5, 0.5, 0.5]));
+        }
     }
 }
 
@@ -228,6 +258,20 @@ mod tests {
         assert_eq!(square.output_size(), (20, 24));
         let varying = cfg(r#"{"size": {"shortest_edge": 28}, "do_center_crop": false}"#).unwrap_err();
         assert!(varying.contains("cannot be batched"), "{varying}");
+    }
+
+    #[test]
+    fn siglip_resizes_to_its_size_without_a_crop() {
+        let mut v =
+            serde_json::json!({"image_processor_type": "SiglipImageProcessor", "size": {"height": 30, "width": 30}});
+        class_defaults(&mut v);
+        let p = ImageProcessor::new(serde_json::from_value(v).unwrap()).unwrap();
+        assert_eq!((p.output_size(), p.crop), ((30, 30), None));
+        assert_eq!((p.config.image_mean.clone(), p.config.resample), (vec![0.5; 3], 3));
+        let mut v = serde_json::json!({"image_processor_type": "SiglipImageProcessorFast"});
+        class_defaults(&mut v);
+        let p = ImageProcessor::new(serde_json::from_value(v).unwrap()).unwrap();
+        assert_eq!(p.output_size(), (224, 224));
     }
 
     #[test]

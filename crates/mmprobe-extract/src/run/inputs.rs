@@ -30,6 +30,43 @@ pub(super) struct Prepared {
     pub seen: usize,
     /// Texts cut to the context length.
     pub truncated: usize,
+    /// The pinned buffer the pixels were written into, for the model stage to hand back.
+    pub buffer: Option<Tensor>,
+}
+
+/// Pixel buffers the loader fills and the model stage hands back: on a GPU,
+/// a few page-locked [batch, 3, H, W] buffers allocated once, so each batch is
+/// written in place by the decoding threads and copied to the device without
+/// a staging copy. On the CPU each batch gets a fresh tensor.
+pub(super) struct PixelBuffers {
+    pub free: Receiver<Tensor>,
+}
+
+impl PixelBuffers {
+    /// `count` pinned buffers of `batch` images of `(h, w)` for `device`, and the sender that returns them.
+    pub fn pinned(
+        count: usize,
+        batch: usize,
+        (h, w): (usize, usize),
+        device: tch::Device,
+    ) -> (Self, SyncSender<Tensor>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(count);
+        for _ in 0..count {
+            let t = Tensor::empty([batch as i64, 3, h as i64, w as i64], (tch::Kind::Float, tch::Device::Cpu));
+            let _ = tx.send(t.pin_memory(device));
+        }
+        (PixelBuffers { free: rx }, tx)
+    }
+}
+
+/// Writes each image's pixels into its slot of `t` ([n, 3, H, W] f32, contiguous), in parallel.
+fn fill_slots<R: Send>(t: &Tensor, n: usize, f: impl Fn(usize, &mut [f32]) -> R + Sync + Send) -> Vec<R> {
+    let each = t.numel() / t.size()[0].max(1) as usize;
+    assert!(t.is_contiguous() && t.kind() == tch::Kind::Float && n * each <= t.numel());
+    // SAFETY: `t` is a contiguous f32 CPU tensor of at least n * each elements
+    // that nothing else reads or writes until this returns; the slots are disjoint.
+    let data = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n * each) };
+    data.par_chunks_mut(each).enumerate().map(|(k, slot)| f(k, slot)).collect()
 }
 
 /// tokens.parquet rows for every tower that keeps `all` rows: vision
@@ -140,7 +177,13 @@ pub(super) struct Inputs<'a> {
 
 impl Inputs<'_> {
     /// Loader thread: prepares every batch of the pending chunks, in order.
-    pub fn produce(&self, pending: &[usize], tx: SyncSender<Result<Prepared>>, permits: Receiver<()>) {
+    pub fn produce(
+        &self,
+        pending: &[usize],
+        tx: SyncSender<Result<Prepared>>,
+        permits: Receiver<()>,
+        buffers: Option<PixelBuffers>,
+    ) {
         let batch = self.opts.run.batch_size;
         for &chunk in pending {
             let start = chunk * self.opts.chunk_size;
@@ -152,7 +195,14 @@ impl Inputs<'_> {
                     return;
                 }
                 let b1 = (b0 + batch).min(end);
-                let prepared = self.prepare(chunk, b0..b1, b1 == end, &mut failures);
+                let buffer = match (&buffers, self.tools.images.is_some()) {
+                    (Some(b), true) => match b.free.recv() {
+                        Ok(t) => Some(t),
+                        Err(_) => return,
+                    },
+                    _ => None,
+                };
+                let prepared = self.prepare(chunk, b0..b1, b1 == end, &mut failures, buffer);
                 let stop = prepared.is_err();
                 if tx.send(prepared).is_err() || stop {
                     return;
@@ -168,6 +218,7 @@ impl Inputs<'_> {
         rows: std::ops::Range<usize>,
         chunk_end: bool,
         failures: &mut Vec<FailedInput>,
+        buffer: Option<Tensor>,
     ) -> Result<Prepared> {
         let seen = rows.len();
         let mut ok: Vec<usize> = Vec::with_capacity(rows.len());
@@ -189,37 +240,37 @@ impl Inputs<'_> {
         };
         let wants_text = self.towers.contains(&Tower::Text);
         let mut prompt_rows: HashMap<usize, Vec<PromptToken>> = HashMap::new();
-        let images: Vec<(usize, std::result::Result<Vec<f32>, String>)> = match self.tools.images.as_ref() {
-            Some(proc) => rows
-                .clone()
-                .into_par_iter()
-                .map(|i| {
-                    let max = self.opts.run.max_image_pixels;
-                    let img = match (self.dataset.image_bytes(i), self.dataset.image_path(i)) {
-                        (Some(bytes), path) => {
-                            let name = path.map_or(format!("of row {i}"), |p| p.display().to_string());
-                            decode_rgb_limited(bytes, &name, max)
-                        }
-                        (None, Some(p)) => open_rgb_limited(&p, max),
-                        (None, None) => Err(ExtractError::Input("no image".into())),
-                    };
-                    let r = img.map(|img| proc.process(&img)).map_err(|e| e.to_string());
-                    (i, r)
-                })
-                .collect(),
-            None => Vec::new(),
+        let n = rows.len();
+        let (h, w) = self.tools.images.as_ref().map_or((0, 0), |p| p.output_size());
+        let all_pixels = self.tools.images.as_ref().map(|_| match &buffer {
+            Some(t) => t.shallow_clone(),
+            None => Tensor::empty([n as i64, 3, h as i64, w as i64], (tch::Kind::Float, tch::Device::Cpu)),
+        });
+        let decoded: Vec<std::result::Result<(), String>> = match (self.tools.images.as_ref(), &all_pixels) {
+            (Some(proc), Some(t)) => fill_slots(t, n, |k, slot| {
+                let i = rows.start + k;
+                let max = self.opts.run.max_image_pixels;
+                let img = match (self.dataset.image_bytes(i), self.dataset.image_path(i)) {
+                    (Some(bytes), path) => {
+                        let name = path.map_or(format!("of row {i}"), |p| p.display().to_string());
+                        decode_rgb_limited(bytes, &name, max)
+                    }
+                    (None, Some(p)) => open_rgb_limited(&p, max),
+                    (None, None) => Err(ExtractError::Input("no image".into())),
+                };
+                img.map(|img| proc.process_into(&img, slot)).map_err(|e| e.to_string())
+            }),
+            _ => Vec::new(),
         };
-        let mut pixels: HashMap<usize, Vec<f32>> = HashMap::new();
-        for (i, r) in images {
+        let mut decoded_ok = vec![self.tools.images.is_none(); n];
+        for (k, r) in decoded.into_iter().enumerate() {
             match r {
-                Ok(px) => {
-                    pixels.insert(i, px);
-                }
-                Err(m) => fail(i, "image", m)?,
+                Ok(()) => decoded_ok[k] = true,
+                Err(m) => fail(rows.start + k, "image", m)?,
             }
         }
-        for i in rows {
-            if self.tools.images.is_some() && !pixels.contains_key(&i) {
+        for i in rows.clone() {
+            if !decoded_ok[i - rows.start] {
                 continue;
             }
             if wants_text && self.dataset.text(i).is_none_or(|t| t.trim().is_empty()) {
@@ -239,11 +290,12 @@ impl Inputs<'_> {
             }
             ok.push(i);
         }
-        let pixels = match self.tools.images.as_ref() {
-            Some(proc) if !ok.is_empty() => {
-                let (h, w) = proc.output_size();
-                let flat: Vec<f32> = ok.iter().flat_map(|i| pixels.remove(i).expect("decoded")).collect();
-                Some(Tensor::from_slice(&flat).view([ok.len() as i64, 3, h as i64, w as i64]))
+        let pixels = match all_pixels {
+            Some(t) if ok.len() == n => Some(t.narrow(0, 0, n as i64)),
+            // Rows that failed leave their slots out.
+            Some(t) if !ok.is_empty() => {
+                let keep: Vec<i64> = ok.iter().map(|&i| (i - rows.start) as i64).collect();
+                Some(t.index_select(0, &Tensor::from_slice(&keep)))
             }
             _ => None,
         };
@@ -266,6 +318,15 @@ impl Inputs<'_> {
         };
         let failures = if chunk_end { std::mem::take(failures) } else { Vec::new() };
         let samples = ok.iter().map(|&i| i as u32).collect();
-        Ok(Prepared { chunk, samples, batch: Batch { pixels, text, prompt }, failures, chunk_end, seen, truncated })
+        Ok(Prepared {
+            chunk,
+            samples,
+            batch: Batch { pixels, text, prompt },
+            failures,
+            chunk_end,
+            seen,
+            truncated,
+            buffer,
+        })
     }
 }

@@ -31,7 +31,7 @@ use crate::family::ModelDir;
 use crate::plan::LayerSpec;
 use crate::runtime::{RunOptions, device_name};
 use defaults::{check_inputs, check_logit_lens, plan_run};
-use inputs::{Inputs, Prepared, token_rows};
+use inputs::{Inputs, PixelBuffers, Prepared, token_rows};
 use model_stage::{Counts, Lens, ModelStage};
 use store::{check_shard_count, hash_weights, prepare_store, provenance, remove_stale_temporaries};
 use writer::{ToWriter, write_parts};
@@ -194,12 +194,21 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     for _ in 0..=ahead {
         let _ = permit_tx.send(());
     }
-    let (write_tx, write_rx) = sync_channel::<ToWriter>(256);
+    // On a GPU, batches are written into a few pinned buffers and copied to the device from there.
+    let (buffers, buffers_back) = match (device.is_cuda(), tools.images.as_ref()) {
+        (true, Some(p)) => {
+            let (b, tx) = PixelBuffers::pinned(ahead + 1, opts.run.batch_size, p.output_size(), device);
+            (Some(b), Some(tx))
+        }
+        _ => (None, None),
+    };
+    // A few batches of rows at most wait for the writer (an all-token batch can be large).
+    let (write_tx, write_rx) = sync_channel::<ToWriter>(4);
     let mut counts = Counts::default();
     let (model_result, writer_result) = std::thread::scope(|s| {
-        s.spawn(|| inputs.produce(&pending, batch_tx, permit_rx));
+        s.spawn(|| inputs.produce(&pending, batch_tx, permit_rx, buffers));
         let writer = s.spawn(|| write_parts(root, status, write_rx));
-        let r = stage.run(batch_rx, &write_tx, permit_tx, &mut counts);
+        let r = stage.run(batch_rx, &write_tx, permit_tx, buffers_back, &mut counts);
         drop(write_tx);
         (r, writer.join().expect("writer thread does not panic"))
     });

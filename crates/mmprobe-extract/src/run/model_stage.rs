@@ -17,7 +17,7 @@ use crate::error::{ExtractError, Result};
 use crate::family::{LoadedModel, TowerStates};
 use crate::llava::PromptTokenizer;
 use crate::plan::ExtractionPlan;
-use crate::select::{Rows, SequenceLayout, pick, pooled, select};
+use crate::select::{Picked, Rows, SequenceLayout, pick, pick_pooled, to_cpu_rows};
 
 /// The logit lens settings of a run: the top `k` tokens, named by `tokenizer`.
 pub(super) struct Lens<'a> {
@@ -53,6 +53,7 @@ impl ModelStage<'_> {
         rx: Receiver<Result<Prepared>>,
         tx: &SyncSender<ToWriter>,
         permits: SyncSender<()>,
+        buffers: Option<SyncSender<Tensor>>,
         counts: &mut Counts,
     ) -> Result<()> {
         let requests = self.requests();
@@ -71,14 +72,19 @@ impl ModelStage<'_> {
                         return Ok(());
                     }
                 }
-                for (partition, mut part) in rows {
+                let mut rows = rows;
+                for (_, part) in &mut rows {
                     // Batch positions -> dataset rows.
                     part.sample.iter_mut().for_each(|i| *i = b.samples[*i as usize]);
                     counts.rows_written += part.len();
-                    if tx.send(ToWriter::Rows(b.chunk, partition, part)).is_err() {
-                        return Ok(()); // the writer stopped; its error is reported
-                    }
                 }
+                if tx.send(ToWriter::Rows(b.chunk, rows)).is_err() {
+                    return Ok(()); // the writer stopped; its error is reported
+                }
+            }
+            // The forward pass ended with copies to the CPU, so the device has read the pixels.
+            if let (Some(tx), Some(buf)) = (&buffers, b.buffer) {
+                let _ = tx.try_send(buf);
             }
             let _ = permits.try_send(());
             if b.chunk_end && tx.send(ToWriter::ChunkDone(b.chunk, b.failures)).is_err() {
@@ -117,17 +123,18 @@ impl ModelStage<'_> {
             }
             for p in self.partitions.iter().filter(|p| p.tower == *tower) {
                 let rows = match p.site {
-                    Site::Embeds => cap.embeds.as_ref().map(pooled),
-                    Site::Resid => cap.resid.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
-                    Site::Attn => cap.attn.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
-                    Site::Mlp => cap.mlp.get(&p.layer).and_then(|h| select(h, p.selector, layout)),
+                    Site::Embeds => cap.embeds.as_ref().map(pick_pooled),
+                    Site::Resid => cap.resid.get(&p.layer).and_then(|h| pick(h, p.selector, layout)),
+                    Site::Attn => cap.attn.get(&p.layer).and_then(|h| pick(h, p.selector, layout)),
+                    Site::Mlp => cap.mlp.get(&p.layer).and_then(|h| pick(h, p.selector, layout)),
                 };
                 if let Some(r) = rows {
                     out.push((*p, r));
                 }
             }
         }
-        (out, lens_rows)
+        let (parts, picked): (Vec<Partition>, Vec<Picked>) = out.into_iter().unzip();
+        (parts.into_iter().zip(to_cpu_rows(picked)).collect(), lens_rows)
     }
 
     /// Top-k next tokens of each selected residual vector (every selector but

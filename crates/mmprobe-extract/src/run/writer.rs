@@ -10,11 +10,14 @@ use mmprobe_store::logit_lens::{LensRow, write_lens_part};
 use mmprobe_store::progress::{FailedInput, ShardProgress};
 use mmprobe_store::{PartRows, PartWriter};
 
+use rayon::prelude::*;
+
 use crate::error::Result;
 
 /// What the model stage sends the writer.
 pub(super) enum ToWriter {
-    Rows(usize, Partition, PartRows),
+    /// A batch's rows of every partition, for chunk `.0`.
+    Rows(usize, Vec<(Partition, PartRows)>),
     Lens(usize, Vec<LensRow>),
     ChunkDone(usize, Vec<FailedInput>),
 }
@@ -32,20 +35,28 @@ pub(super) fn write_parts(
     let mut parts = 0usize;
     for msg in rx {
         match msg {
-            ToWriter::Rows(chunk, partition, rows) => {
-                let w = match open.entry(partition) {
-                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        e.insert(PartWriter::create(partition.part(root, status.shard, chunk), rows.width)?)
-                    }
-                };
-                w.write(&rows)?;
+            ToWriter::Rows(chunk, batch) => {
+                let mut jobs = Vec::with_capacity(batch.len());
+                for (partition, rows) in batch {
+                    let w = match open.remove(&partition) {
+                        Some(w) => w,
+                        None => PartWriter::create(partition.part(root, status.shard, chunk), rows.width)?,
+                    };
+                    jobs.push((partition, w, rows));
+                }
+                // Partitions are separate files: encoded and compressed in parallel.
+                let written: Vec<Result<()>> =
+                    jobs.par_iter_mut().map(|(_, w, rows)| w.write(rows).map_err(Into::into)).collect();
+                open.extend(jobs.into_iter().map(|(p, w, _)| (p, w)));
+                written.into_iter().collect::<Result<()>>()?;
             }
             ToWriter::Lens(chunk, rows) => lens.entry(chunk).or_default().extend(rows),
             ToWriter::ChunkDone(chunk, failures) => {
                 let finished = open.len();
-                for (_, w) in std::mem::take(&mut open) {
-                    w.finish()?;
+                let done: Vec<Result<std::path::PathBuf>> =
+                    std::mem::take(&mut open).into_par_iter().map(|(_, w)| w.finish().map_err(Into::into)).collect();
+                for d in done {
+                    d?;
                     parts += 1;
                 }
                 status.chunk_parts.insert(chunk, finished);
