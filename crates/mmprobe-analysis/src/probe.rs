@@ -438,7 +438,7 @@ pub fn erased_accuracy(x: ArrayView2<f64>, y: &[usize], k: usize, groups: &Group
             let yt: Vec<usize> = train.iter().map(|&i| y[i]).collect();
             let gt = groups.subset(&train);
             let eraser = crate::leace::Leace::fit(xt.view(), &yt, k)?;
-            let (et, ev) = (eraser.apply(xt.view()), eraser.apply(x.select(Axis(0), &test).view()));
+            let (et, ev) = (eraser.apply(xt.view())?, eraser.apply(x.select(Axis(0), &test).view())?);
             let s = Standardizer::fit(et.view());
             let c = logistic::choose_c(et.view(), &yt, &gt, k, &p.logistic)?;
             let m = logistic::fit(s.transform(et.view()).view(), &yt, k, c, &p.logistic)?;

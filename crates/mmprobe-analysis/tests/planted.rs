@@ -46,9 +46,9 @@ fn planted_concept_is_found_read_and_erased() {
     assert!(cav[0].unit.dot(&dir) > 0.6, "the CAV points along the concept");
 
     let eraser = Leace::fit(x.view(), &y, 2).unwrap();
-    assert_eq!(eraser.rank, 1);
+    assert_eq!(eraser.rank(), 1);
     // On the rows it was fit on, the class means coincide exactly after erasure.
-    let erased = eraser.apply(x.view());
+    let erased = eraser.apply(x.view()).unwrap();
     let gap = directions::diff_means(erased.view(), &y, 2)[0].norm;
     assert!(gap < 1e-9, "class means differ by {gap} after LEACE");
     // A fresh probe, with the eraser fit on training folds only, is at chance.

@@ -125,7 +125,7 @@ fn leace_matches_numpy() {
     for (name, k) in [("multi", 4), ("binary", 2)] {
         let x = r.matrix(&format!("{name}.x"));
         let y = r.labels(&format!("{name}.y"));
-        let erased = Leace::fit(x.view(), &y, k).unwrap().apply(x.view());
+        let erased = Leace::fit(x.view(), &y, k).unwrap().apply(x.view()).unwrap();
         let d = max_diff(&erased, &r.matrix(&format!("{name}.leace")));
         assert!(d < 1e-4, "{name}: LEACE output differs by {d}");
     }

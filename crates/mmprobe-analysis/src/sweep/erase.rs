@@ -44,7 +44,7 @@ pub fn erase_store(
                 concept: concept.to_string(),
                 partition: p,
                 n: y.len(),
-                rank: eraser.rank,
+                rank: eraser.rank(),
                 accuracy_before: before.accuracy,
                 accuracy_after: after,
                 chance: *counts.iter().max().unwrap_or(&0) as f64 / y.len() as f64,
