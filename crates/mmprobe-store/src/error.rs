@@ -24,6 +24,11 @@ pub enum StoreError {
     NoColumn { column: String, available: String },
     #[error(transparent)]
     Name(#[from] crate::names::NameError),
+    #[error(
+        "{}: value {value} (sample {sample}) is beyond the range of f16 (largest 65504); store bf16 (f32's range) or f32",
+        path.display()
+    )]
+    F16Range { path: PathBuf, value: f32, sample: u32 },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

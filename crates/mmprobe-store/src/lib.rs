@@ -7,6 +7,7 @@
 
 pub mod dataset;
 pub mod error;
+pub mod format;
 pub mod layout;
 pub mod logit_lens;
 pub mod manifest;
@@ -18,6 +19,7 @@ pub mod tokens;
 
 pub use dataset::Dataset;
 pub use error::{Result, StoreError};
+pub use format::{Compression, PartFormat, StoreDType};
 pub use layout::Partition;
 pub use manifest::Manifest;
 pub use names::{NameError, Selector, Site, Tower};

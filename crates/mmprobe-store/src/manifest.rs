@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Result, io};
+use crate::format::{Compression, PartFormat, StoreDType};
 use crate::layout::{MANIFEST, read_json, write_atomic};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -67,6 +68,17 @@ pub struct ExtractionSpec {
     pub chunk_size: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_lens: Option<usize>,
+    /// The precision of `emb` in part files; f32 in stores made before the option.
+    pub store_dtype: StoreDType,
+    /// The compression of part files; zstd in stores made before the option.
+    pub compression: Compression,
+}
+
+impl ExtractionSpec {
+    /// The format this store's part files are written in.
+    pub fn part_format(&self) -> PartFormat {
+        PartFormat::new(self.store_dtype, self.compression)
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -120,6 +132,12 @@ impl Manifest {
             (Some(a), Some(b)) if a.logit_lens != b.logit_lens => {
                 let k = |l: Option<usize>| l.map_or("no --logit-lens".to_string(), |k| format!("--logit-lens {k}"));
                 Err(format!("it was made with {}, not {}", k(a.logit_lens), k(b.logit_lens)))
+            }
+            (Some(a), Some(b)) if a.store_dtype != b.store_dtype => {
+                Err(format!("it was made with --store-dtype {}, not {}", a.store_dtype, b.store_dtype))
+            }
+            (Some(a), Some(b)) if a.compression != b.compression => {
+                Err(format!("it was made with --compression {}, not {}", a.compression, b.compression))
             }
             (Some(a), Some(b)) if a != b => Err(format!("it holds another plan ({})", plan_difference(a, b))),
             (a, b) if a != b => Err("it holds other towers, sites, layers or selectors".into()),
@@ -225,6 +243,62 @@ mod tests {
         let model = m.model.unwrap();
         assert_eq!((model.family.as_str(), model.path.as_str(), model.config_sha256.as_str()), ("clip", "x", ""));
         assert_eq!(m.dataset.unwrap().rows, 500);
+    }
+
+    fn full(spec: ExtractionSpec) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            model: Some(ModelProvenance { path: "m".into(), dtype: "f32".into(), ..Default::default() }),
+            dataset: Some(DatasetProvenance { path: "d".into(), sha256: "ab".into(), rows: 3 }),
+            extraction: Some(spec),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn extraction_without_storage_fields_reads_as_f32_zstd() {
+        let m: Manifest = serde_json::from_str(
+            r#"{"format_version":1,"extraction":{"sites":{"vision":{"resid":[0,1]}},"selectors":["cls"],"chunk_size":8}}"#,
+        )
+        .unwrap();
+        let e = m.extraction.unwrap();
+        assert_eq!(e.part_format(), PartFormat::default());
+        assert_eq!((e.store_dtype, e.compression), (StoreDType::F32, Compression::Zstd));
+        assert_eq!(e.chunk_size, 8);
+    }
+
+    #[test]
+    fn storage_fields_are_written_and_read_back() {
+        let spec =
+            ExtractionSpec { store_dtype: StoreDType::Bf16, compression: Compression::Lz4, ..Default::default() };
+        let json = serde_json::to_string(&full(spec.clone())).unwrap();
+        assert!(json.contains(r#""store_dtype":"bf16""#) && json.contains(r#""compression":"lz4""#), "{json}");
+        let back: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.extraction, Some(spec));
+    }
+
+    #[test]
+    fn another_storage_format_is_a_difference() {
+        let spec =
+            |store_dtype, compression| ExtractionSpec { chunk_size: 8, store_dtype, compression, ..Default::default() };
+        let old = full(spec(StoreDType::F32, Compression::Zstd));
+        assert_eq!(old.same_origin(&full(spec(StoreDType::F32, Compression::Zstd))), Ok(()));
+        assert_eq!(
+            old.same_origin(&full(spec(StoreDType::Bf16, Compression::Zstd))).unwrap_err(),
+            "it was made with --store-dtype f32, not bf16"
+        );
+        assert_eq!(
+            old.same_origin(&full(spec(StoreDType::F32, Compression::None))).unwrap_err(),
+            "it was made with --compression zstd, not none"
+        );
+        // An old manifest (no storage fields) is f32 + zstd.
+        let mut json = serde_json::to_value(&old).unwrap();
+        let e = json["extraction"].as_object_mut().unwrap();
+        e.remove("store_dtype");
+        e.remove("compression");
+        let legacy: Manifest = serde_json::from_value(json).unwrap();
+        assert_eq!(legacy.same_origin(&old), Ok(()));
+        assert!(legacy.same_origin(&full(spec(StoreDType::F16, Compression::Zstd))).is_err());
     }
 
     #[test]

@@ -13,10 +13,10 @@ pub struct NameError {
 }
 
 macro_rules! names {
-    ($(#[$doc:meta])* $ty:ident, $kind:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal, { $($(#[$vmeta:meta])* $variant:ident => $name:literal),+ $(,)? }) => {
         $(#[$doc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub enum $ty { $($variant),+ }
+        pub enum $ty { $($(#[$vmeta])* $variant),+ }
 
         impl $ty {
             pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
@@ -44,6 +44,8 @@ macro_rules! names {
         }
     };
 }
+
+pub(crate) use names;
 
 names!(
     /// A model part with its own hidden states.

@@ -1,15 +1,18 @@
 //! Part files: `sample` (u32), `pos` (i32, -1 for pooled rows), `emb`
-//! (Array(Float32, d)). Written batch by batch to a temporary and renamed
-//! into place when the chunk is complete.
+//! (Array(Float32, d), or Array(Float16, d) for f16 storage: [`StoreDType`]).
+//! Written batch by batch to a temporary and renamed into place when the
+//! chunk is complete.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use half::slice::HalfFloatSliceExt;
 use ndarray::Array2;
-use polars::io::parquet::write::BatchedWriter;
+use polars::io::parquet::write::{BatchedWriter, KeyValueMetadata};
 use polars::prelude::*;
 
 use crate::error::{Result, StoreError, io, pq};
+use crate::format::{DTYPE_KEY, PartFormat, StoreDType};
 use crate::layout::{Partition, part_files, tmp_path};
 use crate::store::open_parquet;
 
@@ -31,9 +34,23 @@ impl PartRows {
         self.sample.is_empty()
     }
 
-    fn frame(&self) -> PolarsResult<DataFrame> {
-        let emb = Series::new("emb".into(), self.data.as_slice())
-            .reshape_array(&[ReshapeDimension::Infer, ReshapeDimension::new_dimension(self.width as u64)])?;
+    fn frame(&self, dtype: StoreDType) -> PolarsResult<DataFrame> {
+        let values = match dtype {
+            StoreDType::F32 => Series::new("emb".into(), self.data.as_slice()),
+            StoreDType::F16 => {
+                // half's slice conversion uses the CPU's F16C instructions where it has
+                // them; polars' cast converts one value at a time.
+                let mut halves = vec![half::f16::ZERO; self.data.len()];
+                halves.convert_from_f32_slice(&self.data);
+                Float16Chunked::from_vec("emb".into(), halves.into_iter().map(pf16).collect()).into_series()
+            }
+            StoreDType::Bf16 => {
+                let rounded = self.data.iter().map(|&v| StoreDType::round_bf16(v)).collect();
+                Float32Chunked::from_vec("emb".into(), rounded).into_series()
+            }
+        };
+        let emb =
+            values.reshape_array(&[ReshapeDimension::Infer, ReshapeDimension::new_dimension(self.width as u64)])?;
         DataFrame::new(
             self.len(),
             vec![
@@ -45,33 +62,59 @@ impl PartRows {
     }
 }
 
+/// The columns of an f32 part of width `width`.
 pub fn schema(width: usize) -> Schema {
+    schema_with(width, StoreDType::F32)
+}
+
+/// The columns of a part of width `width` stored as `dtype`.
+pub fn schema_with(width: usize, dtype: StoreDType) -> Schema {
+    let inner = match dtype {
+        StoreDType::F16 => DataType::Float16,
+        StoreDType::F32 | StoreDType::Bf16 => DataType::Float32,
+    };
     Schema::from_iter([
         Field::new("sample".into(), DataType::UInt32),
         Field::new("pos".into(), DataType::Int32),
-        Field::new("emb".into(), DataType::Array(Box::new(DataType::Float32), width)),
+        Field::new("emb".into(), DataType::Array(Box::new(inner), width)),
     ])
 }
+
+/// The smallest magnitude f16 rounds to infinity (65504 + half its last step).
+const F16_OVERFLOW: f32 = 65520.0;
 
 /// One part file being written.
 pub struct PartWriter {
     path: PathBuf,
     tmp: PathBuf,
     width: usize,
+    format: PartFormat,
     writer: BatchedWriter<File>,
 }
 
 impl PartWriter {
+    /// A part in the default format (f32, zstd).
     pub fn create(path: PathBuf, width: usize) -> Result<Self> {
+        Self::create_with(path, width, PartFormat::default())
+    }
+
+    /// A part storing `emb` as `format.dtype`, pages compressed with `format.compression`.
+    pub fn create_with(path: PathBuf, width: usize, format: PartFormat) -> Result<Self> {
         let dir = path.parent().expect("part files live in a partition folder");
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let tmp = tmp_path(&path);
         let file = File::create(&tmp).map_err(io(&tmp))?;
+        let metadata = KeyValueMetadata::from_static(vec![(DTYPE_KEY.into(), format.dtype.to_string())]);
         let writer = ParquetWriter::new(file)
-            .with_compression(ParquetCompression::Zstd(None))
-            .batched(&schema(width))
+            .with_compression(format.compression.parquet())
+            .with_key_value_metadata(Some(metadata))
+            .batched(&schema_with(width, format.dtype))
             .map_err(pq(&tmp))?;
-        Ok(PartWriter { path, tmp, width, writer })
+        Ok(PartWriter { path, tmp, width, format, writer })
+    }
+
+    pub fn format(&self) -> PartFormat {
+        self.format
     }
 
     pub fn write(&mut self, rows: &PartRows) -> Result<()> {
@@ -81,7 +124,16 @@ impl PartWriter {
                 message: format!("rows of width {} in a part of width {}", rows.width, self.width),
             });
         }
-        let df = rows.frame().map_err(pq(&self.tmp))?;
+        if self.format.dtype == StoreDType::F16
+            && let Some(i) = rows.data.iter().position(|v| v.is_finite() && v.abs() >= F16_OVERFLOW)
+        {
+            return Err(StoreError::F16Range {
+                path: self.path.clone(),
+                value: rows.data[i],
+                sample: rows.sample[i / self.width.max(1)],
+            });
+        }
+        let df = rows.frame(self.format.dtype).map_err(pq(&self.tmp))?;
         self.writer.write_batch(&df).map_err(pq(&self.tmp))
     }
 
@@ -99,11 +151,21 @@ impl PartWriter {
     }
 }
 
-/// Writes a whole part at once (atomically).
+/// Writes a whole part at once (atomically), f32 and zstd.
 pub fn write_part(path: PathBuf, rows: &PartRows) -> Result<PathBuf> {
-    let mut w = PartWriter::create(path, rows.width)?;
-    w.write(rows)?;
-    w.finish()
+    write_part_with(path, rows, PartFormat::default())
+}
+
+/// Writes a whole part at once (atomically) in `format`.
+pub fn write_part_with(path: PathBuf, rows: &PartRows, format: PartFormat) -> Result<PathBuf> {
+    let mut w = PartWriter::create_with(path, rows.width, format)?;
+    match w.write(rows) {
+        Ok(()) => w.finish(),
+        Err(e) => {
+            w.abandon();
+            Err(e)
+        }
+    }
 }
 
 /// Every row of a partition, sorted by (sample, pos).
