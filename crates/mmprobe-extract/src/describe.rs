@@ -15,8 +15,12 @@ pub struct TowerInfo {
     pub layers: usize,
     pub width: i64,
     pub heads: i64,
-    /// Tokens per input (vision: patches + CLS; text: the position limit).
+    /// Tokens per input (vision: patches, plus CLS where it has one; text: the position limit).
     pub max_tokens: i64,
+    /// Whether position 0 is a CLS token (what `cls` selects): CLIP's vision tower, not SigLIP's.
+    pub cls: bool,
+    /// Whether the tower has an `embeds` site (a SigLIP vision tower without its head has none).
+    pub embeds: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,10 +49,18 @@ impl ModelInfo {
     /// The sites a tower offers in this family.
     pub fn sites(&self, tower: Tower) -> Vec<Site> {
         let mut sites = vec![Site::Resid, Site::Attn, Site::Mlp];
-        if self.embeds_width.is_some() && tower != Tower::Decoder {
+        if self.embeds_width.is_some() && self.tower(tower).is_some_and(|t| t.embeds) {
             sites.push(Site::Embeds);
         }
         sites
+    }
+
+    /// Whether `selector` applies to `site` of `tower` in this model: the
+    /// tower offers the site, the selector fits that kind of tower and site
+    /// ([`Selector::fits`]), and `cls` only where position 0 is a CLS token.
+    pub fn fits(&self, selector: Selector, tower: Tower, site: Site) -> bool {
+        let Some(t) = self.tower(tower) else { return false };
+        selector.fits(tower, site) && self.sites(tower).contains(&site) && (selector != Selector::Cls || t.cls)
     }
 
     /// The width of a site's vectors in a tower.

@@ -1,5 +1,5 @@
 //! The seam every model family sits behind. A family is one folder (`clip/`,
-//! `llava/`) holding its config, its modules, its loader and one
+//! `llava/`, `siglip/`) holding its config, its modules, its loader and one
 //! [`Family`] implementation; [`open`] picks it from `config.json`'s
 //! `model_type` through [`FAMILIES`], the one list a new family joins.
 //!
@@ -65,8 +65,11 @@ impl ModelDir {
 pub type OpenFamily = fn(&ModelDir) -> Result<Box<dyn Family>>;
 
 /// The families mmprobe reads: `model_type` and how to open one.
-pub const FAMILIES: &[(&str, OpenFamily)] =
-    &[("clip", crate::clip::family::open), ("llava", crate::llava::family::open)];
+pub const FAMILIES: &[(&str, OpenFamily)] = &[
+    ("clip", crate::clip::family::open),
+    ("llava", crate::llava::family::open),
+    ("siglip", crate::siglip::family::open),
+];
 
 /// The family of a checkpoint folder, its config parsed.
 pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {

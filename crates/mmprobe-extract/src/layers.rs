@@ -1,10 +1,12 @@
 //! Building blocks that several families share: linear and layer-norm
 //! parameters declared under a checkpoint path, the activations configs name,
-//! RMSNorm and the rotary helper.
+//! the patch embedding of vision transformers, RMSNorm and the rotary helper.
 
 use serde::Deserialize;
-use tch::nn;
+use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
+
+use crate::runtime::DType;
 
 /// A linear layer with `weight` [o, i] (and `bias` [o]) under `p`.
 pub fn linear(p: nn::Path, i: i64, o: i64, bias: bool) -> nn::Linear {
@@ -64,4 +66,94 @@ impl RmsNorm {
 pub fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size().last().copied().unwrap_or(0) / 2;
     Tensor::cat(&[-x.narrow(-1, half, half), x.narrow(-1, 0, half)], -1)
+}
+
+/// How a vision transformer's patch embedding, a convolution whose stride is
+/// its kernel (no padding; CLIP's without bias, SigLIP's with one), is
+/// computed. The checkpoint's weight is the same [hidden, channels, p, p]
+/// tensor in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PatchCompute {
+    /// libtorch's convolution with libtorch's settings, as transformers
+    /// computes it. On CUDA that is cuDNN, which runs f32 in TF32 by default.
+    /// What training and 16-bit runs use.
+    #[default]
+    Conv,
+    /// The image cut into non-overlapping p x p patches, each flattened
+    /// (channel, row, column) and multiplied by the flattened kernel: one GEMM,
+    /// which libtorch runs in IEEE f32 on every device (no cuDNN, no TF32).
+    Matmul,
+    /// The convolution with cuDNN explicitly allowed TF32 (`--allow-tf32`).
+    ConvTf32,
+}
+
+impl PatchCompute {
+    /// What an extraction in `dtype` uses: exact in f32 unless TF32 is
+    /// allowed; 16-bit dtypes as before.
+    pub fn for_run(dtype: DType, allow_tf32: bool) -> Self {
+        match (dtype, allow_tf32) {
+            (DType::F32, false) => PatchCompute::Matmul,
+            (DType::F32, true) => PatchCompute::ConvTf32,
+            (DType::F16 | DType::Bf16, _) => PatchCompute::Conv,
+        }
+    }
+}
+
+/// pixel_values [B, C, H, W] through the patch convolution `conv` (stride =
+/// kernel), as [B, (H/p)(W/p), hidden], row-major over the grid.
+pub fn patch_embedding(conv: &nn::Conv2D, pixel_values: &Tensor, how: PatchCompute) -> Tensor {
+    let w = &conv.ws;
+    let (d, c, p, _) = w.size4().expect("the patch embedding weight is [hidden, channels, p, p]");
+    let grid = |y: Tensor| y.flatten(2, -1).transpose(1, 2);
+    match how {
+        PatchCompute::Conv => grid(conv.forward(pixel_values)),
+        PatchCompute::ConvTf32 => grid(pixel_values.internal_convolution(
+            w,
+            conv.bs.as_ref(),
+            [p, p],
+            [0, 0],
+            [1, 1],
+            false,
+            [0, 0],
+            1,
+            false,
+            false,
+            true,
+            true,
+        )),
+        PatchCompute::Matmul => {
+            let (b, _, h, wd) = pixel_values.size4().expect("pixel values are [batch, channels, height, width]");
+            // As the convolution, a remainder narrower than a patch is dropped.
+            let (gh, gw) = (h / p, wd / p);
+            let x = pixel_values.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
+            let x = x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
+            let y = x.matmul(&w.reshape([d, c * p * p]).transpose(0, 1));
+            match &conv.bs {
+                Some(bias) => y + bias,
+                None => y,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn every_patch_compute_is_the_convolution_with_a_bias_too() {
+        tch::manual_seed(0);
+        let mut vs = nn::VarStore::new(Device::Cpu);
+        let conv = nn::conv2d(vs.root(), 3, 8, 4, nn::ConvConfig { stride: 4, bias: true, ..Default::default() });
+        vs.set_kind(Kind::Double);
+        let _ = tch::no_grad(|| conv.bs.as_ref().unwrap().shallow_clone().normal_(0.0, 1.0));
+        let x = Tensor::randn([2, 3, 13, 18], (Kind::Double, Device::Cpu));
+        let want = patch_embedding(&conv, &x, PatchCompute::Conv);
+        assert_eq!(want.size(), [2, 12, 8]);
+        for how in [PatchCompute::Matmul, PatchCompute::ConvTf32] {
+            let d = (patch_embedding(&conv, &x, how) - &want).abs().max().double_value(&[]);
+            assert!(d < 1e-12, "{how:?}: max |diff| {d:e}");
+        }
+    }
 }

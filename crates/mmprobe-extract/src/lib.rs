@@ -19,9 +19,12 @@ pub mod llava;
 pub mod lock;
 pub mod plan;
 pub mod preprocess;
+pub mod qwen2vl;
 pub mod run;
 pub mod runtime;
 pub mod select;
+pub mod siglip;
+pub mod spiece;
 pub mod tokenize;
 pub mod weights;
 

@@ -1,6 +1,8 @@
 //! Text tokenisation from a checkpoint's `tokenizer.json` with the `tokenizers`
-//! crate: special tokens added, truncation to the model's positions, batches
-//! padded on the right with the tokenizer's pad token.
+//! crate (or, for SigLIP 1, its `spiece.model` as `SiglipTokenizer` applies
+//! it): special tokens added, truncation to the model's positions, batches
+//! padded on the right with the tokenizer's pad token, to the longest text or
+//! to a fixed length.
 
 use std::path::{Path, PathBuf};
 
@@ -8,11 +10,23 @@ use tch::Tensor;
 use tokenizers::{Tokenizer, TruncationDirection, TruncationParams, TruncationStrategy};
 
 use crate::error::{ExtractError, Result};
+use crate::siglip::tokenizer::SiglipSpTokenizer;
 
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    backend: Backend,
     path: PathBuf,
     pub pad_id: u32,
+    /// Every batch padded to this many positions (SigLIP pads to
+    /// `max_length`), else to its longest text.
+    pub pad_to: Option<usize>,
+    max_len: usize,
+}
+
+enum Backend {
+    /// tokenizer.json through the `tokenizers` crate.
+    Json(Box<Tokenizer>),
+    /// SigLIP 1's spiece.model with its canonicalisation.
+    SiglipSp(Box<SiglipSpTokenizer>),
 }
 
 /// A padded batch: ids and mask [B, T] int64, and each row's token strings
@@ -45,41 +59,111 @@ impl TextTokenizer {
             .map_err(|e| err(e.to_string()))?;
         inner.with_padding(None);
         let pad_id = pad_token(dir, &inner).unwrap_or(fallback_pad);
-        Ok(TextTokenizer { inner, path, pad_id })
+        Ok(TextTokenizer { backend: Backend::Json(Box::new(inner)), path, pad_id, pad_to: None, max_len })
+    }
+
+    /// A SigLIP text tower's tokenizer, every batch padded to `max_len`
+    /// positions: tokenizer.json, or (when tokenizer_config.json names
+    /// `SiglipTokenizer`, as SigLIP 1 checkpoints do) spiece.model.
+    pub fn siglip_from_dir(dir: &Path, max_len: usize, fallback_pad: u32) -> Result<Self> {
+        let spiece = dir.join("spiece.model");
+        let class = std::fs::read(dir.join("tokenizer_config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("tokenizer_class").and_then(|c| c.as_str()).map(str::to_string));
+        let mut tok = if class.as_deref() == Some("SiglipTokenizer") && spiece.is_file() {
+            let sp = SiglipSpTokenizer::from_dir(dir)
+                .map_err(|message| ExtractError::Tokenizer { path: spiece.clone(), message })?;
+            TextTokenizer {
+                pad_id: sp.pad_id,
+                backend: Backend::SiglipSp(Box::new(sp)),
+                path: spiece,
+                pad_to: None,
+                max_len,
+            }
+        } else {
+            Self::from_dir(dir, max_len, fallback_pad)?
+        };
+        tok.pad_to = Some(max_len);
+        Ok(tok)
+    }
+
+    /// The file the tokenizer was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     pub fn encode_batch(&self, texts: &[&str]) -> Result<TokenBatch> {
-        let encodings = self
-            .inner
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| ExtractError::Tokenizer { path: self.path.clone(), message: e.to_string() })?;
-        let t = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0).max(1);
-        let b = encodings.len();
+        let err = |e: String| ExtractError::Tokenizer { path: self.path.clone(), message: e };
+        // Per text: (id, token) pairs and whether it was cut.
+        let rows: Vec<(Vec<(u32, String)>, bool)> = match &self.backend {
+            Backend::Json(inner) => inner
+                .encode_batch(texts.to_vec(), true)
+                .map_err(|e| err(e.to_string()))?
+                .into_iter()
+                .map(|e| {
+                    let cut = !e.get_overflowing().is_empty();
+                    (e.get_ids().iter().copied().zip(e.get_tokens().iter().cloned()).collect(), cut)
+                })
+                .collect(),
+            Backend::SiglipSp(sp) => texts
+                .iter()
+                .map(|t| {
+                    let (ids, cut) = sp.encode(t, self.max_len);
+                    (ids.into_iter().map(|id| (id, sp.id_to_token(id).unwrap_or_default())).collect(), cut)
+                })
+                .collect(),
+        };
+        let longest = rows.iter().map(|(r, _)| r.len()).max().unwrap_or(0).max(1);
+        let t = self.pad_to.map_or(longest, |p| p.max(longest));
+        let b = rows.len();
         let mut ids = vec![self.pad_id as i64; b * t];
         let mut mask = vec![0i64; b * t];
-        let mut tokens = Vec::with_capacity(b);
-        for (i, e) in encodings.iter().enumerate() {
-            for (j, &id) in e.get_ids().iter().enumerate() {
-                ids[i * t + j] = id as i64;
+        for (i, (row, _)) in rows.iter().enumerate() {
+            for (j, (id, _)) in row.iter().enumerate() {
+                ids[i * t + j] = *id as i64;
                 mask[i * t + j] = 1;
             }
-            tokens.push(e.get_ids().iter().copied().zip(e.get_tokens().iter().cloned()).collect());
         }
         Ok(TokenBatch {
             input_ids: Tensor::from_slice(&ids).view([b as i64, t as i64]),
             attention_mask: Tensor::from_slice(&mask).view([b as i64, t as i64]),
-            tokens,
-            truncated: encodings.iter().filter(|e| !e.get_overflowing().is_empty()).count(),
+            truncated: rows.iter().filter(|(_, cut)| *cut).count(),
+            tokens: rows.into_iter().map(|(r, _)| r).collect(),
         })
     }
 
     pub fn id_to_token(&self, id: u32) -> Option<String> {
-        self.inner.id_to_token(id)
+        match &self.backend {
+            Backend::Json(inner) => inner.id_to_token(id),
+            Backend::SiglipSp(sp) => sp.id_to_token(id),
+        }
     }
 
     /// Refuses a tokenizer that can emit an id the model's embedding table has no row for.
     pub fn check_vocab(&self, vocab_size: i64, config: &Path) -> Result<()> {
-        check_vocab(&self.inner, &self.path, vocab_size, config)
+        match &self.backend {
+            Backend::Json(inner) => check_vocab(inner, &self.path, vocab_size, config),
+            Backend::SiglipSp(sp) if sp.vocab_size() as i64 > vocab_size => Err(ExtractError::Tokenizer {
+                path: self.path.clone(),
+                message: format!(
+                    "it has {} pieces, but {} gives the model vocab_size {vocab_size}",
+                    sp.vocab_size(),
+                    config.display()
+                ),
+            }),
+            Backend::SiglipSp(_) => Ok(()),
+        }
+    }
+
+    /// What tokenizer.json adds around a text (ids before and after it), for checks against the config.
+    pub(crate) fn json_specials(&self) -> Option<(Vec<u32>, Vec<u32>)> {
+        let Backend::Json(inner) = &self.backend else { return None };
+        let plain = inner.encode("x", false).ok()?;
+        let full = inner.encode("x", true).ok()?;
+        let (p, f) = (plain.get_ids(), full.get_ids());
+        let start = f.windows(p.len()).position(|w| w == p)?;
+        Some((f[..start].to_vec(), f[start + p.len()..].to_vec()))
     }
 }
 

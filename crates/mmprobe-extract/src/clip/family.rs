@@ -27,13 +27,15 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
     let info = ModelInfo {
         family: "clip",
         towers: vec![
-            vision_tower_info(v),
+            vision_tower_info(v, true),
             TowerInfo {
                 tower: Tower::Text,
                 layers: t.num_hidden_layers,
                 width: t.hidden_size,
                 heads: t.num_attention_heads,
                 max_tokens: t.max_position_embeddings,
+                cls: false,
+                embeds: true,
             },
         ],
         embeds_width: Some(config.projection_dim),
@@ -43,14 +45,17 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
     Ok(Box::new(Clip { config, info }))
 }
 
-/// A CLIP vision transformer, in any family that has one: patches plus CLS.
-pub(crate) fn vision_tower_info(v: &ClipVisionConfig) -> TowerInfo {
+/// A CLIP vision transformer, in any family that has one: patches plus CLS;
+/// `embeds` where the family projects its pooled output.
+pub(crate) fn vision_tower_info(v: &ClipVisionConfig, embeds: bool) -> TowerInfo {
     TowerInfo {
         tower: Tower::Vision,
         layers: v.num_hidden_layers,
         width: v.hidden_size,
         heads: v.num_attention_heads,
         max_tokens: v.num_patches() + 1,
+        cls: true,
+        embeds,
     }
 }
 

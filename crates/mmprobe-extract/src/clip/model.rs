@@ -6,8 +6,8 @@ use tch::{Kind, Tensor};
 
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 use crate::capture::Capture;
-use crate::layers::{Activation, layer_norm, linear};
-use crate::runtime::DType;
+pub use crate::layers::PatchCompute;
+use crate::layers::{Activation, layer_norm, linear, patch_embedding};
 
 pub struct ClipAttention {
     pub q_proj: nn::Linear,
@@ -50,11 +50,11 @@ pub struct ClipMlp {
 }
 
 impl ClipMlp {
-    fn new(p: nn::Path, d: i64, inner: i64, activation: Activation) -> Self {
+    pub(crate) fn new(p: nn::Path, d: i64, inner: i64, activation: Activation) -> Self {
         ClipMlp { fc1: linear(&p / "fc1", d, inner, true), fc2: linear(&p / "fc2", inner, d, true), activation }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor) -> Tensor {
         self.fc2.forward(&self.activation.apply(&self.fc1.forward(x)))
     }
 }
@@ -97,13 +97,13 @@ pub struct ClipEncoder {
 
 impl ClipEncoder {
     #[allow(clippy::too_many_arguments)]
-    fn new(p: nn::Path, n: usize, d: i64, inner: i64, heads: i64, act: Activation, eps: f64) -> Self {
+    pub(crate) fn new(p: nn::Path, n: usize, d: i64, inner: i64, heads: i64, act: Activation, eps: f64) -> Self {
         let p = &p / "layers";
         ClipEncoder { layers: (0..n).map(|i| ClipEncoderLayer::new(&p / i, d, inner, heads, act, eps)).collect() }
     }
 
     /// Runs every layer, reporting each site to `cap`; returns the last hidden state.
-    fn forward(&self, x: Tensor, allowed: Option<&Tensor>, cap: &mut Capture) -> Tensor {
+    pub(crate) fn forward(&self, x: Tensor, allowed: Option<&Tensor>, cap: &mut Capture) -> Tensor {
         cap.resid(0, &x);
         let mut h = x;
         for (i, layer) in self.layers.iter().enumerate() {
@@ -188,36 +188,6 @@ impl ClipTextTransformer {
     }
 }
 
-/// How the patch embedding, a convolution whose stride is its kernel (no
-/// padding, no bias), is computed. The checkpoint's weight is the same
-/// [hidden, channels, p, p] tensor in every case.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PatchCompute {
-    /// libtorch's convolution with libtorch's settings, as transformers
-    /// computes it. On CUDA that is cuDNN, which runs f32 in TF32 by default.
-    /// What training and 16-bit runs use.
-    #[default]
-    Conv,
-    /// The image cut into non-overlapping p x p patches, each flattened
-    /// (channel, row, column) and multiplied by the flattened kernel: one GEMM,
-    /// which libtorch runs in IEEE f32 on every device (no cuDNN, no TF32).
-    Matmul,
-    /// The convolution with cuDNN explicitly allowed TF32 (`--allow-tf32`).
-    ConvTf32,
-}
-
-impl PatchCompute {
-    /// What an extraction in `dtype` uses: exact in f32 unless TF32 is
-    /// allowed; 16-bit dtypes as before.
-    pub fn for_run(dtype: DType, allow_tf32: bool) -> Self {
-        match (dtype, allow_tf32) {
-            (DType::F32, false) => PatchCompute::Matmul,
-            (DType::F32, true) => PatchCompute::ConvTf32,
-            (DType::F16 | DType::Bf16, _) => PatchCompute::Conv,
-        }
-    }
-}
-
 pub struct ClipVisionEmbeddings {
     pub class_embedding: Tensor,
     pub patch_embedding: nn::Conv2D,
@@ -227,34 +197,7 @@ pub struct ClipVisionEmbeddings {
 impl ClipVisionEmbeddings {
     /// pixel_values [B, C, H, W] to patch embeddings [B, (H/p)(W/p), hidden], row-major over the grid.
     fn patches(&self, pixel_values: &Tensor, how: PatchCompute) -> Tensor {
-        let w = &self.patch_embedding.ws;
-        let (d, c, p, _) = w.size4().expect("the patch embedding weight is [hidden, channels, p, p]");
-        let grid = |y: Tensor| y.flatten(2, -1).transpose(1, 2);
-        match how {
-            PatchCompute::Conv => grid(self.patch_embedding.forward(pixel_values)),
-            PatchCompute::ConvTf32 => grid(pixel_values.internal_convolution(
-                w,
-                None::<Tensor>,
-                [p, p],
-                [0, 0],
-                [1, 1],
-                false,
-                [0, 0],
-                1,
-                false,
-                false,
-                true,
-                true,
-            )),
-            PatchCompute::Matmul => {
-                let (b, _, h, wd) = pixel_values.size4().expect("pixel values are [batch, channels, height, width]");
-                // As the convolution, a remainder narrower than a patch is dropped.
-                let (gh, gw) = (h / p, wd / p);
-                let x = pixel_values.narrow(2, 0, gh * p).narrow(3, 0, gw * p);
-                let x = x.reshape([b, c, gh, p, gw, p]).permute([0, 2, 4, 1, 3, 5]).reshape([b, gh * gw, c * p * p]);
-                x.matmul(&w.reshape([d, c * p * p]).transpose(0, 1))
-            }
-        }
+        patch_embedding(&self.patch_embedding, pixel_values, how)
     }
 }
 
@@ -356,6 +299,7 @@ impl ClipModel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::DType;
     use tch::Device;
 
     /// Random patch embeddings in f64, where the convolution and the GEMM agree to rounding.

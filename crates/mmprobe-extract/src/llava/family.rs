@@ -28,13 +28,15 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
     let info = ModelInfo {
         family: "llava",
         towers: vec![
-            vision_tower_info(&c.vision_config),
+            vision_tower_info(&c.vision_config, false),
             TowerInfo {
                 tower: Tower::Decoder,
                 layers: t.num_hidden_layers,
                 width: t.hidden_size,
                 heads: t.num_attention_heads,
                 max_tokens: t.max_position_embeddings,
+                cls: false,
+                embeds: false,
             },
         ],
         embeds_width: None,
