@@ -48,6 +48,10 @@ pub struct LlamaConfig {
     pub attention_bias: bool,
     #[serde(default)]
     pub mlp_bias: bool,
+    /// Bias on the query, key and value projections only (Qwen2's attention;
+    /// `o_proj` stays without). Not a config.json key: set by the family.
+    #[serde(skip)]
+    pub qkv_bias: bool,
     #[serde(default)]
     pub tie_word_embeddings: bool,
     #[serde(default)]

@@ -50,10 +50,11 @@ impl LlamaAttention {
     fn new(p: nn::Path, c: &LlamaConfig) -> Self {
         let (d, hd, h, kv) = (c.hidden_size, c.head_dim(), c.num_attention_heads, c.kv_heads());
         let b = c.attention_bias;
+        let qkv = b || c.qkv_bias;
         LlamaAttention {
-            q_proj: linear(&p / "q_proj", d, h * hd, b),
-            k_proj: linear(&p / "k_proj", d, kv * hd, b),
-            v_proj: linear(&p / "v_proj", d, kv * hd, b),
+            q_proj: linear(&p / "q_proj", d, h * hd, qkv),
+            k_proj: linear(&p / "k_proj", d, kv * hd, qkv),
+            v_proj: linear(&p / "v_proj", d, kv * hd, qkv),
             o_proj: linear(&p / "o_proj", h * hd, d, b),
             heads: h,
             kv_heads: kv,
@@ -164,11 +165,26 @@ impl LlamaModel {
     /// row's states depend neither on the padding side nor on its neighbours.
     /// Returns the last residual stream, before the final norm.
     pub fn forward(&self, inputs_embeds: Tensor, attention_mask: &Tensor, cap: &mut Capture) -> Tensor {
-        let (b, t, _) = inputs_embeds.size3().expect("input embeddings are [batch, tokens, width]");
-        let device = inputs_embeds.device();
         let valid = attention_mask.ne(0);
         let positions = (valid.to_kind(Kind::Int64).cumsum(1, Kind::Int64) - 1).clamp_min(0);
         let (cos, sin) = self.rotary.cos_sin(&positions, inputs_embeds.kind());
+        self.forward_rotary(inputs_embeds, attention_mask, &cos, &sin, cap)
+    }
+
+    /// [`LlamaModel::forward`] with the rotary tables given: `cos`/`sin`
+    /// [B, T, head_dim] in the embeddings' dtype (a multimodal rotary such as
+    /// Qwen2-VL's computes its own from its position ids).
+    pub fn forward_rotary(
+        &self,
+        inputs_embeds: Tensor,
+        attention_mask: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cap: &mut Capture,
+    ) -> Tensor {
+        let (b, t, _) = inputs_embeds.size3().expect("input embeddings are [batch, tokens, width]");
+        let device = inputs_embeds.device();
+        let valid = attention_mask.ne(0);
         let causal = Tensor::ones([t, t], (Kind::Bool, device)).tril(0).view([1, 1, t, t]);
         // Padding queries see themselves only, so no row is all -inf (NaN would
         // leak through the zero weights of real queries on padding keys).
@@ -182,7 +198,7 @@ impl LlamaModel {
         }
         let mut h = inputs_embeds;
         for (i, layer) in self.layers.iter().enumerate() {
-            let (next, attn, mlp) = layer.forward(&h, &cos, &sin, &allowed);
+            let (next, attn, mlp) = layer.forward(&h, cos, sin, &allowed);
             h = next;
             cap.sublayers(i + 1, &attn, &mlp);
             if i + 1 < n {

@@ -1,0 +1,276 @@
+//! Qwen2-VL and Qwen2.5-VL against transformers (scripts/fixtures/make_qwen2vl.py):
+//! the processor's patches and grids, the prompts, get_rope_index, every
+//! vision and decoder state of a padded batch mixing image sizes, each
+//! prompt alone, and the logit lens.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{assert_close, device, fixtures, max_abs_diff};
+use mmprobe_extract::qwen2vl::{
+    LoadedQwen2Vl, Qwen2VlImageProcessor, Qwen2VlTokenizer, VisionPlan, chat_prompt, processor::open_rgb_on_white,
+    rope_index,
+};
+use mmprobe_extract::weights::Checkpoint;
+use mmprobe_extract::{Capture, DType, SiteRequest};
+use tch::{Kind, Tensor};
+
+const TOL: f64 = 1e-4;
+const MODELS: [&str; 4] = ["qwen2-vl", "qwen2-vl-hub", "qwen2.5-vl", "qwen2.5-vl-hub"];
+
+fn dir(name: &str) -> PathBuf {
+    fixtures().join("qwen2vl").join(name)
+}
+
+fn meta(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir(name).join("reference.json")).unwrap()).unwrap()
+}
+
+fn reference(name: &str) -> Checkpoint {
+    let d = dir(name);
+    Checkpoint::open_files(&d, [d.join("reference.safetensors")]).unwrap()
+}
+
+fn ints(t: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(t.to_kind(Kind::Int64).reshape([-1])).unwrap()
+}
+
+fn grids(r: &Checkpoint) -> Vec<[i64; 3]> {
+    ints(&r.tensor("image_grid_thw").unwrap()).chunks(3).map(|g| [g[0], g[1], g[2]]).collect()
+}
+
+/// The prompts as the fixture renders them: chat prompts built here, raw ones as given.
+fn prompts(m: &serde_json::Value) -> Vec<String> {
+    m["prompts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            if let Some(raw) = p.get("raw") {
+                return raw.as_str().unwrap().to_string();
+            }
+            let msgs = p["messages"].as_array().unwrap();
+            let system = msgs.iter().find(|m| m["role"] == "system").map(|m| m["content"].as_str().unwrap());
+            let user = msgs.iter().find(|m| m["role"] == "user").unwrap()["content"].as_array().unwrap();
+            let images = user.iter().filter(|c| c["type"] == "image").count();
+            let text: String = user.iter().filter_map(|c| c.get("text").and_then(|t| t.as_str())).collect();
+            chat_prompt(system, &text, images)
+        })
+        .collect()
+}
+
+/// Row `i`'s real positions of a padded [B, T, D] state, as [T_i, D].
+fn unpadded(h: &Tensor, mask: &Tensor, i: i64) -> Tensor {
+    let keep = mask.get(i).ne(0).nonzero().squeeze_dim(1).to_device(h.device());
+    h.get(i).index_select(0, &keep)
+}
+
+#[test]
+fn patches_and_grids_equal_the_processor() {
+    for name in MODELS {
+        let m = meta(name);
+        let r = reference(name);
+        let proc = Qwen2VlImageProcessor::from_dir(&dir(name)).unwrap();
+        assert_eq!(
+            (proc.min_pixels, proc.max_pixels),
+            (m["min_pixels"].as_u64().unwrap(), m["max_pixels"].as_u64().unwrap())
+        );
+        for g in m["grids"].as_array().unwrap() {
+            let (h, w) = (g["height"].as_u64().unwrap() as usize, g["width"].as_u64().unwrap() as usize);
+            let want: Vec<i64> = g["grid_thw"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+            assert_eq!(proc.grid_thw(h, w).unwrap().to_vec(), want, "{name} grid of {h}x{w}");
+            let rs = (g["resized_height"].as_u64().unwrap() as usize, g["resized_width"].as_u64().unwrap() as usize);
+            assert_eq!(proc.resized_size(h, w).unwrap(), rs, "{name} resize of {h}x{w}");
+        }
+        let want_px = r.tensor("pixel_values").unwrap();
+        let want_grids = grids(&r);
+        let mut rows = Vec::new();
+        for (i, f) in m["images"].as_array().unwrap().iter().enumerate() {
+            let img = open_rgb_on_white(&fixtures().join("qwen2vl/images").join(f.as_str().unwrap())).unwrap();
+            let p = proc.process(&img).unwrap();
+            assert_eq!(p.grid_thw, want_grids[i], "{name} image {i} grid");
+            rows.push(Tensor::from_slice(&p.values).view([p.patches(), -1]));
+        }
+        let got = Tensor::cat(&rows, 0);
+        let d = max_abs_diff(&got, &want_px);
+        println!("{name}: pixel_values max |diff| {d:e}");
+        assert_eq!(d, 0.0, "{name} pixel_values");
+    }
+}
+
+#[test]
+fn prompts_positions_and_vision_bookkeeping_equal_transformers() {
+    for name in MODELS {
+        let m = meta(name);
+        let r = reference(name);
+        let l = LoadedQwen2Vl::load(&dir(name), tch::Device::Cpu, DType::F32).unwrap();
+        assert!(l.unused.is_empty(), "{name}: unused {:?}", l.unused);
+        let c = &l.model.config;
+        let tok = Qwen2VlTokenizer::from_dir(&dir(name), c.image_token_id, c.text.pad_token_id).unwrap();
+        assert_eq!(tok.left_padding, m["padding_side"] == "left", "{name}");
+        let g = grids(&r);
+        let ps = prompts(&m);
+        for (i, p) in ps.iter().enumerate() {
+            assert_eq!(p, m["rendered"][i].as_str().unwrap(), "{name} prompt {i} rendered");
+        }
+        let merged: Vec<usize> = g.iter().map(|g| (g.iter().product::<i64>() / 4) as usize).collect();
+        let rows: Vec<_> = ps.iter().zip(&merged).map(|(p, &n)| tok.encode(p, &[n]).unwrap()).collect();
+        for (i, row) in rows.iter().enumerate() {
+            let want = ints(&r.tensor(&format!("p{i}.input_ids")).unwrap());
+            assert_eq!(row.iter().map(|t| t.id as i64).collect::<Vec<_>>(), want, "{name} prompt {i} ids");
+            let texts: Vec<&str> = m["tokens"][i].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+            assert_eq!(row.iter().map(|t| t.text.as_str()).collect::<Vec<_>>(), texts, "{name} prompt {i} tokens");
+            // Alone: get_rope_index of the prompt.
+            let ids: Vec<i64> = row.iter().map(|t| t.id as i64).collect();
+            let (pos, _) = rope_index(&ids, &vec![1; ids.len()], (1, ids.len()), c.image_token_id, &g[i..=i]).unwrap();
+            assert_eq!(pos, ints(&r.tensor(&format!("p{i}.position_ids")).unwrap()), "{name} prompt {i} positions");
+        }
+        let b = tok.pad(rows);
+        assert_eq!(ints(&b.input_ids), ints(&r.tensor("batch.input_ids").unwrap()), "{name} batch ids");
+        assert_eq!(ints(&b.attention_mask), ints(&r.tensor("batch.attention_mask").unwrap()), "{name} batch mask");
+        let mm: Vec<i64> = ints(&b.input_ids).iter().map(|&id| (id == c.image_token_id) as i64).collect();
+        assert_eq!(mm, ints(&r.tensor("batch.mm_token_type_ids").unwrap()), "{name} mm_token_type_ids");
+        let (bs, t) = b.input_ids.size2().unwrap();
+        let (pos, deltas) =
+            rope_index(&ints(&b.input_ids), &ints(&b.attention_mask), (bs as usize, t as usize), c.image_token_id, &g)
+                .unwrap();
+        assert_eq!(pos, ints(&r.tensor("batch.position_ids").unwrap()), "{name} batch position ids");
+        assert_eq!(deltas, ints(&r.tensor("batch.rope_deltas").unwrap()), "{name} rope deltas");
+        let pos_t = l.model.position_ids(&b.input_ids, &b.attention_mask, &g).unwrap();
+        assert_eq!(ints(&pos_t), pos, "{name} position ids tensor");
+
+        // The vision tower's bookkeeping.
+        let plan = l.model.visual.plan(&g);
+        let cells: Vec<i64> = plan.cells.iter().flat_map(|&(r, c)| [r, c]).collect();
+        assert_eq!(cells, ints(&r.tensor("vision.position_ids").unwrap()), "{name} vision position ids");
+        let mut cu = vec![0];
+        cu.extend(plan.images.iter().map(|(s, l)| s + l));
+        assert_eq!(cu, ints(&r.tensor("vision.cu_seqlens").unwrap()), "{name} cu_seqlens");
+        if r.contains("vision.window_index") {
+            assert_eq!(plan.window_index, ints(&r.tensor("vision.window_index").unwrap()), "{name} window index");
+            let mut cu = vec![0];
+            cu.extend(plan.windows.iter().map(|(s, l)| s + l));
+            assert_eq!(cu, ints(&r.tensor("vision.cu_window_seqlens").unwrap()), "{name} cu_window_seqlens");
+        } else {
+            assert_eq!(plan, VisionPlan { window_index: vec![], windows: vec![], ..plan.clone() });
+        }
+    }
+}
+
+fn check_states(name: &str, flip_padding: bool) -> f64 {
+    let m = meta(name);
+    let r = reference(name);
+    let l = LoadedQwen2Vl::load(&dir(name), device(), DType::F32).unwrap();
+    let model = &l.model;
+    let c = &model.config;
+    let mut tok = Qwen2VlTokenizer::from_dir(&dir(name), c.image_token_id, c.text.pad_token_id).unwrap();
+    tok.left_padding ^= flip_padding;
+    let g = grids(&r);
+    let merged: Vec<usize> = g.iter().map(|g| (g.iter().product::<i64>() / 4) as usize).collect();
+    let ps = prompts(&m);
+    let b = tok.pad(ps.iter().zip(&merged).map(|(p, &n)| tok.encode(p, &[n]).unwrap()).collect());
+    let nv = c.vision.depth;
+    let n = c.text.num_hidden_layers;
+    let px = r.tensor("pixel_values").unwrap().to_device(device());
+    let mut vision = Capture::new(SiteRequest::everything(nv));
+    let mut dec = Capture::new(SiteRequest { embeds: false, raw: [n].into(), ..SiteRequest::everything(n) });
+    let (ids, mask) = (b.input_ids.to_device(device()), b.attention_mask.to_device(device()));
+    let pos = model.position_ids(&ids, &mask, &g).unwrap();
+    let _ = tch::no_grad(|| {
+        let embeds = model.encode_images(&px, &g, &mut vision);
+        model.decode(&ids, &mask, &pos, Some(&embeds), &mut dec)
+    });
+    let mut worst = 0f64;
+    let mut check = |what: String, got: &Tensor, want: &Tensor| {
+        let d = max_abs_diff(got, want);
+        worst = worst.max(d);
+        assert!(d <= TOL, "{what}: max |diff| = {d:e} > {TOL:e}");
+    };
+    for lay in 0..=nv {
+        let want = r.tensor(&format!("vision.resid.{lay}")).unwrap();
+        check(format!("{name} vision resid {lay}"), &vision.resid[&lay], &want);
+    }
+    for lay in 1..=nv {
+        for (site, map) in [("attn", &vision.attn), ("mlp", &vision.mlp)] {
+            let want = r.tensor(&format!("vision.{site}.{lay}")).unwrap();
+            check(format!("{name} vision {site} {lay}"), &map[&lay], &want);
+        }
+    }
+    check(format!("{name} vision embeds"), vision.embeds.as_ref().unwrap(), &r.tensor("vision.embeds").unwrap());
+    let side = if tok.left_padding { "left" } else { "right" };
+    let ref_mask = r.tensor("batch.attention_mask").unwrap();
+    for i in 0..ps.len() as i64 {
+        for lay in 0..=n {
+            let got = unpadded(&dec.resid[&lay], &mask, i);
+            let want = r.tensor(&format!("p{i}.decoder.resid.{lay}")).unwrap();
+            check(format!("{name} ({side} padded) p{i} decoder resid {lay}"), &got, &want);
+            let batch_want = unpadded(&r.tensor(&format!("batch.decoder.resid.{lay}")).unwrap(), &ref_mask, i);
+            check(format!("{name} ({side} padded) p{i} batch decoder resid {lay}"), &got, &batch_want);
+        }
+        for lay in 1..=n {
+            for (site, map) in [("attn", &dec.attn), ("mlp", &dec.mlp)] {
+                let got = unpadded(&map[&lay], &mask, i);
+                let want = r.tensor(&format!("p{i}.decoder.{site}.{lay}")).unwrap();
+                check(format!("{name} ({side} padded) p{i} decoder {site} {lay}"), &got, &want);
+            }
+        }
+        let raw = unpadded(&dec.raw[&n], &mask, i);
+        check(format!("{name} p{i} decoder raw {n}"), &raw, &r.tensor(&format!("p{i}.decoder.raw.{n}")).unwrap());
+        // Logits at the last token, and the logit lens's top 5 per layer.
+        let last = raw.size()[0] - 1;
+        let logits = model.logits(&raw.get(last));
+        check(format!("{name} p{i} logits"), &logits, &r.tensor(&format!("p{i}.logits_last")).unwrap());
+        let want_top = r.tensor(&format!("p{i}.lens.last.top5")).unwrap();
+        for lay in 0..=n {
+            let h = if lay < n { unpadded(&dec.resid[&lay], &mask, i).get(last) } else { raw.get(last) };
+            let top = model.logits(&h).topk(5, -1, true, true).1;
+            assert_eq!(ints(&top), ints(&want_top.get(lay as i64)), "{name} p{i} lens top-5 layer {lay}");
+        }
+    }
+    worst
+}
+
+#[test]
+fn padded_batch_of_mixed_sizes_matches_transformers_and_each_prompt_alone() {
+    for name in MODELS {
+        let worst = check_states(name, false);
+        println!("{name}: every vision and decoder state within {worst:e}");
+    }
+}
+
+#[test]
+fn the_other_padding_side_gives_the_same_states() {
+    for name in MODELS {
+        check_states(name, true);
+    }
+}
+
+#[test]
+fn each_image_alone_gives_its_rows_of_the_batch() {
+    for name in MODELS {
+        let r = reference(name);
+        let l = LoadedQwen2Vl::load(&dir(name), device(), DType::F32).unwrap();
+        let model = &l.model;
+        let g = grids(&r);
+        let px = r.tensor("pixel_values").unwrap().to_device(device());
+        let nv = model.config.vision.depth;
+        let req = SiteRequest { resid: (0..=nv).collect(), embeds: true, ..Default::default() };
+        let mut all = Capture::new(req.clone());
+        let _ = tch::no_grad(|| model.encode_images(&px, &g, &mut all));
+        let (mut row, mut tok) = (0i64, 0i64);
+        for gi in &g {
+            let np = gi.iter().product::<i64>();
+            let mut one = Capture::new(req.clone());
+            let _ = tch::no_grad(|| model.encode_images(&px.narrow(0, row, np), std::slice::from_ref(gi), &mut one));
+            for lay in 0..=nv {
+                let want = all.resid[&lay].narrow(0, row, np);
+                assert_close(&format!("{name} image at row {row} resid {lay}"), &one.resid[&lay], &want, 1e-5);
+            }
+            let want = all.embeds.as_ref().unwrap().narrow(0, tok, np / 4);
+            assert_close(&format!("{name} image at row {row} embeds"), one.embeds.as_ref().unwrap(), &want, 1e-5);
+            row += np;
+            tok += np / 4;
+        }
+    }
+}
