@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         force: true,
         chunk_size: 1024,
         logit_lens: None,
+        format: Default::default(),
     };
     let summary = mmprobe_extract::extract(&opts, &Print)?;
     println!(

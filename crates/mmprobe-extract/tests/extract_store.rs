@@ -62,6 +62,7 @@ fn options(model: &str, data: &Path, out: &Path) -> ExtractOptions {
         force: false,
         chunk_size: 3,
         logit_lens: None,
+        format: Default::default(),
     }
 }
 
@@ -850,4 +851,45 @@ fn an_interrupted_addition_resumes_to_the_same_store() {
     u.out = tmp.path().join("at-once");
     extract(&u, &Quiet).unwrap();
     assert_same_stores(&out, &u.out);
+}
+
+#[test]
+fn a_store_dtype_and_compression_are_kept_and_read_back_as_floats() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 5);
+    let mut o = options("tiny-a", &data, &tmp.path().join("f32"));
+    (o.towers, o.sites, o.selectors) = (Some(vec![Tower::Vision]), vec![Site::Resid], vec![Selector::Cls]);
+    extract(&o, &Quiet).unwrap();
+    let exact = Store::open(&o.out).unwrap();
+    for (dtype, compression) in [("bf16", "lz4"), ("f16", "none"), ("f32", "zstd")] {
+        let mut s = o.clone();
+        s.out = tmp.path().join(format!("{dtype}-{compression}"));
+        s.format = mmprobe_store::PartFormat::new(dtype.parse().unwrap(), compression.parse().unwrap());
+        extract(&s, &Quiet).unwrap();
+        let store = Store::open(&s.out).unwrap();
+        let spec = store.manifest.as_ref().unwrap().extraction.clone().unwrap();
+        assert_eq!((spec.store_dtype.to_string(), spec.compression.to_string()), (dtype.into(), compression.into()));
+        for p in exact.partitions().unwrap() {
+            let (want, got) = (exact.load(p).unwrap(), store.load(p).unwrap());
+            // Rounded to the storage precision: bf16 keeps 8 significant bits, f16 11.
+            let rel = match dtype {
+                "bf16" => 2f32.powi(-8),
+                "f16" => 2f32.powi(-11),
+                _ => 0.0,
+            };
+            for (a, b) in want.matrix.iter().zip(got.matrix.iter()) {
+                assert!((a - b).abs() <= rel * a.abs(), "{dtype} {p}: {a} stored as {b}");
+            }
+            if dtype != "f32" {
+                assert_ne!(want.matrix, got.matrix, "{dtype}: the rows are rounded");
+            }
+        }
+        // A store keeps its format: another is refused, saying so.
+        let mut other = s.clone();
+        other.format = mmprobe_store::PartFormat::default();
+        if dtype != "f32" {
+            let e = extract(&other, &Quiet).unwrap_err().to_string();
+            assert!(e.contains(&format!("--store-dtype {dtype}")) && e.contains("--force"), "{e}");
+        }
+    }
 }

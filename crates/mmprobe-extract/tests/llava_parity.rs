@@ -167,6 +167,7 @@ fn extraction_stores_tokens_states_and_logit_lens_like_transformers() {
             force: false,
             chunk_size: 2,
             logit_lens: Some(5),
+            format: Default::default(),
         };
         extract(&opts, &Quiet).unwrap();
         let store = Store::open(&store_dir).unwrap();
@@ -259,6 +260,7 @@ fn a_default_tower_no_selector_fits_is_left_out_and_said() {
         force: false,
         chunk_size: 2,
         logit_lens: None,
+        format: Default::default(),
     };
     let s = extract(&opts, &Quiet).unwrap();
     let notes = s.notes.join("\n");

@@ -99,6 +99,7 @@ fn extracted_embeds_match_transformers() {
         force: false,
         chunk_size: 1024,
         logit_lens: None,
+        format: Default::default(),
     };
     extract(&opts, &Quiet).unwrap();
     let store = Store::open(&out.path().join("store")).unwrap();

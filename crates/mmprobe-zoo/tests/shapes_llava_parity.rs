@@ -100,6 +100,7 @@ fn extracted_decoder_states_and_next_tokens_match_transformers() {
         force: false,
         chunk_size: 1024,
         logit_lens: Some(1),
+        format: Default::default(),
     };
     extract(&opts, &Quiet).unwrap();
     let store = Store::open(&store_dir).unwrap();

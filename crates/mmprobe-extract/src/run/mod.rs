@@ -24,7 +24,7 @@ use mmprobe_store::manifest::{Manifest, ShardsDone};
 use mmprobe_store::progress::{ShardProgress, all_errors, write_errors};
 use mmprobe_store::store::write_parquet;
 use mmprobe_store::tokens::write_tokens;
-use mmprobe_store::{Dataset, Selector, Site, Tower};
+use mmprobe_store::{Dataset, PartFormat, Selector, Site, Tower};
 
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
@@ -58,6 +58,8 @@ pub struct ExtractOptions {
     /// Decoder models: the top-K next tokens of every extracted `resid` layer
     /// and selector (logit lens), written to `logit_lens.parquet`.
     pub logit_lens: Option<usize>,
+    /// How part files store rows: `--store-dtype` and `--compression` (f32 + zstd by default).
+    pub format: PartFormat,
 }
 
 /// Told about progress as batches finish (the binary draws a bar).
@@ -207,7 +209,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let mut counts = Counts::default();
     let (model_result, writer_result) = std::thread::scope(|s| {
         s.spawn(|| inputs.produce(&pending, batch_tx, permit_rx, buffers));
-        let writer = s.spawn(|| write_parts(root, status, write_rx));
+        let writer = s.spawn(|| write_parts(root, status, opts.format, write_rx));
         let r = stage.run(batch_rx, &write_tx, permit_tx, buffers_back, &mut counts);
         drop(write_tx);
         (r, writer.join().expect("writer thread does not panic"))

@@ -55,7 +55,12 @@ pub(super) fn provenance(
             allow_tf32: opts.run.allow_tf32,
         }),
         dataset: Some(DatasetProvenance { path: abs(&opts.data), sha256: dataset.sha256.clone(), rows: dataset.len() }),
-        extraction: Some(ExtractionSpec { logit_lens: opts.logit_lens, ..plan.spec(opts.chunk_size) }),
+        extraction: Some(ExtractionSpec {
+            logit_lens: opts.logit_lens,
+            store_dtype: opts.format.dtype,
+            compression: opts.format.compression,
+            ..plan.spec(opts.chunk_size)
+        }),
         shards: None,
     })
 }
@@ -198,7 +203,13 @@ fn existing_store(root: &Path, old: &Manifest, new: &Manifest, plan: &Extraction
     }
     let mut manifest = old.clone();
     if let (Some(e), Some(n)) = (manifest.extraction.as_mut(), new.extraction.as_ref()) {
-        *e = ExtractionSpec { chunk_size: e.chunk_size, logit_lens: e.logit_lens, ..union.spec(n.chunk_size) };
+        *e = ExtractionSpec {
+            chunk_size: e.chunk_size,
+            logit_lens: e.logit_lens,
+            store_dtype: e.store_dtype,
+            compression: e.compression,
+            ..union.spec(n.chunk_size)
+        };
     }
     manifest.shards = None;
     manifest.write(root)?;

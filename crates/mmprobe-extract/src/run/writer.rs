@@ -8,7 +8,7 @@ use std::sync::mpsc::Receiver;
 use mmprobe_store::layout::Partition;
 use mmprobe_store::logit_lens::{LensRow, write_lens_part};
 use mmprobe_store::progress::{FailedInput, ShardProgress};
-use mmprobe_store::{PartRows, PartWriter};
+use mmprobe_store::{PartFormat, PartRows, PartWriter};
 
 use rayon::prelude::*;
 
@@ -28,6 +28,7 @@ pub(super) enum ToWriter {
 pub(super) fn write_parts(
     root: &Path,
     mut status: ShardProgress,
+    format: PartFormat,
     rx: Receiver<ToWriter>,
 ) -> Result<(ShardProgress, usize)> {
     let mut open: BTreeMap<Partition, PartWriter> = BTreeMap::new();
@@ -40,7 +41,7 @@ pub(super) fn write_parts(
                 for (partition, rows) in batch {
                     let w = match open.remove(&partition) {
                         Some(w) => w,
-                        None => PartWriter::create(partition.part(root, status.shard, chunk), rows.width)?,
+                        None => PartWriter::create_with(partition.part(root, status.shard, chunk), rows.width, format)?,
                     };
                     jobs.push((partition, w, rows));
                 }

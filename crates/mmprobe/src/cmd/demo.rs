@@ -102,6 +102,7 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
         force: true,
         chunk_size: 1024,
         logit_lens: None,
+        format: Default::default(),
     };
     let progress = SampleBar::new();
     let summary = mmprobe_extract::extract(&opts, &progress);

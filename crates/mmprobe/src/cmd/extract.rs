@@ -1,5 +1,6 @@
 use clap::Args;
 use mmprobe_extract::{DType, DeviceChoice, ExtractOptions, LayerSpec, RunOptions, Selector, Site, Tower};
+use mmprobe_store::{Compression, PartFormat, StoreDType};
 use std::path::PathBuf;
 
 use super::progress::SampleBar;
@@ -68,6 +69,14 @@ pub struct ExtractArgs {
     /// resid layer and selector reads as (final norm + LM head) to logit_lens.parquet.
     #[arg(long, value_name = "K")]
     logit_lens: Option<usize>,
+    /// How rows are stored: f32 (exact), f16 (Parquet FLOAT16, half the bytes; values past
+    /// +-65504 are refused) or bf16 (rounded to bfloat16, stored as f32 that zstd halves).
+    /// Every reader (polars, pyarrow, DuckDB) reads them as floats. Fixed per store.
+    #[arg(long, default_value = "f32")]
+    store_dtype: StoreDType,
+    /// Part file compression: zstd, lz4 (faster, larger) or none. Fixed per store.
+    #[arg(long, default_value = "zstd")]
+    compression: Compression,
 }
 
 fn parse_batch_size(s: &str) -> Result<usize, String> {
@@ -110,6 +119,7 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
         force: a.force,
         chunk_size: a.chunk_size,
         logit_lens: a.logit_lens,
+        format: PartFormat::new(a.store_dtype, a.compression),
     };
     let bar = SampleBar::new();
     let result = mmprobe_extract::extract(&opts, &bar);
