@@ -69,6 +69,8 @@ pub const FAMILIES: &[(&str, OpenFamily)] = &[
     ("clip", crate::clip::family::open),
     ("llava", crate::llava::family::open),
     ("siglip", crate::siglip::family::open),
+    ("qwen2_vl", crate::qwen2vl::family::open),
+    ("qwen2_5_vl", crate::qwen2vl::family::open),
 ];
 
 /// The family of a checkpoint folder, its config parsed.
@@ -92,6 +94,35 @@ pub struct InputTools {
     pub prompts: Option<PromptTokenizer>,
     /// Pixels for the vision tower (or a decoder's image).
     pub images: Option<ImageProcessor>,
+    /// Families whose images keep their own sizes (Qwen2-VL): each row's image
+    /// and prompt prepared together, the batch collated by the family.
+    pub rows: Option<Box<dyn RowInputs>>,
+}
+
+/// One dataset row as a [`RowInputs`] family prepares it.
+pub struct PreparedRow {
+    /// The image's patch rows [patches, patch_len] f32 and its (t, h, w) grid.
+    pub patches: Option<(Tensor, [i64; 3])>,
+    /// The prompt's tokens (id, text, image position), the image tokens expanded.
+    pub tokens: Option<Vec<(u32, String, bool)>>,
+    /// The image's patch cells (row, col) in patch-row order, for tokens.parquet.
+    pub cells: Vec<(i64, i64)>,
+}
+
+/// How a family whose inputs vary in size per row prepares them.
+pub trait RowInputs: Send + Sync {
+    /// An image file's bytes decoded as the family's processor sees them.
+    fn decode(&self, bytes: &[u8], name: &str, max_pixels: u64) -> Result<crate::preprocess::Rgb8>;
+    /// One row: its image (when the dataset has images) and its prompt
+    /// (the dataset's `prompt`, else its `text`).
+    fn prepare(
+        &self,
+        image: Option<&crate::preprocess::Rgb8>,
+        prompt: Option<&str>,
+        text: Option<&str>,
+    ) -> std::result::Result<PreparedRow, String>;
+    /// Prepared rows as one batch.
+    fn collate(&self, rows: Vec<PreparedRow>) -> Batch;
 }
 
 /// One prepared batch, on the CPU as the loader made it.
@@ -103,6 +134,9 @@ pub struct Batch {
     pub text: Option<(Tensor, Tensor)>,
     /// Decoder prompts: ids and mask [B, T], image tokens expanded.
     pub prompt: Option<(Tensor, Tensor)>,
+    /// Images of their own sizes (Qwen2-VL): patch rows [N, patch_len] f32 of
+    /// every image concatenated, and each image's (t, h, w) grid, in batch order.
+    pub patches: Option<(Tensor, Vec<[i64; 3]>)>,
 }
 
 /// One tower's states after a batch: what its hook kept, and what its positions mean.

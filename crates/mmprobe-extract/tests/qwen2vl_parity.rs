@@ -274,3 +274,79 @@ fn each_image_alone_gives_its_rows_of_the_batch() {
         }
     }
 }
+
+fn write_dataset(dir_: &std::path::Path, name: &str) -> PathBuf {
+    let m = meta(name);
+    let mut csv = String::from("id,image,prompt\n");
+    for (i, (p, img)) in prompts(&m).iter().zip(m["images"].as_array().unwrap()).enumerate() {
+        let path = fixtures().join("qwen2vl/images").join(img.as_str().unwrap());
+        csv += &format!("s{i},{},\"{}\"\n", path.display(), p.replace('"', "\"\""));
+    }
+    let path = dir_.join("data.csv");
+    std::fs::write(&path, csv).unwrap();
+    path
+}
+
+/// `mmprobe extract` on each checkpoint: decoder `all` rows equal each prompt
+/// alone, vision `mean` rows the mean of each image's patch rows, in batches
+/// of two that mix image sizes.
+#[test]
+fn extraction_stores_decoder_and_vision_states_like_transformers() {
+    use mmprobe_extract::{ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract};
+    use mmprobe_store::{Partition, Store};
+    for name in MODELS {
+        let r = reference(name);
+        let tmp = tempfile::tempdir().unwrap();
+        let store_dir = tmp.path().join("store");
+        let opts = ExtractOptions {
+            model: dir(name),
+            data: write_dataset(tmp.path(), name),
+            out: store_dir.clone(),
+            towers: Some(vec![Tower::Vision, Tower::Decoder]),
+            sites: vec![Site::Resid],
+            layers: LayerSpec::All,
+            selectors: vec![Selector::Mean, Selector::Last, Selector::All],
+            run: RunOptions { device: common::device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
+            shard: (0, 1),
+            skip_bad: false,
+            force: false,
+            chunk_size: 3,
+            logit_lens: None,
+            format: Default::default(),
+        };
+        extract(&opts, &Quiet).unwrap();
+        let store = Store::open(&store_dir).unwrap();
+        let n = (0..).take_while(|l| r.contains(&format!("p0.decoder.resid.{l}"))).count() - 1;
+        for layer in 0..=n {
+            let acts = store
+                .load(Partition { tower: Tower::Decoder, site: Site::Resid, layer, selector: Selector::All })
+                .unwrap();
+            for i in 0..3u32 {
+                let rows: Vec<usize> = (0..acts.sample.len()).filter(|&k| acts.sample[k] == i).collect();
+                let pos: Vec<i32> = rows.iter().map(|&k| acts.pos[k]).collect();
+                assert_eq!(pos, (0..rows.len() as i32).collect::<Vec<_>>(), "{name} sample {i} positions");
+                let got: Vec<f32> = rows.iter().flat_map(|&k| acts.matrix.row(k).to_vec()).collect();
+                let got = Tensor::from_slice(&got).view([rows.len() as i64, -1]);
+                let want = r.tensor(&format!("p{i}.decoder.resid.{layer}")).unwrap();
+                assert_close(&format!("{name} store decoder all resid {layer} sample {i}"), &got, &want, TOL);
+            }
+        }
+        let g = grids(&r);
+        let nv = (0..).take_while(|l| r.contains(&format!("vision.resid.{l}"))).count() - 1;
+        for layer in 0..=nv {
+            let acts = store
+                .load(Partition { tower: Tower::Vision, site: Site::Resid, layer, selector: Selector::Mean })
+                .unwrap();
+            let all = r.tensor(&format!("vision.resid.{layer}")).unwrap();
+            let mut row = 0;
+            for (i, gi) in g.iter().enumerate() {
+                let np = gi.iter().product::<i64>();
+                let want = all.narrow(0, row, np).mean_dim(0, false, Kind::Float);
+                let k = acts.sample.iter().position(|&s| s == i as u32).unwrap();
+                let got = Tensor::from_slice(&acts.matrix.row(k).to_vec());
+                assert_close(&format!("{name} store vision mean resid {layer} image {i}"), &got, &want, TOL);
+                row += np;
+            }
+        }
+    }
+}

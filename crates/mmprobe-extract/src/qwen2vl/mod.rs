@@ -4,6 +4,7 @@
 //! of a Qwen2 decoder under multimodal rotary positions.
 
 pub mod config;
+pub mod family;
 pub mod load;
 pub mod model;
 pub mod processor;

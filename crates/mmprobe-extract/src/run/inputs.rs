@@ -13,7 +13,7 @@ use tch::Tensor;
 use super::ExtractOptions;
 use crate::describe::ModelInfo;
 use crate::error::{ExtractError, Result};
-use crate::family::{Batch, InputTools};
+use crate::family::{Batch, InputTools, PreparedRow, RowInputs};
 use crate::llava::PromptTokenizer;
 use crate::llava::prompt::{PromptToken, default_prompt};
 use crate::plan::ExtractionPlan;
@@ -220,6 +220,9 @@ impl Inputs<'_> {
         failures: &mut Vec<FailedInput>,
         buffer: Option<Tensor>,
     ) -> Result<Prepared> {
+        if let Some(ri) = self.tools.rows.as_deref() {
+            return self.prepare_rows(ri, chunk, rows, chunk_end, failures);
+        }
         let seen = rows.len();
         let mut ok: Vec<usize> = Vec::with_capacity(rows.len());
         let mut fail = |i: usize, stage: &str, message: String| -> Result<()> {
@@ -321,12 +324,71 @@ impl Inputs<'_> {
         Ok(Prepared {
             chunk,
             samples,
-            batch: Batch { pixels, text, prompt },
+            batch: Batch { pixels, text, prompt, patches: None },
             failures,
             chunk_end,
             seen,
             truncated,
             buffer,
         })
+    }
+
+    /// [`Inputs::prepare`] for a family that prepares each row itself (images
+    /// of their own sizes): rows decoded and prepared in parallel, then collated.
+    fn prepare_rows(
+        &self,
+        ri: &dyn RowInputs,
+        chunk: usize,
+        rows: std::ops::Range<usize>,
+        chunk_end: bool,
+        failures: &mut Vec<FailedInput>,
+    ) -> Result<Prepared> {
+        let seen = rows.len();
+        let has_images = self.dataset.images.is_some();
+        let max = self.opts.run.max_image_pixels;
+        let prepared: Vec<std::result::Result<PreparedRow, (&str, String)>> = rows
+            .clone()
+            .into_par_iter()
+            .map(|i| {
+                let img = match (has_images, self.dataset.image_bytes(i), self.dataset.image_path(i)) {
+                    (false, _, _) => None,
+                    (true, Some(bytes), path) => {
+                        let name = path.map_or(format!("of row {i}"), |p| p.display().to_string());
+                        Some(ri.decode(bytes, &name, max).map_err(|e| ("image", e.to_string()))?)
+                    }
+                    (true, None, Some(p)) => {
+                        let bytes = std::fs::read(&p).map_err(|e| ("image", format!("{}: {e}", p.display())))?;
+                        Some(ri.decode(&bytes, &p.display().to_string(), max).map_err(|e| ("image", e.to_string()))?)
+                    }
+                    (true, None, None) => return Err(("image", "no image".to_string())),
+                };
+                ri.prepare(img.as_ref(), self.dataset.prompt(i), self.dataset.text(i)).map_err(|m| ("prompt", m))
+            })
+            .collect();
+        let mut ok = Vec::with_capacity(seen);
+        let mut kept = Vec::with_capacity(seen);
+        for (i, r) in rows.zip(prepared) {
+            match r {
+                Ok(p) => {
+                    ok.push(i as u32);
+                    kept.push(p);
+                }
+                Err((stage, message)) if self.opts.skip_bad => failures.push(FailedInput {
+                    sample: i as u32,
+                    id: self.dataset.ids[i].clone(),
+                    stage: stage.into(),
+                    message,
+                }),
+                Err((_, message)) => {
+                    return Err(ExtractError::Input(format!(
+                        "row {i} (id '{}'): {message} (use --skip-bad to record it and go on)",
+                        self.dataset.ids[i]
+                    )));
+                }
+            }
+        }
+        let batch = if kept.is_empty() { Batch::default() } else { ri.collate(kept) };
+        let failures = if chunk_end { std::mem::take(failures) } else { Vec::new() };
+        Ok(Prepared { chunk, samples: ok, batch, failures, chunk_end, seen, truncated: 0, buffer: None })
     }
 }
