@@ -487,8 +487,8 @@ mod tests {
 
     #[test]
     fn segments_by_score_and_fuses_unknown_characters() {
-        let sp = SentencePiece::from_bytes(&model(&[("▁", -1.0), ("a", -2.0), ("▁a", -1.5), ("b", -2.0)], &[]))
-            .unwrap();
+        let sp =
+            SentencePiece::from_bytes(&model(&[("▁", -1.0), ("a", -2.0), ("▁a", -1.5), ("b", -2.0)], &[])).unwrap();
         assert_eq!(sp.normalize("  a   b "), "▁a▁b");
         let pieces = |t: &str| sp.encode(t).into_iter().map(|(p, _)| p).collect::<Vec<_>>();
         assert_eq!(pieces("a b"), ["▁a", "▁", "b"]);

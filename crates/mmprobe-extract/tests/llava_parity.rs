@@ -90,7 +90,7 @@ fn check_states(name: &str, flip_padding: bool) {
     let px: Vec<Tensor> = (0..ps.len()).map(|i| r.tensor(&format!("p{i}.pixel_values")).unwrap()).collect();
     let px = Tensor::cat(&px, 0).to_device(device());
     let model = &l.model;
-    let nv = model.config.vision_config.num_hidden_layers;
+    let nv = model.config.vision_config.num_hidden_layers();
     let n = model.config.text_config.num_hidden_layers;
     let mut vision = Capture::new(SiteRequest { resid: (0..=nv).collect(), ..Default::default() });
     let mut out = Capture::new(SiteRequest { embeds: false, ..SiteRequest::everything(n) });

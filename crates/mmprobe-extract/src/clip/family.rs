@@ -59,15 +59,16 @@ pub(crate) fn vision_tower_info(v: &ClipVisionConfig, embeds: bool) -> TowerInfo
     }
 }
 
-/// The image processor of `md`, checked to make the square images a vision tower of `side` takes.
-pub(crate) fn image_processor(md: &ModelDir, side: i64) -> Result<ImageProcessor> {
+/// The image processor of `md`, checked to make the (height, width) images a
+/// vision tower takes (any family's: CLIP's, SigLIP's, LLaVA's).
+pub(crate) fn image_processor(md: &ModelDir, (h, w): (i64, i64)) -> Result<ImageProcessor> {
     let p = ImageProcessor::from_dir(&md.dir)?;
-    let (h, w) = p.output_size();
-    if (h as i64, w as i64) != (side, side) {
+    let (ph, pw) = p.output_size();
+    if (ph as i64, pw as i64) != (h, w) {
         return Err(crate::error::ExtractError::BadConfig {
             path: p.config_path().unwrap_or(&md.dir).to_path_buf(),
             message: format!(
-                "it makes {h}x{w} images, but {} gives the vision tower {side}x{side}",
+                "it makes {ph}x{pw} images, but {} gives the vision tower {h}x{w}",
                 md.config_path.display()
             ),
         });
@@ -89,7 +90,8 @@ impl Family for Clip {
             tools.text = Some(tok);
         }
         if towers.contains(&Tower::Vision) {
-            tools.images = Some(image_processor(md, self.config.vision_config.image_size)?);
+            let side = self.config.vision_config.image_size;
+            tools.images = Some(image_processor(md, (side, side))?);
         }
         Ok(tools)
     }

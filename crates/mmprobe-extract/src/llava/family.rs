@@ -1,5 +1,5 @@
-//! LLaVA behind the [`Family`] seam: a CLIP vision tower and a Llama
-//! decoder that reads the projected image features at its image tokens.
+//! LLaVA behind the [`Family`] seam: a CLIP or SigLIP vision tower and a
+//! Llama decoder that reads the projected image features at its image tokens.
 
 use std::collections::BTreeMap;
 
@@ -7,10 +7,9 @@ use mmprobe_store::{Selector, Tower};
 use tch::{Device, Tensor};
 
 use super::load::llava_config;
-use super::{LlavaConfig, LoadedLlava, PromptTokenizer};
+use super::{LlavaConfig, LoadedLlava, PromptTokenizer, VisionConfig};
 use crate::capture::Capture;
 use crate::capture::SiteRequest;
-use crate::clip::family::{image_processor, vision_tower_info};
 use crate::describe::{ModelInfo, TowerInfo};
 use crate::error::{ExtractError, Result};
 use crate::family::{Batch, Family, InputTools, LoadedModel, ModelDir, TowerStates};
@@ -25,10 +24,14 @@ pub struct Llava {
 pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
     let c = llava_config(md)?;
     let t = &c.text_config;
+    let (vision, tower_kind, first) = match &c.vision_config {
+        VisionConfig::Clip(v) => (crate::clip::family::vision_tower_info(v, false), "CLIP", Selector::Cls),
+        VisionConfig::Siglip(v) => (crate::siglip::family::vision_tower_info(v, false), "SigLIP", Selector::Mean),
+    };
     let info = ModelInfo {
         family: "llava",
         towers: vec![
-            vision_tower_info(&c.vision_config, false),
+            vision,
             TowerInfo {
                 tower: Tower::Decoder,
                 layers: t.num_hidden_layers,
@@ -41,6 +44,16 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
         ],
         embeds_width: None,
         details: vec![
+            (
+                "vision".into(),
+                match &c.vision_config {
+                    VisionConfig::Clip(_) => "CLIP vision transformer (CLS at position 0)".to_string(),
+                    VisionConfig::Siglip(_) => format!(
+                        "{tower_kind} vision transformer: no CLS token, so `mean` averages every patch; the \
+                         `default` strategy still drops patch 0, as transformers does"
+                    ),
+                },
+            ),
             (
                 "image".into(),
                 format!(
@@ -58,7 +71,7 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
                 ),
             ),
         ],
-        default_selectors: vec![Selector::Cls, Selector::Last, Selector::MeanImage, Selector::MeanText],
+        default_selectors: vec![first, Selector::Last, Selector::MeanImage, Selector::MeanText],
     };
     Ok(Box::new(Llava { config: c, info }))
 }
@@ -87,7 +100,7 @@ impl Family for Llava {
         }
         // A decoder sees the image through the vision tower, so it needs pixels too.
         if towers.contains(&Tower::Vision) || (decoder && has_images) {
-            tools.images = Some(image_processor(md, c.vision_config.image_size)?);
+            tools.images = Some(crate::clip::family::image_processor(md, c.vision_config.image_hw())?);
         }
         Ok(tools)
     }
@@ -109,12 +122,12 @@ impl LoadedModel for LoadedLlava {
             let mut cap = Capture::new(requests.get(&Tower::Vision).cloned().unwrap_or_default());
             features = Some(m.encode_image(&px, &mut cap));
             if requests.contains_key(&Tower::Vision) {
-                let (n, t) = (px.size()[0], m.config.vision_config.num_patches() + 1);
-                out.push(TowerStates {
-                    tower: Tower::Vision,
-                    capture: cap,
-                    layout: SequenceLayout::vision(n, t, device),
-                });
+                let (n, t) = (px.size()[0], m.config.vision_config.tokens());
+                let layout = match m.config.vision_config.has_cls() {
+                    true => SequenceLayout::vision(n, t, device),
+                    false => SequenceLayout::patches(n, t, device),
+                };
+                out.push(TowerStates { tower: Tower::Vision, capture: cap, layout });
             }
         }
         if let Some((ids, mask)) = &b.prompt {

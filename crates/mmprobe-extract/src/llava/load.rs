@@ -8,9 +8,9 @@ use std::path::Path;
 use tch::{Device, nn::VarStore};
 
 use super::{LlavaConfig, LlavaModel};
-use crate::clip::PatchCompute;
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
+use crate::layers::PatchCompute;
 use crate::runtime::DType;
 use crate::weights::Checkpoint;
 
@@ -66,7 +66,7 @@ impl LoadedLlava {
         let layout = key_layout(&weights);
         let mut vs = VarStore::new(device);
         let mut model = LlavaModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
-        model.vision_tower.patch_compute = PatchCompute::for_run(dtype, false);
+        model.vision_tower.set_patch_compute(PatchCompute::for_run(dtype, false));
         vs.set_kind(dtype.kind());
         let report = weights.load_into(&vs, |name| {
             for (canon, prefix) in &layout {
@@ -82,7 +82,7 @@ impl LoadedLlava {
 
     /// Lets cuDNN run the patch embedding in TF32 (`--allow-tf32`; only f32 on CUDA changes).
     pub fn set_allow_tf32(&mut self, allow: bool) {
-        self.model.vision_tower.patch_compute = PatchCompute::for_run(self.dtype, allow);
+        self.model.vision_tower.set_patch_compute(PatchCompute::for_run(self.dtype, allow));
     }
 }
 

@@ -6,7 +6,7 @@ pub mod load;
 pub mod model;
 pub mod prompt;
 
-pub use config::{FeatureSelect, LlavaConfig};
+pub use config::{FeatureSelect, LlavaConfig, VisionConfig};
 pub use load::LoadedLlava;
-pub use model::LlavaModel;
+pub use model::{LlavaModel, VisionTower};
 pub use prompt::{PromptBatch, PromptTokenizer};

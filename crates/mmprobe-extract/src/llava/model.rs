@@ -1,16 +1,57 @@
-//! LLaVA as transformers' `LlavaForConditionalGeneration`: the CLIP vision
-//! tower, the multi-modal projector and a Llama decoder, one struct per HF
+//! LLaVA as transformers' `LlavaForConditionalGeneration`: a CLIP or SigLIP
+//! vision tower, the multi-modal projector and a Llama decoder, one struct per HF
 //! module with the checkpoint's names (module paths are the canonical layout;
 //! `load.rs` maps other layouts onto them).
 
 use tch::Tensor;
 use tch::nn::{self, Module};
 
-use super::config::{FeatureSelect, LlavaConfig};
+use super::config::{FeatureSelect, LlavaConfig, VisionConfig};
 use crate::capture::Capture;
 use crate::clip::model::ClipVisionTransformer;
-use crate::layers::{Activation, linear};
+use crate::layers::{Activation, PatchCompute, linear};
 use crate::llama::LlamaModel;
+use crate::siglip::SiglipVisionTransformer;
+
+/// The vision tower: CLIP's vision transformer (CLS, pre-norm) or SigLIP's
+/// (patches only; its pooling head, when the checkpoint has one, is loaded
+/// but LLaVA reads hidden states, not the head).
+pub enum VisionTower {
+    Clip(ClipVisionTransformer),
+    Siglip(SiglipVisionTransformer),
+}
+
+impl VisionTower {
+    fn new(p: nn::Path, c: &VisionConfig) -> Self {
+        match c {
+            VisionConfig::Clip(c) => VisionTower::Clip(ClipVisionTransformer::new(p, c)),
+            VisionConfig::Siglip(c) => VisionTower::Siglip(SiglipVisionTransformer::new(p, c)),
+        }
+    }
+
+    /// pixel_values [B, C, H, W] in the model's dtype through every layer,
+    /// each site reported to `cap` (hidden states as transformers reports them).
+    pub fn forward(&self, pixel_values: &Tensor, cap: &mut Capture) {
+        match self {
+            VisionTower::Clip(t) => _ = t.forward(pixel_values, cap),
+            VisionTower::Siglip(t) => _ = t.encode(pixel_values, cap),
+        }
+    }
+
+    pub fn patch_compute(&self) -> PatchCompute {
+        match self {
+            VisionTower::Clip(t) => t.patch_compute,
+            VisionTower::Siglip(t) => t.patch_compute,
+        }
+    }
+
+    pub fn set_patch_compute(&mut self, how: PatchCompute) {
+        match self {
+            VisionTower::Clip(t) => t.patch_compute = how,
+            VisionTower::Siglip(t) => t.patch_compute = how,
+        }
+    }
+}
 
 pub struct LlavaMultiModalProjector {
     pub linear_1: nn::Linear,
@@ -26,7 +67,7 @@ impl LlavaMultiModalProjector {
 
 /// transformers' `LlavaForConditionalGeneration`.
 pub struct LlavaModel {
-    pub vision_tower: ClipVisionTransformer,
+    pub vision_tower: VisionTower,
     pub multi_modal_projector: LlavaMultiModalProjector,
     pub language_model: LlamaModel,
     /// `None` when tied to the input embeddings.
@@ -37,7 +78,7 @@ pub struct LlavaModel {
 
 impl LlavaModel {
     /// Declares every parameter under canonical names: `vision_tower.*` (CLIP
-    /// vision transformer keys), `multi_modal_projector.*`, `language_model.*`
+    /// or SigLIP vision transformer keys), `multi_modal_projector.*`, `language_model.*`
     /// (Llama model keys) and `lm_head.*`.
     pub fn new(p: nn::Path, c: &LlavaConfig) -> Result<Self, String> {
         let feature_layers = c.feature_layers()?;
@@ -49,11 +90,11 @@ impl LlavaModel {
                 c.image_features()
             ));
         }
-        let in_dim = c.vision_config.hidden_size * feature_layers.len() as i64;
+        let in_dim = c.vision_config.hidden_size() * feature_layers.len() as i64;
         let mp = &p / "multi_modal_projector";
         let bias = c.multimodal_projector_bias;
         Ok(LlavaModel {
-            vision_tower: ClipVisionTransformer::new(&p / "vision_tower", &c.vision_config),
+            vision_tower: VisionTower::new(&p / "vision_tower", &c.vision_config),
             multi_modal_projector: LlavaMultiModalProjector {
                 linear_1: linear(&mp / "linear_1", in_dim, t.hidden_size, bias),
                 linear_2: linear(&mp / "linear_2", t.hidden_size, t.hidden_size, bias),
@@ -77,7 +118,7 @@ impl LlavaModel {
     /// before the projector (a frozen tower's part of `encode_image`).
     pub fn vision_features(&self, pixel_values: &Tensor, cap: &mut Capture) -> Tensor {
         cap.need_resid(self.feature_layers.iter().copied());
-        let _pooled = self.vision_tower.forward(pixel_values, cap);
+        self.vision_tower.forward(pixel_values, cap);
         let feats: Vec<Tensor> = self
             .feature_layers
             .iter()

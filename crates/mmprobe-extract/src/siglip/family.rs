@@ -11,10 +11,10 @@ use tch::Device;
 
 use super::{LoadedSiglip, SiglipConfig, SiglipVisionConfig};
 use crate::capture::{Capture, SiteRequest};
+use crate::clip::family::image_processor;
 use crate::describe::{ModelInfo, TowerInfo};
 use crate::error::{ExtractError, Result};
 use crate::family::{Batch, Family, InputTools, LoadedModel, ModelDir, TowerStates};
-use crate::preprocess::ImageProcessor;
 use crate::runtime::RunOptions;
 use crate::select::SequenceLayout;
 use crate::tokenize::TextTokenizer;
@@ -57,22 +57,6 @@ pub(crate) fn vision_tower_info(v: &SiglipVisionConfig, embeds: bool) -> TowerIn
         cls: false,
         embeds,
     }
-}
-
-/// The image processor of `md`, checked to make the images a vision tower of (height, width) takes.
-pub(crate) fn image_processor(md: &ModelDir, (h, w): (i64, i64)) -> Result<ImageProcessor> {
-    let p = ImageProcessor::from_dir(&md.dir)?;
-    let (ph, pw) = p.output_size();
-    if (ph as i64, pw as i64) != (h, w) {
-        return Err(ExtractError::BadConfig {
-            path: p.config_path().unwrap_or(&md.dir).to_path_buf(),
-            message: format!(
-                "it makes {ph}x{pw} images, but {} gives the vision tower {h}x{w}",
-                md.config_path.display()
-            ),
-        });
-    }
-    Ok(p)
 }
 
 pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {

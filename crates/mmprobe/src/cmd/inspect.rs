@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use mmprobe_extract::ModelInfo;
+use mmprobe_extract::{ModelInfo, Site};
 
 pub fn run(model: &Path) -> anyhow::Result<()> {
     let info = ModelInfo::from_dir(model)?;
@@ -27,7 +27,16 @@ pub fn run(model: &Path) -> anyhow::Result<()> {
         );
     }
     if let Some(w) = info.embeds_width {
-        println!("embeds    width {w} (shared image/text space)");
+        let with: Vec<&str> = info
+            .towers
+            .iter()
+            .filter(|t| info.sites(t.tower).contains(&Site::Embeds))
+            .map(|t| t.tower.as_str())
+            .collect();
+        match with.len() {
+            2.. => println!("embeds    width {w} (shared image/text space)"),
+            _ => println!("embeds    width {w} ({} tower only)", with.join("")),
+        }
     }
     for (name, value) in &info.details {
         println!("{name:<9} {value}");
