@@ -316,6 +316,7 @@ fn extraction_stores_decoder_and_vision_states_like_transformers() {
         };
         extract(&opts, &Quiet).unwrap();
         let store = Store::open(&store_dir).unwrap();
+        check_tokens(name, &store_dir.join("tokens.parquet"));
         let n = (0..).take_while(|l| r.contains(&format!("p0.decoder.resid.{l}"))).count() - 1;
         for layer in 0..=n {
             let acts = store
@@ -347,6 +348,49 @@ fn extraction_stores_decoder_and_vision_states_like_transformers() {
                 assert_close(&format!("{name} store vision mean resid {layer} image {i}"), &got, &want, TOL);
                 row += np;
             }
+        }
+    }
+}
+
+/// tokens.parquet: the processor's tokens per decoder position, each image
+/// token's merged grid cell in raster order, and each vision row's patch cell.
+fn check_tokens(name: &str, path: &std::path::Path) {
+    let m = meta(name);
+    let r = reference(name);
+    let t = mmprobe_store::store::read_parquet(path).unwrap();
+    let col_i32 = |c: &str| t.column(c).unwrap().i32().unwrap().clone();
+    let (tower, sample) = (t.column("tower").unwrap().str().unwrap(), t.column("sample").unwrap().u32().unwrap());
+    let (pos, text) = (col_i32("pos"), t.column("token").unwrap().str().unwrap());
+    let (gr, gc, gt) = (col_i32("grid_row"), col_i32("grid_col"), col_i32("grid_t"));
+    let cells = ints(&r.tensor("vision.position_ids").unwrap());
+    let g = grids(&r);
+    let mut vision_row = 0usize;
+    for i in 0..3u32 {
+        let rows: Vec<usize> =
+            (0..t.height()).filter(|&k| tower.get(k) == Some("decoder") && sample.get(k) == Some(i)).collect();
+        let want = m["tokens"][i as usize].as_array().unwrap();
+        assert_eq!(rows.len(), want.len(), "{name} sample {i} token count");
+        let mw = g[i as usize][2] / 2;
+        let mut k = 0;
+        for (j, &row) in rows.iter().enumerate() {
+            assert_eq!((pos.get(row), text.get(row)), (Some(j as i32), want[j].as_str()), "{name} sample {i} pos {j}");
+            if want[j] == "<|image_pad|>" {
+                let cell = (gr.get(row), gc.get(row), gt.get(row));
+                assert_eq!(cell, (Some((k / mw) as i32), Some((k % mw) as i32), Some(0)), "{name} {i} image token {k}");
+                k += 1;
+            } else {
+                assert_eq!(gr.get(row), None, "{name} sample {i} text pos {j} has no grid cell");
+            }
+        }
+        let rows: Vec<usize> =
+            (0..t.height()).filter(|&k| tower.get(k) == Some("vision") && sample.get(k) == Some(i)).collect();
+        assert_eq!(rows.len() as i64, g[i as usize].iter().product::<i64>(), "{name} sample {i} vision rows");
+        for (j, &row) in rows.iter().enumerate() {
+            let (want_r, want_c) = (cells[2 * vision_row] as i32, cells[2 * vision_row + 1] as i32);
+            assert_eq!(pos.get(row), Some(j as i32));
+            assert_eq!((gr.get(row), gc.get(row)), (Some(want_r), Some(want_c)), "{name} sample {i} vision row {j}");
+            assert_eq!(text.get(row), Some(format!("<patch {want_r},{want_c}>").as_str()));
+            vision_row += 1;
         }
     }
 }

@@ -19,6 +19,11 @@ pub struct TokenRow {
     pub token: String,
     /// `image` or `text`.
     pub modality: &'static str,
+    /// Image positions of families that report it: the image grid cell
+    /// (row, col, t), after merging where the model merges (a decoder's image
+    /// token), else the patch cell (a vision tower's row). Written as the
+    /// nullable columns `grid_row`, `grid_col`, `grid_t`.
+    pub grid: Option<(i32, i32, i32)>,
 }
 
 pub fn write_tokens(root: &Path, rows: &[TokenRow]) -> Result<()> {
@@ -32,6 +37,9 @@ pub fn write_tokens(root: &Path, rows: &[TokenRow]) -> Result<()> {
             Column::new("token_id".into(), rows.iter().map(|r| r.token_id).collect::<Vec<_>>()),
             Column::new("token".into(), rows.iter().map(|r| r.token.as_str()).collect::<Vec<_>>()),
             Column::new("modality".into(), rows.iter().map(|r| r.modality).collect::<Vec<_>>()),
+            Column::new("grid_row".into(), rows.iter().map(|r| r.grid.map(|g| g.0)).collect::<Vec<_>>()),
+            Column::new("grid_col".into(), rows.iter().map(|r| r.grid.map(|g| g.1)).collect::<Vec<_>>()),
+            Column::new("grid_t".into(), rows.iter().map(|r| r.grid.map(|g| g.2)).collect::<Vec<_>>()),
         ],
     )
     .map_err(pq(&path))?;

@@ -53,7 +53,8 @@ impl PixelBuffers {
         let (tx, rx) = std::sync::mpsc::sync_channel(count);
         for _ in 0..count {
             let t = Tensor::empty([batch as i64, 3, h as i64, w as i64], (tch::Kind::Float, tch::Device::Cpu));
-            let _ = tx.send(t.pin_memory(device));
+            // The internal op: `pin_memory(device)` warns that its argument is deprecated, for every buffer.
+            let _ = tx.send(t.internal_pin_memory(device));
         }
         (PixelBuffers { free: rx }, tx)
     }
@@ -77,7 +78,12 @@ pub(super) fn token_rows(
     dataset: &Dataset,
     tokenizer: Option<&TextTokenizer>,
     prompts: Option<&PromptTokenizer>,
+    row_inputs: Option<&dyn RowInputs>,
+    max_image_pixels: u64,
 ) -> Result<Vec<TokenRow>> {
+    if let Some(ri) = row_inputs {
+        return Ok(prepared_token_rows(plan, dataset, ri, max_image_pixels));
+    }
     let mut rows = Vec::new();
     if plan.wants(Tower::Decoder, Selector::All)
         && let Some(tok) = prompts
@@ -93,6 +99,7 @@ pub(super) fn token_rows(
                     token_id: Some(t.id as i64),
                     token: t.text,
                     modality: if t.image { "image" } else { "text" },
+                    grid: None,
                 });
             }
         }
@@ -115,6 +122,7 @@ pub(super) fn token_rows(
                     token_id: None,
                     token,
                     modality: "image",
+                    grid: None,
                 });
             }
         }
@@ -134,12 +142,78 @@ pub(super) fn token_rows(
                         token_id: Some(id as i64),
                         token,
                         modality: "text",
+                        grid: None,
                     });
                 }
             }
         }
     }
     Ok(rows)
+}
+
+/// tokens.parquet rows of a family that prepares each row itself: decoder
+/// tokens with each image token's merged grid cell, vision rows
+/// `<patch r,c>` with their patch cell. Rows that cannot be prepared fail in
+/// extraction, with the reason.
+fn prepared_token_rows(plan: &ExtractionPlan, dataset: &Dataset, ri: &dyn RowInputs, max: u64) -> Vec<TokenRow> {
+    let decoder = plan.wants(Tower::Decoder, Selector::All);
+    let vision = plan.wants(Tower::Vision, Selector::All);
+    if !decoder && !vision {
+        return Vec::new();
+    }
+    let per_row: Vec<Vec<TokenRow>> = (0..dataset.len())
+        .into_par_iter()
+        .map(|i| {
+            let image = match (dataset.images.is_some(), dataset.image_bytes(i), dataset.image_path(i)) {
+                (false, _, _) => None,
+                (true, Some(bytes), _) => ri.decode(bytes, "", max).ok(),
+                (true, None, Some(p)) => std::fs::read(&p).ok().and_then(|b| ri.decode(&b, "", max).ok()),
+                (true, None, None) => None,
+            };
+            if dataset.images.is_some() && image.is_none() {
+                return Vec::new();
+            }
+            let Ok(row) = ri.prepare(image.as_ref(), dataset.prompt(i), dataset.text(i)) else { return Vec::new() };
+            let grid = row.patches.as_ref().map(|(_, g)| *g);
+            let mut out = Vec::new();
+            if decoder && let Some(tokens) = row.tokens {
+                let (mh, mw) = grid.map_or((1, 1), |g| ((g[1] / 2).max(1), (g[2] / 2).max(1)));
+                let mut k = 0i64;
+                for (pos, (id, token, image)) in tokens.into_iter().enumerate() {
+                    let cell = image.then(|| {
+                        let c = ((k % (mh * mw)) / mw, k % mw, k / (mh * mw));
+                        k += 1;
+                        (c.0 as i32, c.1 as i32, c.2 as i32)
+                    });
+                    out.push(TokenRow {
+                        sample: i as u32,
+                        tower: Tower::Decoder,
+                        pos: pos as i32,
+                        token_id: Some(id as i64),
+                        token,
+                        modality: if image { "image" } else { "text" },
+                        grid: cell,
+                    });
+                }
+            }
+            if vision {
+                let per_frame = grid.map_or(1, |g| (g[1] * g[2]).max(1));
+                for (pos, &(r, c)) in row.cells.iter().enumerate() {
+                    out.push(TokenRow {
+                        sample: i as u32,
+                        tower: Tower::Vision,
+                        pos: pos as i32,
+                        token_id: None,
+                        token: format!("<patch {r},{c}>"),
+                        modality: "image",
+                        grid: Some((r as i32, c as i32, (pos as i64 / per_frame) as i32)),
+                    });
+                }
+            }
+            out
+        })
+        .collect();
+    per_row.into_iter().flatten().collect()
 }
 
 /// A row's decoder prompt: its `prompt`, else llava-1.5's template around its text.

@@ -143,7 +143,8 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     }
     let plan = &fill.plan;
     if plan.selectors.contains(&Selector::All) && (fill.rewrite_tokens || !root.join(TOKENS).exists()) {
-        let rows = token_rows(plan, info, &dataset, tools.text.as_ref(), tools.prompts.as_ref())?;
+        let (text, prompts, max) = (tools.text.as_ref(), tools.prompts.as_ref(), opts.run.max_image_pixels);
+        let rows = token_rows(plan, info, &dataset, text, prompts, tools.rows.as_deref(), max)?;
         write_tokens(root, &rows)?;
     }
 
@@ -217,6 +218,8 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let (status, parts_written) = writer_result?;
     model_result?;
 
+    // Progress is saved; what belongs to the whole store is written one run at a time.
+    let _store_lock = crate::lock::StoreLock::wait(root)?;
     let all = ShardProgress::all(root)?;
     let errors = all_errors(root)?;
     write_errors(root, &errors)?;
