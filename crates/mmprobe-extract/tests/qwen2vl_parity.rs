@@ -394,3 +394,70 @@ fn check_tokens(name: &str, path: &std::path::Path) {
         }
     }
 }
+
+/// Grid provenance end to end: images with one coloured square at a known
+/// patch cell; the vision tower's layer-0 rows found at that cell through
+/// tokens.parquet separate the square's colour, rows at a far cell do not.
+#[test]
+fn tokens_parquet_grid_cells_find_a_coloured_square() {
+    use mmprobe_extract::{ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract};
+    use mmprobe_store::{Partition, Store};
+    let tmp = tempfile::tempdir().unwrap();
+    // 56 x 56 stays 56 x 56 under qwen2-vl's min_pixels: a 4 x 4 patch grid, no resampling.
+    let (cell_r, cell_c) = (1usize, 2usize);
+    let colours = [[220u8, 30, 40], [40, 60, 230], [220, 30, 40], [40, 60, 230]];
+    let mut csv = String::from("id,image\n");
+    for (i, col) in colours.iter().enumerate() {
+        let img = image::RgbImage::from_fn(56, 56, |x, y| {
+            let inside = (y as usize / 14, x as usize / 14) == (cell_r, cell_c);
+            image::Rgb(if inside { *col } else { [120, 130, 140] })
+        });
+        let path = tmp.path().join(format!("sq{i}.png"));
+        img.save(&path).unwrap();
+        csv += &format!("s{i},{}\n", path.display());
+    }
+    let data = tmp.path().join("data.csv");
+    std::fs::write(&data, csv).unwrap();
+    let out = tmp.path().join("store");
+    let opts = ExtractOptions {
+        model: dir("qwen2-vl"),
+        data,
+        out: out.clone(),
+        towers: Some(vec![Tower::Vision]),
+        sites: vec![Site::Resid],
+        layers: LayerSpec::All,
+        selectors: vec![Selector::All],
+        run: RunOptions { device: common::device_choice(), dtype: DType::F32, batch_size: 3, ..Default::default() },
+        shard: (0, 1),
+        skip_bad: false,
+        force: false,
+        chunk_size: 4,
+        logit_lens: None,
+        format: Default::default(),
+    };
+    extract(&opts, &Quiet).unwrap();
+    let t = mmprobe_store::store::read_parquet(&out.join("tokens.parquet")).unwrap();
+    let col_i32 = |c: &str| t.column(c).unwrap().i32().unwrap().clone();
+    let (sample, pos) = (t.column("sample").unwrap().u32().unwrap().clone(), col_i32("pos"));
+    let (gr, gc) = (col_i32("grid_row"), col_i32("grid_col"));
+    let acts = Store::open(&out)
+        .unwrap()
+        .load(Partition { tower: Tower::Vision, site: Site::Resid, layer: 0, selector: Selector::All })
+        .unwrap();
+    // The layer-0 row of sample i at cell (r, c), found through tokens.parquet.
+    let row_at = |i: u32, r: i32, c: i32| -> Tensor {
+        let k = (0..t.height())
+            .find(|&k| sample.get(k) == Some(i) && gr.get(k) == Some(r) && gc.get(k) == Some(c))
+            .expect("a token row at the cell");
+        let p = pos.get(k).unwrap();
+        let a = (0..acts.sample.len()).find(|&a| acts.sample[a] == i && acts.pos[a] == p).expect("an activation row");
+        Tensor::from_slice(&acts.matrix.row(a).to_vec())
+    };
+    let square: Vec<Tensor> = (0..4).map(|i| row_at(i, cell_r as i32, cell_c as i32)).collect();
+    let far: Vec<Tensor> = (0..4).map(|i| row_at(i, 3, 0)).collect();
+    let same_colour = max_abs_diff(&square[0], &square[2]).max(max_abs_diff(&square[1], &square[3]));
+    let other_colour = max_abs_diff(&square[0], &square[1]);
+    assert!(same_colour < 1e-6 && other_colour > 1e-2, "square cell: same {same_colour:e}, other {other_colour:e}");
+    let far_diff = (1..4).map(|i| max_abs_diff(&far[0], &far[i])).fold(0.0, f64::max);
+    assert!(far_diff < 1e-6, "a far cell does not see the square: {far_diff:e}");
+}
