@@ -41,6 +41,49 @@ impl ShardLock {
     }
 }
 
+/// Held while a run writes what belongs to the whole store (errors.parquet,
+/// the merged logit lens, the manifest's completed shards): runs of several
+/// shards that finish at once take turns, so the last one sees every shard's
+/// saved progress and no earlier view overwrites it.
+#[derive(Debug)]
+pub struct StoreLock {
+    _file: File,
+}
+
+impl StoreLock {
+    /// Waits for the store's lock.
+    pub fn wait(root: &Path) -> Result<StoreLock> {
+        let path = root.join(PROGRESS).join("store.lock");
+        let io = |source| ExtractError::Io { path: path.clone(), source };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| ExtractError::Io { path: dir.to_path_buf(), source })?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io)?;
+        lock_blocking(&file).map_err(io)?;
+        Ok(StoreLock { _file: file })
+    }
+}
+
+#[cfg(unix)]
+fn lock_blocking(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor this File owns for as long as the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(not(unix))]
+fn lock_blocking(_: &File) -> std::io::Result<()> {
+    Ok(())
+}
+
 #[cfg(unix)]
 fn try_lock(file: &File) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;

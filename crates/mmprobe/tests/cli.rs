@@ -297,3 +297,60 @@ fn a_write_error_is_one_line_that_does_not_say_read() {
     assert!(err.contains("file/store") && !err.contains("cannot read"), "{err}");
     assert_eq!(err.matches("os error").count(), 1, "the OS error once: {err}");
 }
+
+/// `extract_args` without its `--device cpu` (the launchers add the device).
+fn launcher_args(data: &Path, out: &Path) -> Vec<String> {
+    let mut a = extract_args(data, out);
+    let at = a.iter().position(|s| s == "--device").unwrap();
+    a.drain(at..at + 2);
+    a.remove(0); // "extract": the launchers name the command
+    a
+}
+
+#[test]
+fn concurrent_processes_from_the_launchers_fill_one_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = dataset(tmp.path(), 11);
+    let one = tmp.path().join("one");
+    assert!(bin().args(extract_args(&data, &one)).status().unwrap().success());
+    let scripts = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts");
+
+    // Three processes at once on this machine's CPU.
+    let local = tmp.path().join("local");
+    let out = Command::new("bash")
+        .arg(scripts.join("launch_local.sh"))
+        .arg("3")
+        .args(launcher_args(&data, &local))
+        .env("MMPROBE", env!("CARGO_BIN_EXE_mmprobe"))
+        .env("MMPROBE_DEVICE", "cpu")
+        .env("LOG_DIR", tmp.path().join("logs"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("(complete)"), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert_same_store(&one, &local);
+
+    // Two tasks of a Slurm job array, run at once as Slurm would start them.
+    let slurm = tmp.path().join("slurm");
+    let tasks: Vec<_> = (0..2)
+        .map(|i| {
+            Command::new("bash")
+                .arg(scripts.join("slurm_extract.sbatch"))
+                .args(launcher_args(&data, &slurm))
+                .env("MMPROBE", env!("CARGO_BIN_EXE_mmprobe"))
+                .env("MMPROBE_DEVICE", "cpu")
+                .env("SLURM_ARRAY_TASK_ID", i.to_string())
+                .env("SLURM_ARRAY_TASK_COUNT", "2")
+                .env("SLURM_CPUS_PER_TASK", "1")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut t in tasks {
+        assert!(t.wait().unwrap().success());
+    }
+    let shards = Store::open(&slurm).unwrap().manifest.unwrap().shards.unwrap();
+    assert_eq!((shards.count, shards.completed.len()), (2, 2), "both tasks recorded");
+    assert_same_store(&one, &slurm);
+}

@@ -218,6 +218,8 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let (status, parts_written) = writer_result?;
     model_result?;
 
+    // Progress is saved; what belongs to the whole store is written one run at a time.
+    let _store_lock = crate::lock::StoreLock::wait(root)?;
     let all = ShardProgress::all(root)?;
     let errors = all_errors(root)?;
     write_errors(root, &errors)?;

@@ -1,0 +1,243 @@
+"""The GPU extraction benchmark: mmprobe and the transformers pipeline in one run.
+
+    bench/gpu_extract.sh pack            # here: stripped mmprobe + loader_bench into .device/
+    bench/gpu_extract.sh run             # on the GPU machine (the `device` tool), carrying .device
+
+Same work on both sides, random-init CLIP ViT-B/32 (transformers' default
+CLIPConfig sizes), N JPEGs of 320x240 made here:
+- CLS of all 13 hidden states + the projected embedding, batch 256, f32 and bf16:
+  `mmprobe extract --towers vision --sites resid,embeds --select cls,pooled` against
+  transformers + torch DataLoader(num_workers = cores - 1, pin_memory) + pyarrow zstd;
+- the bare forward (random pixels already on the GPU), f32 and bf16, with and
+  without copying the 13 CLS rows to the CPU: the ceiling;
+- every token of every layer (`--select all --sites resid`, bf16) against the
+  disk's raw write rate (dd, O_DIRECT) measured here;
+- the loader alone (examples/loader_bench) on every core.
+Prints one table; writes it as JSON to $OUT/gpu_bench.json.
+"""
+
+import csv
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(os.environ.get("BENCH_WORK", "/tmp/mmprobe-gpu-bench"))
+OUT = Path(os.environ.get("OUT", WORK))
+N = int(os.environ.get("BENCH_N", "20000"))
+N_ALL = int(os.environ.get("BENCH_N_ALL", "2000"))
+BATCH = int(os.environ.get("BENCH_BATCH", "256"))
+REPS = int(os.environ.get("BENCH_REPS", "20"))
+# BENCH_DEVICE=cpu (with small BENCH_N, BENCH_BATCH, BENCH_REPS) checks the script where there is no GPU.
+DEVICE = os.environ.get("BENCH_DEVICE", "cuda:0")
+CORES = os.cpu_count() or 1
+RESULTS = []
+
+
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def note(what, value, unit, extra=""):
+    RESULTS.append({"what": what, "value": value, "unit": unit, "extra": extra})
+    print(f"{what:<58} {value:>10.1f} {unit} {extra}", flush=True)
+
+
+def make_image(i):
+    rng = np.random.default_rng(i)
+    y, x = np.mgrid[0:240, 0:320]
+    base = np.stack([x * 255 / 319, y * 255 / 239, np.full_like(x, rng.integers(0, 256))], -1)
+    img = np.clip(base + rng.normal(0, 30, base.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(img).save(WORK / "images" / f"{i:05d}.jpg", quality=90)
+
+
+def dataset(n):
+    path = WORK / f"data-{n}.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "label"])
+        for i in range(n):
+            w.writerow([i, f"images/{i:05d}.jpg", i % 4])
+    return path
+
+
+def make_model():
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel
+
+    d = WORK / "clip-vit-b32"
+    if (d / "config.json").exists():
+        return d
+    torch.manual_seed(0)
+    CLIPModel(CLIPConfig()).eval().save_pretrained(d)
+    CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(d)
+    return d
+
+
+def disk_rate():
+    f = WORK / "dd.bin"
+    mib = int(os.environ.get("BENCH_DD_MIB", "4096"))
+    t0 = time.perf_counter()
+    subprocess.run(["dd", "if=/dev/zero", f"of={f}", "bs=16M", f"count={mib // 16}", "oflag=direct"], check=True,
+                   capture_output=True)
+    dt = time.perf_counter() - t0
+    f.unlink()
+    note(f"disk raw write (dd {mib} MiB, O_DIRECT)", mib / dt, "MiB/s")
+    return mib / dt
+
+
+def bare_forward(model_dir, dtype):
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(model_dir, torch_dtype=dtype).to(DEVICE).eval()
+    px = torch.randn(BATCH, 3, 224, 224, device=DEVICE, dtype=dtype)
+    name = "f32" if dtype == torch.float32 else "bf16"
+    with torch.no_grad():
+        for copy in (False, True):
+            for _ in range(3):
+                model.vision_model(pixel_values=px, output_hidden_states=True)
+            sync()
+            reps = REPS
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                res = model.vision_model(pixel_values=px, output_hidden_states=True)
+                if copy:
+                    torch.stack([h[:, 0] for h in res.hidden_states], 1).float().cpu()
+            sync()
+            rate = reps * BATCH / (time.perf_counter() - t0)
+            note(f"bare forward {name}" + (" + CLS x13 to CPU" if copy else ""), rate, "img/s")
+    del model
+    if DEVICE.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+class Images(torch.utils.data.Dataset):
+    def __init__(self, paths, proc):
+        self.paths, self.proc = paths, proc
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from transformers.image_utils import load_image
+
+        return i, self.proc(load_image(str(self.paths[i])), return_tensors="pt")["pixel_values"][0]
+
+
+def baseline(model_dir, data, dtype, out):
+    from transformers import CLIPImageProcessorPil, CLIPModel
+
+    t0 = time.perf_counter()
+    rows = list(csv.DictReader(open(data)))
+    paths = [data.parent / r["image"] for r in rows]
+    proc = CLIPImageProcessorPil.from_pretrained(model_dir)
+    model = CLIPModel.from_pretrained(model_dir, torch_dtype=dtype).to(DEVICE).eval()
+    loader = torch.utils.data.DataLoader(Images(paths, proc), batch_size=BATCH, num_workers=CORES - 1,
+                                         pin_memory=DEVICE.startswith("cuda"), prefetch_factor=4)
+    writers = {}
+    out.mkdir(parents=True, exist_ok=True)
+
+    def write(name, ids, emb):
+        emb = emb.float().numpy()
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+        table = pa.table({"sample": pa.array(ids, pa.uint32()), "emb": arr})
+        if name not in writers:
+            writers[name] = pq.ParquetWriter(out / f"{name}.parquet", table.schema, compression="zstd")
+        writers[name].write_table(table)
+
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        for ids, px in loader:
+            px = px.to(DEVICE, non_blocking=True).to(dtype)
+            res = model.vision_model(pixel_values=px, output_hidden_states=True)
+            cls = torch.stack([h[:, 0] for h in res.hidden_states], 1).float().cpu()
+            emb = model.visual_projection(res.pooler_output).float().cpu()
+            ids = ids.tolist()
+            for layer in range(cls.shape[1]):
+                write(f"layer={layer}", ids, cls[:, layer])
+            write("embeds", ids, emb)
+    for w in writers.values():
+        w.close()
+    t2 = time.perf_counter()
+    name = "f32" if dtype == torch.float32 else "bf16"
+    note(f"transformers + DataLoader({CORES - 1}) + pyarrow, CLS x13 {name}", len(paths) / (t2 - t1), "img/s",
+         f"(loop; {len(paths) / (t2 - t0):.1f} img/s with start-up)")
+    del model
+    if DEVICE.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return len(paths) / (t2 - t1)
+
+
+def mmprobe(label, args, n):
+    env = dict(os.environ)
+    t0 = time.perf_counter()
+    p = subprocess.run([str(ROOT / ".device/mmprobe"), "extract", *args], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    print(p.stdout[-1500:], p.stderr[-1500:], flush=True)
+    if p.returncode != 0:
+        note(f"mmprobe {label} FAILED", 0.0, "img/s")
+        return 0.0
+    # "extracted N samples on DEV in S s (R samples/s)": its own clock, model loading included.
+    rate = 0.0
+    for line in p.stdout.splitlines():
+        if line.startswith("extracted ") and "samples/s" in line:
+            rate = float(line.split("(")[1].split(" ")[0])
+    note(f"mmprobe {label}", rate, "img/s", f"(process wall {wall:.1f} s for {n}: {n / wall:.1f} img/s)")
+    return rate
+
+
+def store_bytes(path):
+    return sum(f.stat().st_size for f in Path(path).rglob("*.parquet"))
+
+
+def main():
+    WORK.mkdir(parents=True, exist_ok=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    gpu = torch.cuda.get_device_name(0) if DEVICE.startswith("cuda") else "no GPU"
+    print(gpu, f"{CORES} cores", torch.__version__, flush=True)
+    (WORK / "images").mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    with mp.Pool(CORES) as pool:
+        pool.map(make_image, range(N), chunksize=256)
+    print(f"{N} JPEGs in {time.perf_counter() - t0:.1f} s", flush=True)
+    data, data_all = dataset(N), dataset(N_ALL)
+    model = make_model()
+    disk = disk_rate()
+
+    lb = subprocess.run([str(ROOT / ".device/loader_bench"), str(WORK / "images"), str(CORES), "1"],
+                        capture_output=True, text=True)
+    print(lb.stdout, lb.stderr[-500:], flush=True)
+
+    for dtype in (torch.float32, torch.bfloat16):
+        bare_forward(model, dtype)
+    common = ["--model", str(model), "--towers", "vision", "--sites", "resid,embeds", "--select", "cls,pooled",
+              "--batch-size", str(BATCH), "--device", DEVICE, "--force"]
+    for dt in ("bf16", "f32"):
+        mmprobe(f"CLS x13 + embeds {dt}", [*common, "--data", str(data), "--dtype", dt,
+                                             "--out", str(WORK / f"store-{dt}")], N)
+    for dtype in (torch.bfloat16, torch.float32):
+        baseline(model, data, dtype, WORK / f"baseline-{dtype}")
+    t0 = time.perf_counter()
+    rate = mmprobe("all tokens x13 bf16", ["--model", str(model), "--towers", "vision", "--sites", "resid",
+                                             "--select", "all", "--batch-size", "64", "--device", DEVICE,
+                                             "--dtype", "bf16", "--force", "--data", str(data_all),
+                                             "--out", str(WORK / "store-all")], N_ALL)
+    wall = time.perf_counter() - t0
+    b = store_bytes(WORK / "store-all")
+    note("mmprobe all tokens: store bytes / process wall", b / 2**20 / wall, "MiB/s",
+         f"({b / 2**30:.2f} GiB; disk raw {disk:.0f} MiB/s)")
+    json.dump(RESULTS, open(OUT / "gpu_bench.json", "w"), indent=1)
+
+
+if __name__ == "__main__":
+    main()
