@@ -118,7 +118,7 @@ impl ExtractionPlan {
             plan.insert(tower, per_site);
         }
         for &sel in selectors {
-            let fits = plan.iter().any(|(t, s)| s.keys().any(|site| sel.fits(*t, *site)));
+            let fits = plan.iter().any(|(t, s)| s.keys().any(|site| info.fits(sel, *t, *site)));
             if !fits {
                 return Err(ExtractError::Input(format!(
                     "--select: '{sel}' fits none of the requested towers and sites"

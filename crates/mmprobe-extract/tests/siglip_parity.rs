@@ -370,3 +370,33 @@ fn extraction_stores_the_default_selectors_as_transformers_computes_them() {
         }
     }
 }
+
+#[test]
+fn cls_on_a_vision_tower_without_one_is_refused_before_anything_runs() {
+    let name = MODELS[0];
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("store");
+    let opts = ExtractOptions {
+        model: dir(name),
+        data: write_dataset(tmp.path(), name, 3),
+        out: out.clone(),
+        towers: Some(vec![Tower::Vision]),
+        sites: vec![Site::Resid],
+        layers: LayerSpec::All,
+        selectors: vec![Selector::Cls],
+        run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
+        shard: (0, 1),
+        skip_bad: false,
+        force: false,
+        chunk_size: 3,
+        logit_lens: None,
+        format: Default::default(),
+    };
+    let e = extract(&opts, &Quiet).unwrap_err().to_string();
+    assert!(e.contains("'cls'") && !e.contains('\n'), "{e}");
+    assert!(!out.exists(), "nothing is written");
+    // Asked for with another selector that fits, `cls` still fits nothing there: refused too.
+    let mut both = opts.clone();
+    both.selectors = vec![Selector::Cls, Selector::Mean];
+    assert!(extract(&both, &Quiet).unwrap_err().to_string().contains("'cls'"));
+}

@@ -48,7 +48,7 @@ pub(super) fn plan_run(
             with
         }
     };
-    let fits = |sel: Selector, t: Tower| opts.sites.iter().any(|s| info.sites(t).contains(s) && sel.fits(t, *s));
+    let fits = |sel: Selector, t: Tower| opts.sites.iter().any(|s| info.fits(sel, t, *s));
     let selectors = match opts.selectors.is_empty() {
         false => opts.selectors.clone(),
         true => {
