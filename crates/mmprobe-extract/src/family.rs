@@ -123,6 +123,10 @@ pub trait RowInputs: Send + Sync {
     ) -> std::result::Result<PreparedRow, String>;
     /// Prepared rows as one batch.
     fn collate(&self, rows: Vec<PreparedRow>) -> Batch;
+    /// The text of a vocabulary id (the logit lens names its tokens with it).
+    fn id_to_token(&self, _id: u32) -> Option<String> {
+        None
+    }
 }
 
 /// One prepared batch, on the CPU as the loader made it.

@@ -311,12 +311,13 @@ fn extraction_stores_decoder_and_vision_states_like_transformers() {
             skip_bad: false,
             force: false,
             chunk_size: 3,
-            logit_lens: None,
+            logit_lens: Some(5),
             format: Default::default(),
         };
         extract(&opts, &Quiet).unwrap();
         let store = Store::open(&store_dir).unwrap();
         check_tokens(name, &store_dir.join("tokens.parquet"));
+        check_lens(name, &store_dir.join("logit_lens.parquet"));
         let n = (0..).take_while(|l| r.contains(&format!("p0.decoder.resid.{l}"))).count() - 1;
         for layer in 0..=n {
             let acts = store
@@ -460,4 +461,30 @@ fn tokens_parquet_grid_cells_find_a_coloured_square() {
     assert!(same_colour < 1e-6 && other_colour > 1e-2, "square cell: same {same_colour:e}, other {other_colour:e}");
     let far_diff = (1..4).map(|i| max_abs_diff(&far[0], &far[i])).fold(0.0, f64::max);
     assert!(far_diff < 1e-6, "a far cell does not see the square: {far_diff:e}");
+}
+
+/// logit_lens.parquet: transformers' top-5 next tokens at the last position, per layer.
+fn check_lens(name: &str, path: &std::path::Path) {
+    let r = reference(name);
+    let lens = mmprobe_store::store::read_parquet(path).unwrap();
+    let col_u32 = |c: &str| lens.column(c).unwrap().u32().unwrap().clone();
+    let (ls, ll, lr) = (col_u32("sample"), col_u32("layer"), col_u32("rank"));
+    let lsel = lens.column("selector").unwrap().str().unwrap();
+    let lid = lens.column("token_id").unwrap().i64().unwrap();
+    let ltok = lens.column("token").unwrap().str().unwrap();
+    for i in 0..3u32 {
+        let want = r.tensor(&format!("p{i}.lens.last.top5")).unwrap();
+        for layer in 0..want.size()[0] {
+            let mut got: Vec<(u32, i64, String)> = (0..lens.height())
+                .filter(|&k| ls.get(k) == Some(i) && ll.get(k) == Some(layer as u32) && lsel.get(k) == Some("last"))
+                .map(|k| (lr.get(k).unwrap(), lid.get(k).unwrap(), ltok.get(k).unwrap().to_string()))
+                .collect();
+            got.sort();
+            // Ids past the tokenizer (a config vocabulary larger than it) have no text.
+            let known = meta(name)["tokenizer_size"].as_i64().unwrap();
+            assert!(got.iter().all(|(_, id, t)| (*id < known) != t.is_empty()), "{name} lens tokens are named");
+            let ids: Vec<i64> = got.into_iter().map(|(_, id, _)| id).collect();
+            assert_eq!(ids, ints(&want.get(layer)), "{name} sample {i} lens top-5 at layer {layer}");
+        }
+    }
 }

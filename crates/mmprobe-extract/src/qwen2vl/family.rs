@@ -198,6 +198,10 @@ impl RowInputs for QwenRows {
         Ok(PreparedRow { patches, tokens, cells })
     }
 
+    fn id_to_token(&self, id: u32) -> Option<String> {
+        self.tokenizer.as_ref().and_then(|t| t.id_to_token(id))
+    }
+
     fn collate(&self, rows: Vec<PreparedRow>) -> Batch {
         let mut batch = Batch::default();
         let (px, grids): (Vec<Tensor>, Vec<[i64; 3]>) =

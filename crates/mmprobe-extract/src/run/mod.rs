@@ -176,11 +176,18 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         false => family.inputs(&md, &filled, dataset.images.is_some())?,
     };
     let inputs = Inputs { dataset: &dataset, tools: &tools, opts, towers: &filled };
+    // The logit lens names its tokens with the decoder's tokenizer.
+    type Names<'t> = Box<dyn Fn(u32) -> Option<String> + Sync + 't>;
+    let names: Option<Names> = match (tools.prompts.as_ref(), tools.rows.as_deref()) {
+        (Some(t), _) => Some(Box::new(|id| t.id_to_token(id))),
+        (None, Some(r)) => Some(Box::new(|id| r.id_to_token(id))),
+        _ => None,
+    };
     let stage = ModelStage {
         model: model.as_ref(),
         plan,
         partitions,
-        lens: match (opts.logit_lens, tools.prompts.as_ref()) {
+        lens: match (opts.logit_lens, names.as_deref()) {
             (Some(k), Some(tokenizer)) => Some(Lens { k, tokenizer }),
             _ => None,
         },

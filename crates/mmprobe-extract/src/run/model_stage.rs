@@ -15,14 +15,13 @@ use super::writer::ToWriter;
 use crate::capture::SiteRequest;
 use crate::error::{ExtractError, Result};
 use crate::family::{LoadedModel, TowerStates};
-use crate::llava::PromptTokenizer;
 use crate::plan::ExtractionPlan;
 use crate::select::{Picked, Rows, SequenceLayout, pick, pick_pooled, to_cpu_rows};
 
 /// The logit lens settings of a run: the top `k` tokens, named by `tokenizer`.
 pub(super) struct Lens<'a> {
     pub k: usize,
-    pub tokenizer: &'a PromptTokenizer,
+    pub tokenizer: &'a (dyn Fn(u32) -> Option<String> + Sync),
 }
 
 /// What the model stage counted.
@@ -161,7 +160,7 @@ impl ModelStage<'_> {
                             selector: sel.to_string(),
                             rank: rank as u32 + 1,
                             token_id: id,
-                            token: lens.tokenizer.id_to_token(id as u32).unwrap_or_default(),
+                            token: (lens.tokenizer)(id as u32).unwrap_or_default(),
                             logit: values[r * k as usize + rank],
                         });
                     }
