@@ -458,9 +458,9 @@ fn tokens_parquet_grid_cells_find_a_coloured_square() {
     let far: Vec<Tensor> = (0..4).map(|i| row_at(i, 3, 0)).collect();
     let same_colour = max_abs_diff(&square[0], &square[2]).max(max_abs_diff(&square[1], &square[3]));
     let other_colour = max_abs_diff(&square[0], &square[1]);
-    assert!(same_colour < 1e-6 && other_colour > 1e-2, "square cell: same {same_colour:e}, other {other_colour:e}");
+    assert!(same_colour < 1e-4 && other_colour > 1e-2, "square cell: same {same_colour:e}, other {other_colour:e}");
     let far_diff = (1..4).map(|i| max_abs_diff(&far[0], &far[i])).fold(0.0, f64::max);
-    assert!(far_diff < 1e-6, "a far cell does not see the square: {far_diff:e}");
+    assert!(far_diff < 1e-4, "a far cell does not see the square: {far_diff:e}");
 }
 
 /// logit_lens.parquet: transformers' top-5 next tokens at the last position, per layer.
