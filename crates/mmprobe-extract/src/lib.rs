@@ -28,7 +28,7 @@ pub mod spiece;
 pub mod tokenize;
 pub mod weights;
 
-pub use capture::{Capture, SiteRequest};
+pub use capture::{Capture, Edit, EditKind, SiteRequest};
 pub use describe::{ModelInfo, TowerInfo};
 pub use error::{ExtractError, Result};
 pub use family::{Batch, Family, InputTools, LoadedModel, ModelDir, TowerStates};

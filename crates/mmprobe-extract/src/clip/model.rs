@@ -104,14 +104,12 @@ impl ClipEncoder {
 
     /// Runs every layer, reporting each site to `cap`; returns the last hidden state.
     pub(crate) fn forward(&self, x: Tensor, allowed: Option<&Tensor>, cap: &mut Capture) -> Tensor {
-        cap.resid(0, &x);
-        let mut h = x;
+        let mut h = cap.stream(0, x);
         for (i, layer) in self.layers.iter().enumerate() {
             let l = i + 1;
             let o = layer.forward(&h, allowed);
             cap.sublayers(l, &o.attn, &o.mlp);
-            cap.resid(l, &o.resid);
-            h = o.resid;
+            h = cap.stream(l, o.resid);
         }
         h
     }

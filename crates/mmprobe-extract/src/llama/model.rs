@@ -192,21 +192,18 @@ impl LlamaModel {
         let allowed = causal.logical_and(&valid.view([b, 1, 1, t])).logical_or(&eye);
 
         let n = self.layers.len();
-        match n {
-            0 => cap.resid_normed(0, &inputs_embeds, |h| self.norm.forward(h)),
-            _ => cap.resid(0, &inputs_embeds),
-        }
-        let mut h = inputs_embeds;
+        let mut h = match n {
+            0 => cap.stream_normed(0, inputs_embeds, |h| self.norm.forward(h)),
+            _ => cap.stream(0, inputs_embeds),
+        };
         for (i, layer) in self.layers.iter().enumerate() {
             let (next, attn, mlp) = layer.forward(&h, cos, sin, &allowed);
-            h = next;
             cap.sublayers(i + 1, &attn, &mlp);
-            if i + 1 < n {
-                cap.resid(i + 1, &h);
-            } else {
+            h = match i + 1 < n {
+                true => cap.stream(i + 1, next),
                 // transformers' hidden_states[N] is after the final norm.
-                cap.resid_normed(n, &h, |h| self.norm.forward(h));
-            }
+                false => cap.stream_normed(n, next, |h| self.norm.forward(h)),
+            };
         }
         h
     }
