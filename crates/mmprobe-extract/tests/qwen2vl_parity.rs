@@ -488,3 +488,30 @@ fn check_lens(name: &str, path: &std::path::Path) {
         }
     }
 }
+
+#[test]
+fn info_follows_the_config_and_mismatched_prompts_are_refused() {
+    use mmprobe_extract::{ModelInfo, Tower};
+    for name in MODELS {
+        let m = meta(name);
+        let info = ModelInfo::from_dir(&dir(name)).unwrap();
+        let (v, d) = (info.tower(Tower::Vision).unwrap(), info.tower(Tower::Decoder).unwrap());
+        assert_eq!(
+            (v.layers as i64, v.width),
+            (m["vision_depth"].as_i64().unwrap(), m["vision_width"].as_i64().unwrap())
+        );
+        assert_eq!(
+            (d.layers as i64, d.width),
+            (m["decoder_layers"].as_i64().unwrap(), m["decoder_width"].as_i64().unwrap())
+        );
+        assert!(!v.cls && info.tower(Tower::Text).is_none(), "{name}");
+    }
+    let c = LoadedQwen2Vl::load(&dir("qwen2-vl"), tch::Device::Cpu, DType::F32).unwrap().model.config;
+    let tok = Qwen2VlTokenizer::from_dir(&dir("qwen2-vl"), c.image_token_id, None).unwrap();
+    let none = tok.encode("What colour is the shape?", &[4]).unwrap_err().to_string();
+    assert!(none.contains("0 image token(s) for 1 image(s)"), "{none}");
+    let two = format!("{0} and {0}", "<|vision_start|><|image_pad|><|vision_end|>");
+    let e = tok.encode(&two, &[4]).unwrap_err().to_string();
+    assert!(e.contains("more image tokens"), "{e}");
+    assert_eq!(tok.encode(&two, &[4, 6]).unwrap().iter().filter(|t| t.image.is_some()).count(), 10);
+}
