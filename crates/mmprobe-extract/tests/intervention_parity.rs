@@ -128,7 +128,7 @@ fn llava_edits_match_transformers_hooks() {
             // alpha = 0 is the plain forward, exactly.
             if case["kind"] == "steer" && case["alpha"].as_f64() == Some(0.0) {
                 let mut plain = Capture::new(SiteRequest { resid: (0..=n).collect(), ..Default::default() });
-                tch::no_grad(|| {
+                let _last = tch::no_grad(|| {
                     let feats = m.encode_image(&px, &mut Capture::nothing());
                     m.decode(&ids, &mask, Some(&feats), &mut plain)
                 });
