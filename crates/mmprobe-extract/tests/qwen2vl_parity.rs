@@ -505,6 +505,11 @@ fn info_follows_the_config_and_mismatched_prompts_are_refused() {
             (m["decoder_layers"].as_i64().unwrap(), m["decoder_width"].as_i64().unwrap())
         );
         assert!(!v.cls && info.tower(Tower::Text).is_none(), "{name}");
+        // inspect's details name the grid an image size gives (224 x 224 under each fixture's pixel range).
+        let grid = &info.details.iter().find(|(k, _)| k == "image grid").unwrap().1;
+        let g = &m["grids"].as_array().unwrap().iter().find(|g| g["height"] == 224).unwrap()["grid_thw"];
+        let want = format!("224x224 -> {}x{} patches", g[1], g[2]);
+        assert!(grid.contains(&want), "{name}: {grid} lacks {want}");
     }
     let c = LoadedQwen2Vl::load(&dir("qwen2-vl"), tch::Device::Cpu, DType::F32).unwrap().model.config;
     let tok = Qwen2VlTokenizer::from_dir(&dir("qwen2-vl"), c.image_token_id, None).unwrap();

@@ -66,6 +66,20 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
             format!("windows of {}px; full attention in blocks {:?}", v.window_size, v.fullatt_block_indexes),
         ));
     }
+    // What grid an image size gives, when the folder has the processor's config.
+    if let Ok(p) = Qwen2VlImageProcessor::from_dir(&md.dir) {
+        let examples: Vec<String> = [(224, 224), (480, 640), (1080, 1920)]
+            .iter()
+            .filter_map(|&(h, w)| {
+                let [t, gh, gw] = p.grid_thw(h, w).ok()?;
+                Some(format!("{w}x{h} -> {gh}x{gw} patches, {} image tokens", t * gh * gw / 4))
+            })
+            .collect();
+        details.push((
+            "image grid".into(),
+            format!("{}..{} pixels, sides at multiples of 28; {}", p.min_pixels, p.max_pixels, examples.join("; ")),
+        ));
+    }
     let info = ModelInfo {
         family: name,
         towers: vec![
