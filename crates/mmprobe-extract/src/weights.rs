@@ -19,7 +19,40 @@ pub struct Checkpoint {
     index: HashMap<String, usize>,
 }
 
+/// One component of a model whose checkpoint keys differ between layouts:
+/// its prefix in our module tree, the prefixes transformers accepts for it
+/// (the first that holds `probe` wins), and a key every layout has under it.
+pub type Component = (&'static str, &'static [&'static str], &'static str);
+
+/// Which checkpoint prefix each component has in one checkpoint: (canonical, found).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyLayout(pub Vec<(&'static str, &'static str)>);
+
+impl KeyLayout {
+    /// The checkpoint's name for a parameter's canonical name.
+    pub fn checkpoint_name(&self, name: &str) -> String {
+        for (canon, prefix) in &self.0 {
+            if let Some(rest) = name.strip_prefix(canon) {
+                return format!("{prefix}{rest}");
+            }
+        }
+        name.to_string()
+    }
+}
+
 impl Checkpoint {
+    /// The layout of this checkpoint's keys for a model made of `components`.
+    pub fn key_layout(&self, components: &[Component]) -> KeyLayout {
+        KeyLayout(
+            components
+                .iter()
+                .filter_map(|(canon, prefixes, probe)| {
+                    prefixes.iter().find(|p| self.contains(&format!("{p}{probe}"))).map(|p| (*canon, *p))
+                })
+                .collect(),
+        )
+    }
+
     /// Opens `model.safetensors`, or the shards listed in `model.safetensors.index.json`.
     pub fn open(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");

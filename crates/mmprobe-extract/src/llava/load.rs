@@ -12,11 +12,11 @@ use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
 use crate::layers::PatchCompute;
 use crate::runtime::DType;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, Component};
 
 /// Per canonical component: the checkpoint prefixes transformers accepts,
 /// and a key under it that every layout has.
-const LAYOUTS: &[(&str, &[&str], &str)] = &[
+const LAYOUTS: &[Component] = &[
     (
         "vision_tower.",
         &["model.vision_tower.vision_model.", "vision_tower.vision_model.", "model.vision_tower.", "vision_tower."],
@@ -29,12 +29,7 @@ const LAYOUTS: &[(&str, &[&str], &str)] = &[
 
 /// The checkpoint prefix of each canonical component (the first that holds its probe key).
 pub fn key_layout(weights: &Checkpoint) -> Vec<(&'static str, &'static str)> {
-    LAYOUTS
-        .iter()
-        .filter_map(|(canon, prefixes, probe)| {
-            prefixes.iter().find(|p| weights.contains(&format!("{p}{probe}"))).map(|p| (*canon, *p))
-        })
-        .collect()
+    weights.key_layout(LAYOUTS).0
 }
 
 pub struct LoadedLlava {
@@ -63,19 +58,12 @@ impl LoadedLlava {
     /// Loads the weights of `md` for an already parsed config.
     pub fn from_config(md: &ModelDir, config: &LlavaConfig, device: Device, dtype: DType) -> Result<Self> {
         let weights = Checkpoint::open(&md.dir)?;
-        let layout = key_layout(&weights);
+        let layout = weights.key_layout(LAYOUTS);
         let mut vs = VarStore::new(device);
         let mut model = LlavaModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
         model.vision_tower.set_patch_compute(PatchCompute::for_run(dtype, false));
         vs.set_kind(dtype.kind());
-        let report = weights.load_into(&vs, |name| {
-            for (canon, prefix) in &layout {
-                if let Some(rest) = name.strip_prefix(canon) {
-                    return format!("{prefix}{rest}");
-                }
-            }
-            name.to_string()
-        })?;
+        let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();
         Ok(LoadedLlava { model, vs, device, dtype, unused: report.unexpected() })
     }

@@ -11,11 +11,11 @@ use super::model::Qwen2VlModel;
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
 use crate::runtime::DType;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, Component};
 
 /// Per canonical component: the checkpoint prefixes transformers accepts, and
 /// a key under it that every layout has.
-const LAYOUTS: &[(&str, &[&str], &str)] = &[
+const LAYOUTS: &[Component] = &[
     ("visual.", &["model.visual.", "visual."], "patch_embed.proj.weight"),
     (
         "language_model.",
@@ -27,12 +27,7 @@ const LAYOUTS: &[(&str, &[&str], &str)] = &[
 
 /// The checkpoint prefix of each canonical component (the first that holds its probe key).
 pub fn key_layout(weights: &Checkpoint) -> Vec<(&'static str, &'static str)> {
-    LAYOUTS
-        .iter()
-        .filter_map(|(canon, prefixes, probe)| {
-            prefixes.iter().find(|p| weights.contains(&format!("{p}{probe}"))).map(|p| (*canon, *p))
-        })
-        .collect()
+    weights.key_layout(LAYOUTS).0
 }
 
 pub struct LoadedQwen2Vl {
@@ -61,18 +56,11 @@ impl LoadedQwen2Vl {
     /// Loads the weights of `md` for an already parsed config.
     pub fn from_config(md: &ModelDir, config: &Qwen2VlConfig, device: Device, dtype: DType) -> Result<Self> {
         let weights = Checkpoint::open(&md.dir)?;
-        let layout = key_layout(&weights);
+        let layout = weights.key_layout(LAYOUTS);
         let mut vs = VarStore::new(device);
         let model = Qwen2VlModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
         vs.set_kind(dtype.kind());
-        let report = weights.load_into(&vs, |name| {
-            for (canon, prefix) in &layout {
-                if let Some(rest) = name.strip_prefix(canon) {
-                    return format!("{prefix}{rest}");
-                }
-            }
-            name.to_string()
-        })?;
+        let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();
         // A tied head ignores a saved lm_head, as transformers does.
         let unused = report

@@ -14,11 +14,11 @@ use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
 use crate::layers::PatchCompute;
 use crate::runtime::DType;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, Component};
 
 /// Per canonical component: the checkpoint prefixes transformers accepts,
 /// and a key under it that every layout has.
-const LAYOUTS: &[(&str, &[&str], &str)] = &[
+const LAYOUTS: &[Component] = &[
     (
         "vision_model.",
         &["vision_model.vision_model.", "siglip.vision_model.", "vision_model."],
@@ -34,12 +34,7 @@ const LAYOUTS: &[(&str, &[&str], &str)] = &[
 
 /// The checkpoint prefix of each canonical component (the first that holds its probe key).
 pub fn key_layout(weights: &Checkpoint) -> Vec<(&'static str, &'static str)> {
-    LAYOUTS
-        .iter()
-        .filter_map(|(canon, prefixes, probe)| {
-            prefixes.iter().find(|p| weights.contains(&format!("{p}{probe}"))).map(|p| (*canon, *p))
-        })
-        .collect()
+    weights.key_layout(LAYOUTS).0
 }
 
 /// A SigLIP model with the store that owns its parameters.
@@ -76,13 +71,13 @@ impl LoadedSiglip {
     /// tower gets the mask until [`LoadedSiglip::text_mask`] says otherwise).
     pub fn from_config(md: &ModelDir, config: &SiglipConfig, device: Device, dtype: DType) -> Result<Self> {
         let weights = Checkpoint::open(&md.dir)?;
-        let layout = key_layout(&weights);
+        let layout = weights.key_layout(LAYOUTS);
         let mut vs = VarStore::new(device);
         let mut model = SiglipModel::new(vs.root(), config);
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
         // Cast before loading so each tensor is converted once, on the way in.
         vs.set_kind(dtype.kind());
-        let report = weights.load_into(&vs, |name| canonical_to_checkpoint(&layout, name))?;
+        let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();
         Ok(LoadedSiglip { model, vs, device, dtype, text_mask: true, unused: report.unexpected() })
     }
@@ -91,13 +86,4 @@ impl LoadedSiglip {
     pub fn set_allow_tf32(&mut self, allow: bool) {
         self.model.vision_model.patch_compute = PatchCompute::for_run(self.dtype, allow);
     }
-}
-
-fn canonical_to_checkpoint(layout: &[(&str, &str)], name: &str) -> String {
-    for (canon, prefix) in layout {
-        if let Some(rest) = name.strip_prefix(canon) {
-            return format!("{prefix}{rest}");
-        }
-    }
-    name.to_string()
 }
