@@ -179,6 +179,34 @@ fn extraction_stores_tokens_states_and_logit_lens_like_transformers() {
         let (pos, text) =
             (tokens.column("pos").unwrap().i32().unwrap(), tokens.column("token").unwrap().str().unwrap());
         let modality = tokens.column("modality").unwrap().str().unwrap();
+        // Grid cells: a 4x4 patch grid in both fixtures. Under `full` (llava-hub)
+        // image token 0 is the CLS and token k the patch k - 1; under `default`
+        // (llava-gqa) token k is patch k. Vision rows: CLS at 0, then patches.
+        let (grow, gcol) =
+            (tokens.column("grid_row").unwrap().i32().unwrap(), tokens.column("grid_col").unwrap().i32().unwrap());
+        let full = name == "llava-hub";
+        for i in 0..3u32 {
+            let image: Vec<usize> = (0..tokens.height())
+                .filter(|&k| {
+                    tower.get(k) == Some("decoder") && sample.get(k) == Some(i) && modality.get(k) == Some("image")
+                })
+                .collect();
+            assert_eq!(image.len(), if full { 17 } else { 16 }, "{name}");
+            for (t, &k) in image.iter().enumerate() {
+                let patch = t as i32 - full as i32;
+                let want = (patch >= 0).then_some((patch / 4, patch % 4));
+                let got = grow.get(k).zip(gcol.get(k));
+                assert_eq!(got, want, "{name} sample {i} image token {t}");
+            }
+            let vision: Vec<usize> =
+                (0..tokens.height()).filter(|&k| tower.get(k) == Some("vision") && sample.get(k) == Some(i)).collect();
+            assert_eq!(vision.len(), 17, "{name}: CLS and 16 patches");
+            assert_eq!((text.get(vision[0]), grow.get(vision[0])), (Some("<cls>"), None));
+            assert_eq!(
+                (text.get(vision[6]), grow.get(vision[6]), gcol.get(vision[6])),
+                (Some("<patch 1,1>"), Some(1), Some(1))
+            );
+        }
         for i in 0..3u32 {
             let rows: Vec<usize> =
                 (0..tokens.height()).filter(|&k| tower.get(k) == Some("decoder") && sample.get(k) == Some(i)).collect();

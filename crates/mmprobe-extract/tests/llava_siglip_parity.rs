@@ -256,3 +256,52 @@ fn extraction_stores_vision_and_decoder_rows_like_transformers() {
         assert_eq!(seen, (nv + 1) + 4 * (nt + 1), "{name}: partitions");
     }
 }
+
+#[test]
+fn tokens_name_siglip_patches_and_the_cells_image_tokens_come_from() {
+    // 4x4 patches, no CLS: `full` (hub) feeds all 16, `default` (model) drops patch 0.
+    for (name, first) in [("llava-siglip-hub", 0), ("llava-siglip-model", 1)] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("store");
+        let opts = ExtractOptions {
+            model: dir(name),
+            data: write_dataset(tmp.path(), name),
+            out: out.clone(),
+            towers: None,
+            sites: vec![Site::Resid],
+            layers: "0".parse().unwrap(),
+            selectors: vec![Selector::All],
+            run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
+            shard: (0, 1),
+            skip_bad: false,
+            force: false,
+            chunk_size: 2,
+            logit_lens: None,
+            format: Default::default(),
+        };
+        extract(&opts, &Quiet).unwrap();
+        let t = mmprobe_store::store::read_parquet(&out.join("tokens.parquet")).unwrap();
+        let col = |c: &str| t.column(c).unwrap().clone();
+        let (tower, sample, modality, token) = (col("tower"), col("sample"), col("modality"), col("token"));
+        let (tower, sample) = (tower.str().unwrap(), sample.u32().unwrap());
+        let (modality, token) = (modality.str().unwrap(), token.str().unwrap());
+        let (row, c) = (col("grid_row"), col("grid_col"));
+        let (row, c) = (row.i32().unwrap(), c.i32().unwrap());
+        let of = |tw: &str, img: bool| -> Vec<usize> {
+            (0..t.height())
+                .filter(|&k| tower.get(k) == Some(tw) && sample.get(k) == Some(0))
+                .filter(|&k| !img || modality.get(k) == Some("image"))
+                .collect()
+        };
+        let vision = of("vision", false);
+        assert_eq!(vision.len(), 16, "{name}: patches only");
+        assert_eq!(token.get(vision[0]), Some("<patch 0,0>"), "{name}: a SigLIP tower has no CLS");
+        assert_eq!((row.get(vision[5]), c.get(vision[5])), (Some(1), Some(1)));
+        let image = of("decoder", true);
+        assert_eq!(image.len(), 16 - first, "{name}");
+        for (k, &i) in image.iter().enumerate() {
+            let p = (k + first) as i32;
+            assert_eq!((row.get(i), c.get(i)), (Some(p / 4), Some(p % 4)), "{name} image token {k}");
+        }
+    }
+}

@@ -71,7 +71,9 @@ fn fill_slots<R: Send>(t: &Tensor, n: usize, f: impl Fn(usize, &mut [f32]) -> R 
 }
 
 /// tokens.parquet rows for every tower that keeps `all` rows: vision
-/// positions are `<cls>` and `<patch r,c>`, text positions the tokenizer's tokens.
+/// positions are `<cls>` and `<patch r,c>` (with their grid cell), decoder
+/// positions the prompt's tokens (image tokens with the cell they come from),
+/// text positions the tokenizer's tokens.
 pub(super) fn token_rows(
     plan: &ExtractionPlan,
     info: &ModelInfo,
@@ -85,13 +87,32 @@ pub(super) fn token_rows(
         return Ok(prepared_token_rows(plan, dataset, ri, max_image_pixels));
     }
     let mut rows = Vec::new();
+    // A vision tower's positions: CLIP's CLS first (when it has one), then the
+    // patches in raster order; each patch's (row, col, t) cell.
+    let vision = info.tower(Tower::Vision).map(|t| {
+        let cls = t.cls as i64;
+        let side = ((t.max_tokens - cls) as f64).sqrt() as i64;
+        (t.max_tokens, move |v: i64| (v >= cls).then(|| (((v - cls) / side) as i32, ((v - cls) % side) as i32, 0)))
+    });
     if plan.wants(Tower::Decoder, Selector::All)
         && let Some(tok) = prompts
     {
         for i in 0..dataset.len() {
             // Rows whose prompt cannot be built fail in extraction, with the reason.
             let Ok(tokens) = tok.encode(&row_prompt(dataset, i)) else { continue };
+            let mut k = 0i64;
             for (pos, t) in tokens.into_iter().enumerate() {
+                // Image token k is the vision tower's position (positions - image_seq_length + k):
+                // the projector reads the last image_seq_length positions (the CLS, or
+                // SigLIP's first patch, dropped under the `default` strategy).
+                let grid = match (&vision, t.image) {
+                    (Some((n, cell)), true) => {
+                        let v = n - tok.image_seq_length as i64 + k % tok.image_seq_length.max(1) as i64;
+                        k += 1;
+                        cell(v)
+                    }
+                    _ => None,
+                };
                 rows.push(TokenRow {
                     sample: i as u32,
                     tower: Tower::Decoder,
@@ -99,21 +120,20 @@ pub(super) fn token_rows(
                     token_id: Some(t.id as i64),
                     token: t.text,
                     modality: if t.image { "image" } else { "text" },
-                    grid: None,
+                    grid,
                 });
             }
         }
     }
     if plan.wants(Tower::Vision, Selector::All)
-        && let Some(t) = info.tower(Tower::Vision)
+        && let Some((n, cell)) = &vision
     {
-        let grid = ((t.max_tokens - 1) as f64).sqrt() as i64;
         for sample in 0..dataset.len() as u32 {
-            for pos in 0..t.max_tokens {
-                let token = if pos == 0 {
-                    "<cls>".to_string()
-                } else {
-                    format!("<patch {},{}>", (pos - 1) / grid, (pos - 1) % grid)
+            for pos in 0..*n {
+                let grid = cell(pos);
+                let token = match grid {
+                    Some((r, c, _)) => format!("<patch {r},{c}>"),
+                    None => "<cls>".to_string(),
                 };
                 rows.push(TokenRow {
                     sample,
@@ -122,7 +142,7 @@ pub(super) fn token_rows(
                     token_id: None,
                     token,
                     modality: "image",
-                    grid: None,
+                    grid,
                 });
             }
         }
