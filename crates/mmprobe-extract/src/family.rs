@@ -159,6 +159,13 @@ pub trait Family: Send + Sync {
     /// from the folder and checked against the config (vocabulary, image size).
     fn inputs(&self, md: &ModelDir, towers: &[Tower], has_images: bool) -> Result<InputTools>;
 
+    /// What an image of `width` x `height` pixels becomes (its grid and token
+    /// count), for families whose grid depends on the image; `None` where every
+    /// image is resized to the model's one size (the towers' token counts say it).
+    fn image_grid(&self, _md: &ModelDir, _width: usize, _height: usize) -> Option<Result<String>> {
+        None
+    }
+
     /// The weights onto `device` in the run's dtype.
     fn load(&self, md: &ModelDir, device: Device, run: &RunOptions) -> Result<Box<dyn LoadedModel>>;
 }

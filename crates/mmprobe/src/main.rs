@@ -28,6 +28,10 @@ enum Command {
         /// A Hugging Face checkpoint folder (config.json, safetensors, tokenizer.json...).
         #[arg(long)]
         model: std::path::PathBuf,
+        /// Also say what images of these sizes become (WIDTHxHEIGHT, e.g. 640x480,1920x1080):
+        /// their grid and image-token count, for families whose grid follows the image (Qwen2-VL).
+        #[arg(long, value_delimiter = ',', value_parser = cmd::inspect::parse_size)]
+        image_size: Vec<(usize, usize)>,
     },
     /// Run a model over a dataset and store every requested layer's hidden states as Parquet.
     Extract(Box<cmd::extract::ExtractArgs>),
@@ -77,7 +81,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(a) => cmd::demo::run(a),
         Command::Doctor => cmd::doctor::run(),
-        Command::Inspect { model } => cmd::inspect::run(&model),
+        Command::Inspect { model, image_size } => cmd::inspect::run(&model, &image_size),
         Command::Extract(args) => cmd::extract::run(*args),
         Command::Probe(a) => cmd::analysis::probe(*a),
         Command::Directions(a) => cmd::analysis::directions(*a),

@@ -354,3 +354,20 @@ fn concurrent_processes_from_the_launchers_fill_one_store() {
     assert_eq!((shards.count, shards.completed.len()), (2, 2), "both tasks recorded");
     assert_same_store(&one, &slurm);
 }
+
+#[test]
+fn inspect_says_what_an_image_size_becomes() {
+    let qwen = fixtures().join("qwen2vl/qwen2-vl");
+    let out =
+        bin().args(["inspect", "--model", qwen.to_str().unwrap(), "--image-size", "100x60,50x90"]).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The fixture's processor: 100x60 -> grid [1, 4, 8], 50x90 -> [1, 6, 4] (transformers' image_grid_thw).
+    assert!(said.contains("100x60 -> resized to 112x56, 4x8 patches") && said.contains("8 image tokens"), "{said}");
+    assert!(said.contains("50x90 -> resized to 56x84, 6x4 patches") && said.contains("6 image tokens"), "{said}");
+    let clip = fixtures().join("clip/tiny-a");
+    let out = bin().args(["inspect", "--model", clip.to_str().unwrap(), "--image-size", "640x480"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("model's one input size"));
+    let bad = bin().args(["inspect", "--model", clip.to_str().unwrap(), "--image-size", "640"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}

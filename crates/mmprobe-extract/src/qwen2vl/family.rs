@@ -115,6 +115,21 @@ impl Family for Qwen2Vl {
         &self.info
     }
 
+    fn image_grid(&self, md: &ModelDir, width: usize, height: usize) -> Option<Result<String>> {
+        let grid = Qwen2VlImageProcessor::from_dir(&md.dir).and_then(|p| {
+            let [t, gh, gw] = p.grid_thw(height, width)?;
+            Ok(format!(
+                "{width}x{height} -> resized to {}x{}, {gh}x{gw} patches of 14 px, {}x{} merged cells: {} image tokens",
+                gw * 14,
+                gh * 14,
+                gh / 2,
+                gw / 2,
+                t * gh * gw / 4
+            ))
+        });
+        Some(grid)
+    }
+
     fn inputs(&self, md: &ModelDir, towers: &[Tower], has_images: bool) -> Result<InputTools> {
         let c = &self.config;
         if towers.contains(&Tower::Text) {

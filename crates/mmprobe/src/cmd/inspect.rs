@@ -1,9 +1,21 @@
 use std::path::Path;
 
-use mmprobe_extract::{ModelInfo, Site};
+use mmprobe_extract::{ModelDir, Site};
 
-pub fn run(model: &Path) -> anyhow::Result<()> {
-    let info = ModelInfo::from_dir(model)?;
+/// `--image-size WIDTHxHEIGHT`.
+pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
+    let (w, h) = s.trim().split_once(['x', 'X']).ok_or_else(|| format!("'{s}' is not WIDTHxHEIGHT (e.g. 640x480)"))?;
+    let n = |v: &str| v.trim().parse::<usize>().ok().filter(|&v| v > 0);
+    match (n(w), n(h)) {
+        (Some(w), Some(h)) => Ok((w, h)),
+        _ => Err(format!("'{s}' is not WIDTHxHEIGHT in pixels (e.g. 640x480)")),
+    }
+}
+
+pub fn run(model: &Path, image_sizes: &[(usize, usize)]) -> anyhow::Result<()> {
+    let md = ModelDir::open(model)?;
+    let family = mmprobe_extract::family::open(&md)?;
+    let info = family.info();
     println!("model     {}", model.display());
     println!("family    {}", info.family);
     println!("{:<8} {:>6} {:>6} {:>6} {:>7}  sites", "tower", "layers", "width", "heads", "tokens");
@@ -40,6 +52,12 @@ pub fn run(model: &Path) -> anyhow::Result<()> {
     }
     for (name, value) in &info.details {
         println!("{name:<9} {value}");
+    }
+    for &(w, h) in image_sizes {
+        match family.image_grid(&md, w, h) {
+            Some(grid) => println!("image     {}", grid?),
+            None => println!("image     {w}x{h} -> resized to the model's one input size (the vision tokens above)"),
+        }
     }
     Ok(())
 }
