@@ -114,20 +114,12 @@ impl TextTokenizer {
                 })
                 .collect(),
         };
-        let longest = rows.iter().map(|(r, _)| r.len()).max().unwrap_or(0).max(1);
-        let t = self.pad_to.map_or(longest, |p| p.max(longest));
-        let b = rows.len();
-        let mut ids = vec![self.pad_id as i64; b * t];
-        let mut mask = vec![0i64; b * t];
-        for (i, (row, _)) in rows.iter().enumerate() {
-            for (j, (id, _)) in row.iter().enumerate() {
-                ids[i * t + j] = *id as i64;
-                mask[i * t + j] = 1;
-            }
-        }
+        let tokens: Vec<&[(u32, String)]> = rows.iter().map(|(r, _)| r.as_slice()).collect();
+        let (input_ids, attention_mask) =
+            pad_batch(&tokens, |(id, _)| *id, self.pad_id, false, self.pad_to.unwrap_or(0));
         Ok(TokenBatch {
-            input_ids: Tensor::from_slice(&ids).view([b as i64, t as i64]),
-            attention_mask: Tensor::from_slice(&mask).view([b as i64, t as i64]),
+            input_ids,
+            attention_mask,
             truncated: rows.iter().filter(|(_, cut)| *cut).count(),
             tokens: rows.into_iter().map(|(r, _)| r).collect(),
         })
@@ -165,6 +157,32 @@ impl TextTokenizer {
         let start = f.windows(p.len()).position(|w| w == p)?;
         Some((f[..start].to_vec(), f[start + p.len()..].to_vec()))
     }
+}
+
+/// Rows of tokens as one batch: ids and mask [B, T] int64, T the longest row
+/// (at least `min_len`, and 1), each row padded with `pad_id` on the left or
+/// on the right.
+pub(crate) fn pad_batch<T>(
+    rows: &[impl AsRef<[T]>],
+    id: impl Fn(&T) -> u32,
+    pad_id: u32,
+    left: bool,
+    min_len: usize,
+) -> (Tensor, Tensor) {
+    let t = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0).max(min_len).max(1);
+    let b = rows.len();
+    let mut ids = vec![pad_id as i64; b * t];
+    let mut mask = vec![0i64; b * t];
+    for (i, row) in rows.iter().enumerate() {
+        let row = row.as_ref();
+        let start = i * t + if left { t - row.len() } else { 0 };
+        for (j, tok) in row.iter().enumerate() {
+            ids[start + j] = id(tok) as i64;
+            mask[start + j] = 1;
+        }
+    }
+    let shape = [b as i64, t as i64];
+    (Tensor::from_slice(&ids).view(shape), Tensor::from_slice(&mask).view(shape))
 }
 
 pub(crate) fn check_vocab(tok: &Tokenizer, path: &Path, vocab_size: i64, config: &Path) -> Result<()> {

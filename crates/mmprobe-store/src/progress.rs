@@ -117,11 +117,11 @@ impl Addition {
     }
 }
 
-/// Every failure a store recorded: its shards' and those before its last
-/// addition, one per sample (the first recorded).
-pub fn all_errors(root: &Path) -> Result<Vec<FailedInput>> {
+/// Every failure a store recorded: its shards' (`shards`, as [`ShardProgress::all`]
+/// read them) and those before its last addition, one per sample (the first recorded).
+pub fn all_errors(root: &Path, shards: &[ShardProgress]) -> Result<Vec<FailedInput>> {
     let mut out: Vec<FailedInput> = Addition::load(root)?.map(|a| a.earlier_errors).unwrap_or_default();
-    out.extend(ShardProgress::all(root)?.into_iter().flat_map(|p| p.errors));
+    out.extend(shards.iter().flat_map(|p| p.errors.iter().cloned()));
     let mut seen = std::collections::HashSet::new();
     out.retain(|e| seen.insert(e.sample));
     Ok(out)

@@ -40,19 +40,20 @@ pub struct ImageProcessorConfig {
     pub image_std: Vec<f32>,
 }
 
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
-fn bicubic() -> i64 {
+pub(crate) fn bicubic() -> i64 {
     3
 }
-fn rescale() -> f64 {
+pub(crate) fn rescale() -> f64 {
     1.0 / 255.0
 }
-fn clip_mean() -> Vec<f32> {
+/// OpenAI CLIP's normalisation, transformers' default for CLIP-like processors.
+pub(crate) fn clip_mean() -> Vec<f32> {
     vec![0.481_454_66, 0.457_827_5, 0.408_210_73]
 }
-fn clip_std() -> Vec<f32> {
+pub(crate) fn clip_std() -> Vec<f32> {
     vec![0.268_629_54, 0.261_302_6, 0.275_777_1]
 }
 
@@ -184,16 +185,24 @@ impl ImageProcessor {
     /// arithmetic of transformers' PIL backend: the rescale in f64, the
     /// normalisation in f32.
     fn write(&self, img: &Rgb8, out: &mut [f32], normalize: bool) {
-        let scale = if self.config.do_rescale { self.config.rescale_factor } else { 1.0 };
-        let plane = img.width * img.height;
-        assert_eq!(out.len(), 3 * plane, "the output holds one image");
-        for c in 0..3 {
-            let (m, s) = (self.config.image_mean[c], self.config.image_std[c]);
-            let dst = &mut out[c * plane..(c + 1) * plane];
-            for (o, px) in dst.iter_mut().zip(img.data.chunks_exact(3)) {
-                let v = (px[c] as f64 * scale) as f32;
-                *o = if normalize { (v - m) / s } else { v };
-            }
+        let c = &self.config;
+        let scale = if c.do_rescale { c.rescale_factor } else { 1.0 };
+        to_chw(img, out, scale, normalize.then_some((&c.image_mean[..], &c.image_std[..])));
+    }
+}
+
+/// An 8-bit image into CHW floats `out` (3 x height x width) with the
+/// arithmetic of transformers' PIL backend: multiplied by `scale` in f64, then
+/// (with `norm` = (mean, std)) normalised in f32.
+pub(crate) fn to_chw(img: &Rgb8, out: &mut [f32], scale: f64, norm: Option<(&[f32], &[f32])>) {
+    let plane = img.width * img.height;
+    assert_eq!(out.len(), 3 * plane, "the output holds one image");
+    for c in 0..3 {
+        let dst = &mut out[c * plane..(c + 1) * plane];
+        let values = img.data.chunks_exact(3).map(|px| (px[c] as f64 * scale) as f32);
+        match norm {
+            Some((mean, std)) => dst.iter_mut().zip(values).for_each(|(o, v)| *o = (v - mean[c]) / std[c]),
+            None => dst.iter_mut().zip(values).for_each(|(o, v)| *o = v),
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{ExtractError, Result, read_file};
 use crate::preprocess::decode::{MAX_IMAGE_PIXELS, decode_rgb_limited};
+use crate::preprocess::processor::{bicubic, clip_mean, clip_std, rescale, to_chw, yes};
 use crate::preprocess::{Filter, Rgb8};
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -54,26 +55,11 @@ pub struct Qwen2VlProcessorConfig {
     pub merge_size: usize,
 }
 
-fn yes() -> bool {
-    true
-}
-fn bicubic() -> i64 {
-    3
-}
-fn rescale() -> f64 {
-    1.0 / 255.0
-}
 fn patch() -> usize {
     14
 }
 fn two() -> usize {
     2
-}
-fn clip_mean() -> Vec<f32> {
-    vec![0.481_454_66, 0.457_827_5, 0.408_210_73]
-}
-fn clip_std() -> Vec<f32> {
-    vec![0.268_629_54, 0.261_302_6, 0.275_777_1]
 }
 
 /// transformers' `smart_resize`: (height, width) rounded (half to even, as
@@ -212,15 +198,8 @@ impl Qwen2VlImageProcessor {
     fn normalised(&self, img: &Rgb8) -> Vec<f32> {
         let c = &self.config;
         let scale = if c.do_rescale { c.rescale_factor } else { 1.0 };
-        let plane = img.width * img.height;
-        let mut out = vec![0f32; 3 * plane];
-        for ch in 0..3 {
-            let (m, s) = (c.image_mean[ch], c.image_std[ch]);
-            for (o, px) in out[ch * plane..(ch + 1) * plane].iter_mut().zip(img.data.chunks_exact(3)) {
-                let v = (px[ch] as f64 * scale) as f32;
-                *o = if c.do_normalize { (v - m) / s } else { v };
-            }
-        }
+        let mut out = vec![0f32; 3 * img.width * img.height];
+        to_chw(img, &mut out, scale, c.do_normalize.then_some((&c.image_mean[..], &c.image_std[..])));
         out
     }
 

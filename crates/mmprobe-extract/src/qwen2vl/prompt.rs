@@ -9,7 +9,7 @@ use tch::Tensor;
 use tokenizers::Tokenizer;
 
 use crate::error::{ExtractError, Result};
-use crate::tokenize::pad_token;
+use crate::tokenize::{pad_batch, pad_token};
 
 /// The image placeholder a prompt holds once per image.
 pub const IMAGE_PLACEHOLDER: &str = "<|vision_start|><|image_pad|><|vision_end|>";
@@ -109,22 +109,8 @@ impl Qwen2VlTokenizer {
 
     /// Rows of tokens as one batch, padded on the tokenizer's side.
     pub fn pad(&self, rows: Vec<Vec<Qwen2VlPromptToken>>) -> Qwen2VlPromptBatch {
-        let t = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
-        let b = rows.len();
-        let mut ids = vec![self.pad_id as i64; b * t];
-        let mut mask = vec![0i64; b * t];
-        for (i, row) in rows.iter().enumerate() {
-            let start = if self.left_padding { t - row.len() } else { 0 };
-            for (j, tok) in row.iter().enumerate() {
-                ids[i * t + start + j] = tok.id as i64;
-                mask[i * t + start + j] = 1;
-            }
-        }
-        Qwen2VlPromptBatch {
-            input_ids: Tensor::from_slice(&ids).view([b as i64, t as i64]),
-            attention_mask: Tensor::from_slice(&mask).view([b as i64, t as i64]),
-            tokens: rows,
-        }
+        let (input_ids, attention_mask) = pad_batch(&rows, |t| t.id, self.pad_id, self.left_padding, 0);
+        Qwen2VlPromptBatch { input_ids, attention_mask, tokens: rows }
     }
 }
 

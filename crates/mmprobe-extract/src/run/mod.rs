@@ -228,7 +228,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     // Progress is saved; what belongs to the whole store is written one run at a time.
     let _store_lock = crate::lock::StoreLock::wait(root)?;
     let all = ShardProgress::all(root)?;
-    let errors = all_errors(root)?;
+    let errors = all_errors(root, &all)?;
     write_errors(root, &errors)?;
     let completed: Vec<usize> = all.iter().filter(|p| p.shards == shards && p.complete()).map(|p| p.shard).collect();
     let store_complete = completed.len() == shards;

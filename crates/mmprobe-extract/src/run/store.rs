@@ -195,9 +195,10 @@ fn existing_store(root: &Path, old: &Manifest, new: &Manifest, plan: &Extraction
     let had = old_plan.partitions();
     let adding: Vec<Partition> = union.partitions().into_iter().filter(|p| !had.contains(p)).collect();
     // The addition's record first: a run killed after it redoes the same addition.
-    let earlier_errors = all_errors(root)?;
+    let shards = ShardProgress::all(root)?;
+    let earlier_errors = all_errors(root, &shards)?;
     Addition { partitions: adding.iter().map(|p| p.to_string()).collect(), earlier_errors }.save(root)?;
-    for p in ShardProgress::all(root)? {
+    for p in shards {
         let path = ShardProgress::path(root, p.shard, p.shards);
         std::fs::remove_file(&path).map_err(|source| ExtractError::Io { path, source })?;
     }
