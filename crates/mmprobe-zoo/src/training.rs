@@ -23,6 +23,7 @@ pub struct Schedule {
     pub warmup_steps: usize,
     pub weight_decay: f64,
     /// libtorch CPU threads: float sums depend on it, so it is part of the recipe.
+    /// Only 1 is bit-for-bit repeatable: MKL's threaded sums can differ run to run.
     pub threads: i32,
 }
 

@@ -14,7 +14,8 @@ fn schedule(f: impl FnOnce(&mut Schedule)) -> Schedule {
 }
 
 fn tiny(seed: u64) -> ShapesClipParams {
-    let schedule = schedule(|s| (s.seed, s.steps, s.batch_size) = (seed, 3, 16));
+    // One thread: bit-for-bit repeatable. With two, a CI run once saw MKL's threaded sums differ.
+    let schedule = schedule(|s| (s.seed, s.steps, s.batch_size, s.threads) = (seed, 3, 16, 1));
     ShapesClipParams { schedule, width: 16, layers: 1, heads: 2, ..Default::default() }
 }
 

@@ -65,7 +65,7 @@ pub struct TrainArgs {
     /// Images per step (shapes-clip: captions too; shapes-llava: one question each).
     #[arg(long)]
     batch_size: Option<usize>,
-    /// CPU threads. Float sums depend on it: the same seed and threads give the same weights.
+    /// CPU threads. With 1, the same seed gives the same weights bit for bit; with more, threaded float sums may differ in the last bits from run to run.
     #[arg(long)]
     threads: Option<i32>,
     /// Width of the trained towers (shapes-clip: both towers and the joint embedding; shapes-llava: the decoder).
