@@ -48,6 +48,17 @@ pub enum EditKind {
 }
 
 impl EditKind {
+    /// The same edit sharing its tensors (one edit serves many passes).
+    pub fn shallow_clone(&self) -> EditKind {
+        match self {
+            EditKind::Erase { u } => EditKind::Erase { u: u.shallow_clone() },
+            EditKind::Steer { u, alpha } => EditKind::Steer { u: u.shallow_clone(), alpha: *alpha },
+            EditKind::Affine { mu, down, up } => {
+                EditKind::Affine { mu: mu.shallow_clone(), down: down.shallow_clone(), up: up.shallow_clone() }
+            }
+        }
+    }
+
     /// The edited vectors, in `h`'s dtype and device.
     pub fn apply(&self, h: &Tensor) -> Tensor {
         let like = |t: &Tensor| t.to_device(h.device()).to_kind(h.kind());

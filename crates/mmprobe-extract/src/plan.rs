@@ -39,7 +39,7 @@ impl LayerSpec {
     /// The layers of `site` in an `n`-layer tower (resid 0..=n, so -1 = n).
     /// An index outside the tower is an error naming its count; an index in
     /// the tower that a site lacks (attn and mlp have no layer 0) is left out.
-    fn resolve(&self, site: Site, n: usize, tower: Tower) -> Result<Vec<usize>> {
+    pub fn resolve(&self, site: Site, n: usize, tower: Tower) -> Result<Vec<usize>> {
         if site == Site::Embeds {
             return Ok(vec![0]);
         }

@@ -1,6 +1,7 @@
 //! The figures a paper would show: accuracy by layer, 2-D projections,
-//! projection histograms, heatmaps, and the modality gap. Titles wrap, and
-//! every legend sits beside the data, never on it.
+//! projection histograms, heatmaps, the modality gap, and what an
+//! intervention changes (by layer, per measured concept, against its
+//! strength). Titles wrap, and every legend sits beside the data, never on it.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -47,6 +48,8 @@ pub enum Mark {
     Triangle,
     Band,
     Swatch,
+    /// A vertical interval with caps.
+    Whisker,
 }
 
 /// One legend entry.
@@ -98,6 +101,16 @@ fn draw_keys<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, keys: &[Key], to
                 area.draw(&Rectangle::new([(x0 + 4, cy - 6), (x1 - 4, cy + 6)], c.mix(0.6).filled())).map_err(e)?
             }
             Mark::Band => area.draw(&Rectangle::new([(x0, cy - 6), (x1, cy + 6)], c.mix(0.25).filled())).map_err(e)?,
+            Mark::Whisker => {
+                let mid = (x0 + x1) / 2;
+                for (a, b) in [
+                    ((mid, cy - 8), (mid, cy + 8)),
+                    ((mid - 5, cy - 8), (mid + 5, cy - 8)),
+                    ((mid - 5, cy + 8), (mid + 5, cy + 8)),
+                ] {
+                    area.draw(&PathElement::new(vec![a, b], c.stroke_width(2))).map_err(e)?;
+                }
+            }
         }
         for line in wrap(&k.text, per_line) {
             area.draw(&Text::new(line, (x1 + 8, y), (FAMILY, 14))).map_err(e)?;
@@ -181,17 +194,30 @@ impl LayerCurves {
     }
 
     fn y_range(&self) -> (f64, f64) {
-        let vals = self.panels.iter().flat_map(|p| {
-            p.curves.iter().flat_map(|c| c.points.iter()).chain(p.embeds.iter()).flat_map(|q| {
-                [Some(q.score), q.ci_low, q.ci_high, q.control].into_iter().flatten().filter(|v| v.is_finite())
-            })
-        });
-        let (lo, hi) = vals.fold((0.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
-        let lo = lo.min(self.chance);
-        let lo = if lo < 0.0 { lo - 0.05 } else { 0.0 };
-        // Scores live in [0, 1]; a compression can exceed it.
-        (lo, if hi > 1.0 { hi * 1.05 } else { 1.02 })
+        score_range(
+            self.panels.iter().flat_map(|p| p.curves.iter().flat_map(|c| c.points.iter()).chain(&p.embeds)),
+            self.chance,
+        )
     }
+}
+
+/// Every finite score, interval end and control value of `points`.
+fn values<'a>(points: impl Iterator<Item = &'a CurvePoint>) -> impl Iterator<Item = f64> {
+    points.flat_map(|q| [Some(q.score), q.ci_low, q.ci_high, q.control].into_iter().flatten().filter(|v| v.is_finite()))
+}
+
+/// The y extent of probe scores: from 0 (lower when a value or chance is
+/// negative) to just above 1 (further when a compression exceeds it).
+pub fn score_range<'a>(points: impl Iterator<Item = &'a CurvePoint>, chance: f64) -> (f64, f64) {
+    let (lo, hi) = values(points).fold((0.0f64, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+    let lo = lo.min(chance);
+    let lo = if lo < 0.0 { lo - 0.05 } else { 0.0 };
+    (lo, if hi > 1.0 { hi * 1.05 } else { 1.02 })
+}
+
+/// The y extent of signed values (effects), always showing 0.
+pub fn effect_range<'a>(points: impl Iterator<Item = &'a CurvePoint>) -> (f64, f64) {
+    range(values(points).chain([0.0]))
 }
 
 impl Figure for LayerCurves {
@@ -210,102 +236,187 @@ impl Figure for LayerCurves {
         let (plots, legend) = body.split_horizontally(w as i32 - LEGEND_WIDTH as i32);
         let labels = self.labels();
         let colour_of = |label: &str| color(labels.iter().position(|l| l == label).unwrap_or(0));
-        let (y0, y1) = self.y_range();
+        let y = self.y_range();
         let areas = plots.split_evenly((1, self.panels.len().max(1)));
         for (area, panel) in areas.iter().zip(&self.panels) {
             let last = panel.curves.iter().flat_map(|c| c.points.iter().map(|p| p.layer)).fold(0.0, f64::max);
             let embeds_x = panel.embeds.map(|_| last + 1.0);
-            let x_max = embeds_x.unwrap_or(last).max(1.0);
-            let mut chart = ChartBuilder::on(area)
-                .caption(format!("{} tower", panel.tower), (FAMILY, 19))
-                .margin(10)
-                .x_label_area_size(45)
-                .y_label_area_size(60)
-                .build_cartesian_2d(-0.3..x_max + 0.3, y0..y1)
-                .map_err(e)?;
-            let fmt_x = move |v: &f64| {
-                if (v - v.round()).abs() > 1e-9 {
-                    String::new()
-                } else if embeds_x.is_some_and(|x| (x - v).abs() < 1e-9) {
-                    "embeds".to_string()
-                } else {
-                    format!("{v:.0}")
-                }
+            let frame = Frame {
+                caption: format!("{} tower", panel.tower),
+                x: (0.0, embeds_x.unwrap_or(last).max(1.0)),
+                y,
+                x_label: &self.x_label,
+                y_label: &self.metric,
+                ticks: Ticks::Layers { embeds: embeds_x },
+                reference: Some((self.chance, "chance")),
+                whiskers: false,
+                emphasis: None,
             };
-            chart
-                .configure_mesh()
-                .x_desc(&self.x_label)
-                .x_labels((x_max as usize + 1).min(25))
-                .x_label_formatter(&fmt_x)
-                .y_desc(&self.metric)
-                .label_style((FAMILY, 14))
-                .axis_desc_style((FAMILY, 16))
-                .light_line_style(WHITE)
-                .draw()
-                .map_err(e)?;
-            let chance = self.chance;
-            chart
-                .draw_series(DashedLineSeries::new(
-                    vec![(-0.3, chance), (x_max + 0.3, chance)],
-                    2,
-                    4,
-                    BLACK.stroke_width(1),
-                ))
-                .map_err(e)?;
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    "chance",
-                    (-0.25, chance),
-                    TextStyle::from((FAMILY, 12)).pos(Pos::new(HPos::Left, VPos::Bottom)),
-                )))
-                .map_err(e)?;
-            for c in &panel.curves {
-                let col = colour_of(&c.label);
-                let band: Vec<(f64, f64)> = c
-                    .points
-                    .iter()
-                    .filter_map(|p| p.ci_high.map(|hi| (p.layer, hi)))
-                    .chain(c.points.iter().rev().filter_map(|p| p.ci_low.map(|lo| (p.layer, lo))))
-                    .collect();
-                if band.len() >= 3 {
-                    chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled()))).map_err(e)?;
-                }
-                let control: Vec<(f64, f64)> =
-                    c.points.iter().filter_map(|p| p.control.map(|v| (p.layer, v))).collect();
-                if control.len() > 1 {
-                    chart.draw_series(DashedLineSeries::new(control, 8, 5, col.stroke_width(2))).map_err(e)?;
-                } else if let Some(&(x, y)) = control.first() {
-                    chart.draw_series(std::iter::once(Circle::new((x, y), 4, col.stroke_width(2)))).map_err(e)?;
-                }
+            draw_curves(area, &frame, &panel.curves, &colour_of, panel.embeds.zip(embeds_x))?;
+        }
+        draw_keys(&legend, &self.keys(), 50)
+    }
+}
+
+/// A y tick as plotters writes it, but 0 never as "-0.0" (a tick computed
+/// just below zero on a signed axis).
+fn y_tick(v: &f64) -> String {
+    let printer = plotters::data::float::FloatPrettyPrinter { allow_scientific: false, min_decimal: 1, max_decimal: 5 };
+    printer.print(if v.abs() < 1e-12 { 0.0 } else { *v })
+}
+
+/// How the x axis of a curve panel is ticked.
+#[derive(Debug, Clone, Copy)]
+pub enum Ticks {
+    /// Whole numbers only (layers, k), `embeds` written at that x.
+    Layers { embeds: Option<f64> },
+    /// Plain values (a steering strength).
+    Values,
+}
+
+/// The frame of one panel of curves: axes, and the horizontal reference line
+/// (chance, no effect) drawn dotted and named on the plot.
+pub struct Frame<'a> {
+    pub caption: String,
+    /// The data's x extent (layers: the axis adds 0.3 either side).
+    pub x: (f64, f64),
+    pub y: (f64, f64),
+    pub x_label: &'a str,
+    pub y_label: &'a str,
+    pub ticks: Ticks,
+    pub reference: Option<(f64, &'a str)>,
+    /// Intervals as a whisker at each point instead of a shaded band (a band
+    /// needs two points; an effect measured at one layer is still drawn).
+    pub whiskers: bool,
+    /// The curve with this label is drawn wider: the figure's headline.
+    pub emphasis: Option<&'a str>,
+}
+
+/// One panel of curves: a line per curve (by colour), its interval shaded or
+/// as whiskers, its `control` dashed in the same colour, the embeds point as
+/// a black square after the last layer, the reference line dotted.
+pub fn draw_curves<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    f: &Frame,
+    curves: &[Curve],
+    colour_of: &dyn Fn(&str) -> RGBColor,
+    embeds: Option<(CurvePoint, f64)>,
+) -> Drawn {
+    let (x0, x1) = match f.ticks {
+        Ticks::Layers { .. } => (f.x.0 - 0.3, f.x.1 + 0.3),
+        Ticks::Values => f.x,
+    };
+    let mut chart = ChartBuilder::on(area)
+        .caption(&f.caption, (FAMILY, 19))
+        .margin(10)
+        .x_label_area_size(45)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, f.y.0..f.y.1)
+        .map_err(e)?;
+    let embeds_x = match f.ticks {
+        Ticks::Layers { embeds } => embeds,
+        Ticks::Values => None,
+    };
+    let layers = matches!(f.ticks, Ticks::Layers { .. });
+    let fmt_x = move |v: &f64| {
+        if !layers {
+            // 0.5, 1, 2.5: no trailing zeros.
+            format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_string()
+        } else if (v - v.round()).abs() > 1e-9 {
+            String::new()
+        } else if embeds_x.is_some_and(|x| (x - v).abs() < 1e-9) {
+            "embeds".to_string()
+        } else {
+            format!("{v:.0}")
+        }
+    };
+    let x_labels = if layers { (f.x.1 as usize + 1).min(25) } else { 8 };
+    chart
+        .configure_mesh()
+        .x_desc(f.x_label)
+        .x_labels(x_labels)
+        .x_label_formatter(&fmt_x)
+        .y_label_formatter(&y_tick)
+        .y_desc(f.y_label)
+        .label_style((FAMILY, 14))
+        .axis_desc_style((FAMILY, 16))
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(e)?;
+    if let Some((level, name)) = f.reference {
+        chart
+            .draw_series(DashedLineSeries::new(vec![(x0, level), (x1, level)], 2, 4, BLACK.stroke_width(1)))
+            .map_err(e)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                name.to_string(),
+                (x0 + 0.05 * (x1 - x0).min(1.0), level),
+                TextStyle::from((FAMILY, 12)).pos(Pos::new(HPos::Left, VPos::Bottom)),
+            )))
+            .map_err(e)?;
+    }
+    for c in curves {
+        let col = colour_of(&c.label);
+        let width = if f.emphasis == Some(c.label.as_str()) { 5 } else { 3 };
+        let intervals: Vec<(f64, f64, f64)> =
+            c.points.iter().filter_map(|p| Some((p.layer, p.ci_low?, p.ci_high?))).collect();
+        if f.whiskers {
+            for &(x, lo, hi) in &intervals {
                 chart
-                    .draw_series(LineSeries::new(c.points.iter().map(|p| (p.layer, p.score)), col.stroke_width(3)))
+                    .draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], col.stroke_width(2))))
                     .map_err(e)?;
-                chart
-                    .draw_series(c.points.iter().map(|p| Circle::new((p.layer, p.score), 4, col.filled())))
-                    .map_err(e)?;
-            }
-            if let (Some(p), Some(x)) = (panel.embeds, embeds_x) {
-                if let (Some(lo), Some(hi)) = (p.ci_low, p.ci_high) {
-                    chart
-                        .draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(2))))
-                        .map_err(e)?;
-                }
-                chart
-                    .draw_series(std::iter::once(
-                        EmptyElement::at((x, p.score)) + Rectangle::new([(-6, -6), (6, 6)], BLACK.filled()),
-                    ))
-                    .map_err(e)?;
-                if let Some(c) = p.control {
+                for y in [lo, hi] {
                     chart
                         .draw_series(std::iter::once(
-                            EmptyElement::at((x, c)) + Rectangle::new([(-5, -5), (5, 5)], BLACK.stroke_width(2)),
+                            EmptyElement::at((x, y)) + PathElement::new(vec![(-6, 0), (6, 0)], col.stroke_width(2)),
                         ))
                         .map_err(e)?;
                 }
             }
+        } else {
+            let band: Vec<(f64, f64)> = c
+                .points
+                .iter()
+                .filter_map(|p| p.ci_high.map(|hi| (p.layer, hi)))
+                .chain(c.points.iter().rev().filter_map(|p| p.ci_low.map(|lo| (p.layer, lo))))
+                .collect();
+            if band.len() >= 3 {
+                chart.draw_series(std::iter::once(Polygon::new(band, col.mix(0.18).filled()))).map_err(e)?;
+            }
         }
-        draw_keys(&legend, &self.keys(), 50)
+        let control: Vec<(f64, f64)> = c.points.iter().filter_map(|p| p.control.map(|v| (p.layer, v))).collect();
+        if control.len() > 1 {
+            chart.draw_series(DashedLineSeries::new(control, 8, 5, col.stroke_width(2))).map_err(e)?;
+        } else if let Some(&(x, y)) = control.first() {
+            chart.draw_series(std::iter::once(Circle::new((x, y), 4, col.stroke_width(2)))).map_err(e)?;
+        }
+        chart
+            .draw_series(LineSeries::new(c.points.iter().map(|p| (p.layer, p.score)), col.stroke_width(width)))
+            .map_err(e)?;
+        chart
+            .draw_series(c.points.iter().map(|p| Circle::new((p.layer, p.score), width + 1, col.filled())))
+            .map_err(e)?;
     }
+    if let Some((p, x)) = embeds {
+        if let (Some(lo), Some(hi)) = (p.ci_low, p.ci_high) {
+            chart
+                .draw_series(std::iter::once(PathElement::new(vec![(x, lo), (x, hi)], BLACK.stroke_width(2))))
+                .map_err(e)?;
+        }
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at((x, p.score)) + Rectangle::new([(-6, -6), (6, 6)], BLACK.filled()),
+            ))
+            .map_err(e)?;
+        if let Some(c) = p.control {
+            chart
+                .draw_series(std::iter::once(
+                    EmptyElement::at((x, c)) + Rectangle::new([(-5, -5), (5, 5)], BLACK.stroke_width(2)),
+                ))
+                .map_err(e)?;
+        }
+    }
+    Ok(())
 }
 
 /// Points in 2-D coloured by class; a panel whose states are all equal is
@@ -677,6 +788,338 @@ impl Figure for ModalityGap {
             Key::new(Mark::Line, grey, format!("{joined} of the pairs, joined")),
         ];
         draw_keys(&legend, &keys, 30)
+    }
+}
+
+/// The colour of the concept an intervention acted on, in every intervention
+/// figure; the other measured concepts take the rest of the palette.
+pub const INTERVENED: RGBColor = crate::style::PALETTE[3];
+
+/// The i-th colour other than [`INTERVENED`].
+fn other_colour(i: usize) -> RGBColor {
+    const OTHERS: [usize; 7] = [0, 1, 2, 4, 5, 6, 7];
+    color(OTHERS[i % OTHERS.len()])
+}
+
+/// An intervention's effect by layer (after − before, a whisker per layer)
+/// above the probe score of the same concept along the same tower's layers,
+/// on one x axis: is the effect largest where the concept is most readable?
+pub struct EffectByLayer {
+    pub name: String,
+    pub title: String,
+    /// A curve per kind of edit; `score` is after − before.
+    pub effect: Vec<Curve>,
+    pub effect_caption: String,
+    pub effect_label: String,
+    /// The probe's curves along the tower's layers; empty: no panel.
+    pub probe: Vec<Curve>,
+    pub probe_caption: String,
+    pub probe_metric: String,
+    pub chance: f64,
+    pub chance_label: String,
+}
+
+impl EffectByLayer {
+    /// Vermillion, then colours the probe curves do not take.
+    fn effect_colour(&self, label: &str) -> RGBColor {
+        const EFFECT: [usize; 4] = [3, 5, 0, 7];
+        color(EFFECT[self.effect.iter().position(|c| c.label == label).unwrap_or(0) % EFFECT.len()])
+    }
+
+    /// Blue, sky blue, green: never the effect's vermillion.
+    fn probe_colour(&self, label: &str) -> RGBColor {
+        const PROBE: [usize; 3] = [4, 1, 2];
+        color(PROBE[self.probe.iter().position(|c| c.label == label).unwrap_or(0) % PROBE.len()])
+    }
+
+    fn effect_keys(&self) -> Vec<Key> {
+        let mut keys: Vec<Key> =
+            self.effect.iter().map(|c| Key::new(Mark::Line, self.effect_colour(&c.label), c.label.clone())).collect();
+        keys.push(Key::new(Mark::Whisker, BLACK, "bar: 95% paired bootstrap interval"));
+        keys.push(Key::new(Mark::Dotted, BLACK, "no effect (0)"));
+        keys
+    }
+
+    fn probe_keys(&self) -> Vec<Key> {
+        if self.probe.is_empty() {
+            return Vec::new();
+        }
+        let mut keys: Vec<Key> = self
+            .probe
+            .iter()
+            .map(|c| Key::new(Mark::Line, self.probe_colour(&c.label), format!("probe: {}", c.label)))
+            .collect();
+        if self.probe.iter().any(|c| c.points.iter().any(|p| p.control.is_some())) {
+            keys.push(Key::new(Mark::Dashed, BLACK, "dashed, same colour: control task"));
+        }
+        keys.push(Key::new(Mark::Band, BLACK, "shaded: 95% interval"));
+        keys.push(Key::new(Mark::Dotted, BLACK, self.chance_label.clone()));
+        keys
+    }
+}
+
+impl Figure for EffectByLayer {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn size(&self) -> (u32, u32) {
+        let panels = if self.probe.is_empty() { 1 } else { 2 };
+        (LEGEND_WIDTH + 700, 120 + 380 * panels)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
+        let body = titled(root, &self.title, 20)?;
+        let (w, h) = body.dim_in_pixel();
+        let (plots, legend) = body.split_horizontally(w as i32 - LEGEND_WIDTH as i32);
+        // One x axis for both panels, so a layer sits at the same place in each.
+        let last = self.effect.iter().chain(&self.probe).flat_map(|c| &c.points).map(|p| p.layer).fold(0.0, f64::max);
+        let x = (0.0, last.max(1.0));
+        let effect = Frame {
+            caption: self.effect_caption.clone(),
+            x,
+            y: effect_range(self.effect.iter().flat_map(|c| &c.points)),
+            x_label: "layer",
+            y_label: &self.effect_label,
+            ticks: Ticks::Layers { embeds: None },
+            reference: Some((0.0, "no effect")),
+            whiskers: true,
+            emphasis: None,
+        };
+        if self.probe.is_empty() {
+            draw_curves(&plots, &effect, &self.effect, &|l| self.effect_colour(l), None)?;
+            return draw_keys(&legend, &self.effect_keys(), 50);
+        }
+        let (top, bottom) = plots.split_vertically(h / 2);
+        draw_curves(&top, &effect, &self.effect, &|l| self.effect_colour(l), None)?;
+        let probe = Frame {
+            caption: self.probe_caption.clone(),
+            x,
+            y: score_range(self.probe.iter().flat_map(|c| &c.points), self.chance),
+            x_label: "layer",
+            y_label: &self.probe_metric,
+            ticks: Ticks::Layers { embeds: None },
+            reference: Some((self.chance, "chance")),
+            whiskers: false,
+            emphasis: None,
+        };
+        draw_curves(&bottom, &probe, &self.probe, &|l| self.probe_colour(l), None)?;
+        let (top_keys, bottom_keys) = legend.split_vertically(h / 2);
+        draw_keys(&top_keys, &self.effect_keys(), 50)?;
+        draw_keys(&bottom_keys, &self.probe_keys(), 50)
+    }
+}
+
+/// One measured concept's change with its interval.
+#[derive(Debug, Clone)]
+pub struct Bar {
+    pub label: String,
+    pub value: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    /// The concept the intervention acted on.
+    pub highlight: bool,
+}
+
+/// One metric's bars.
+#[derive(Debug, Clone)]
+pub struct BarPanel {
+    pub title: String,
+    pub bars: Vec<Bar>,
+}
+
+/// The change of every measured concept under one intervention, a panel per
+/// metric, the intervened concept's bar in [`INTERVENED`] and the rest grey:
+/// selective when only that bar moves.
+pub struct EffectBars {
+    pub name: String,
+    pub title: String,
+    pub panels: Vec<BarPanel>,
+    pub y_label: String,
+    pub highlight_label: String,
+}
+
+const GREY: RGBColor = RGBColor(165, 165, 165);
+
+/// Columns of a grid of `n` panels.
+fn grid(n: usize) -> (usize, usize) {
+    let cols = n.clamp(1, 3);
+    (n.div_ceil(cols).max(1), cols)
+}
+
+fn draw_bars<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, p: &BarPanel, y_label: &str) -> Drawn {
+    let n = p.bars.len();
+    let (y0, y1) = range(p.bars.iter().flat_map(|b| [b.value, b.ci_low, b.ci_high]).chain([0.0]));
+    let (w, _) = area.dim_in_pixel();
+    // Names go under their bar, wrapped to its slot.
+    let per_line = ((w as usize).saturating_sub(80) / n.max(1) / 8).max(6);
+    let lines = p.bars.iter().map(|b| wrap(&b.label, per_line).len()).max().unwrap_or(1);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, (FAMILY, 17))
+        .margin(10)
+        .x_label_area_size(14 + 17 * lines as u32)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.6..n as f64 - 0.4, y0..y1)
+        .map_err(e)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_label_formatter(&|_| String::new())
+        .y_label_formatter(&y_tick)
+        .y_desc(y_label)
+        .label_style((FAMILY, 14))
+        .axis_desc_style((FAMILY, 16))
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(e)?;
+    chart
+        .draw_series(std::iter::once(PathElement::new(vec![(-0.6, 0.0), (n as f64 - 0.4, 0.0)], BLACK.stroke_width(1))))
+        .map_err(e)?;
+    for (i, b) in p.bars.iter().enumerate() {
+        let (x, col) = (i as f64, if b.highlight { INTERVENED } else { GREY });
+        if b.value.is_finite() {
+            chart
+                .draw_series([
+                    Rectangle::new([(x - 0.32, 0.0), (x + 0.32, b.value)], col.mix(0.6).filled()),
+                    Rectangle::new([(x - 0.32, 0.0), (x + 0.32, b.value)], col.stroke_width(2)),
+                ])
+                .map_err(e)?;
+        }
+        if b.ci_low.is_finite() && b.ci_high.is_finite() {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x, b.ci_low), (x, b.ci_high)],
+                    BLACK.stroke_width(2),
+                )))
+                .map_err(e)?;
+            for y in [b.ci_low, b.ci_high] {
+                chart
+                    .draw_series(std::iter::once(
+                        EmptyElement::at((x, y)) + PathElement::new(vec![(-7, 0), (7, 0)], BLACK.stroke_width(2)),
+                    ))
+                    .map_err(e)?;
+            }
+        }
+    }
+    // Backend pixels made relative to `area`, as the heatmap's column names are.
+    let (bx, by) = area.get_base_pixel();
+    let style = TextStyle::from((FAMILY, 14)).pos(Pos::new(HPos::Center, VPos::Top));
+    for (i, b) in p.bars.iter().enumerate() {
+        let (px, py) = chart.backend_coord(&(i as f64, y0));
+        for (k, line) in wrap(&b.label, per_line).into_iter().enumerate() {
+            let s = if b.highlight { style.color(&INTERVENED) } else { style.clone() };
+            area.draw(&Text::new(line, (px - bx, py - by + 6 + 17 * k as i32), s)).map_err(e)?;
+        }
+    }
+    Ok(())
+}
+
+impl Figure for EffectBars {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn size(&self) -> (u32, u32) {
+        let (rows, cols) = grid(self.panels.len());
+        let bars = self.panels.iter().map(|p| p.bars.len()).max().unwrap_or(1) as u32;
+        (LEGEND_WIDTH + cols as u32 * (120 + 90 * bars).max(380), 80 + 400 * rows as u32)
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
+        let body = titled(root, &self.title, 20)?;
+        let (w, _) = body.dim_in_pixel();
+        let (plots, legend) = body.split_horizontally(w as i32 - LEGEND_WIDTH as i32);
+        for (area, p) in plots.split_evenly(grid(self.panels.len())).iter().zip(&self.panels) {
+            draw_bars(area, p, &self.y_label)?;
+        }
+        let keys = [
+            Key::new(Mark::Swatch, INTERVENED, self.highlight_label.clone()),
+            Key::new(Mark::Swatch, GREY, "other measured concepts"),
+            Key::new(Mark::Whisker, BLACK, "95% paired bootstrap interval"),
+        ];
+        draw_keys(&legend, &keys, 50)
+    }
+}
+
+/// One panel of curves against a plain x (not layers).
+#[derive(Debug, Clone)]
+pub struct CurvePanel {
+    pub title: String,
+    pub y_label: String,
+    /// The y extent; none: the data's.
+    pub y: Option<(f64, f64)>,
+    pub curves: Vec<Curve>,
+}
+
+/// A measurement against the steering strength, a panel per metric, a line
+/// per measured concept, its unsteered value (`control`) dashed in the same
+/// colour; the `emphasis` curve (the steered concept) wide and in [`INTERVENED`].
+pub struct AlphaCurves {
+    pub name: String,
+    pub title: String,
+    pub panels: Vec<CurvePanel>,
+    pub x_label: String,
+    pub emphasis: Option<String>,
+}
+
+impl AlphaCurves {
+    /// Every curve label, the emphasised one first.
+    fn labels(&self) -> Vec<String> {
+        let mut v: Vec<String> = Vec::new();
+        for c in self.panels.iter().flat_map(|p| &p.curves) {
+            if !v.contains(&c.label) {
+                v.push(c.label.clone());
+            }
+        }
+        v.sort_by_key(|l| Some(l) != self.emphasis.as_ref());
+        v
+    }
+
+    fn colour(&self, labels: &[String], label: &str) -> RGBColor {
+        if self.emphasis.as_deref() == Some(label) {
+            return INTERVENED;
+        }
+        let others = labels.iter().filter(|l| Some(*l) != self.emphasis.as_ref());
+        other_colour(others.take_while(|l| *l != label).count())
+    }
+}
+
+impl Figure for AlphaCurves {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn size(&self) -> (u32, u32) {
+        let (rows, cols) = grid(self.panels.len());
+        let legend = 100 + 26 * (self.labels().len() as u32 + 2);
+        (LEGEND_WIDTH + 520 * cols as u32, (80 + 420 * rows as u32).max(legend))
+    }
+
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> Drawn {
+        let body = titled(root, &self.title, 20)?;
+        let (w, _) = body.dim_in_pixel();
+        let (plots, legend) = body.split_horizontally(w as i32 - LEGEND_WIDTH as i32);
+        let labels = self.labels();
+        let colour_of = |l: &str| self.colour(&labels, l);
+        let x = range(self.panels.iter().flat_map(|p| &p.curves).flat_map(|c| &c.points).map(|p| p.layer));
+        for (area, p) in plots.split_evenly(grid(self.panels.len())).iter().zip(&self.panels) {
+            let frame = Frame {
+                caption: p.title.clone(),
+                x,
+                y: p.y.unwrap_or_else(|| range(values(p.curves.iter().flat_map(|c| &c.points)))),
+                x_label: &self.x_label,
+                y_label: &p.y_label,
+                ticks: Ticks::Values,
+                reference: None,
+                whiskers: false,
+                emphasis: self.emphasis.as_deref(),
+            };
+            draw_curves(area, &frame, &p.curves, &colour_of, None)?;
+        }
+        let mut keys: Vec<Key> = labels.iter().map(|l| Key::new(Mark::Line, colour_of(l), l.clone())).collect();
+        keys.push(Key::new(Mark::Dashed, BLACK, "dashed, same colour: before (no steering)"));
+        keys.push(Key::new(Mark::Band, BLACK, "shaded: 95% interval"));
+        draw_keys(&legend, &keys, 50)
     }
 }
 

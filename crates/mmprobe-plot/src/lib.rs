@@ -4,6 +4,7 @@
 pub mod canvas;
 pub mod error;
 pub mod figures;
+mod interventions;
 pub mod project;
 pub mod report;
 pub mod style;

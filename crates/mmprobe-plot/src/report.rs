@@ -1,7 +1,8 @@
 //! `mmprobe report`: every figure of a store's results, and one self-contained
 //! report.html (figures referenced from the folder beside it, no network):
 //! a section per concept and tower, a caption under each figure saying what
-//! to read from it, the best-layer table with chance, erasure and geometry.
+//! to read from it, the best-layer table with chance, erasure, interventions
+//! and geometry.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,7 +14,7 @@ use mmprobe_analysis::labels::Target;
 use mmprobe_analysis::sweep::geometry::{paired_embeds, subsample};
 use mmprobe_analysis::sweep::load;
 use mmprobe_analysis::tables::probes::ProbeMethod;
-use mmprobe_analysis::tables::{self, CosineKind, ProbeRow};
+use mmprobe_analysis::tables::{self, CosineKind, InterventionRow, ProbeRow};
 use mmprobe_store::{Partition, Selector, Site, Store, Tower};
 use ndarray::{Array2, Axis};
 use rayon::prelude::*;
@@ -21,8 +22,10 @@ use rayon::prelude::*;
 use crate::canvas::save;
 use crate::error::{PlotError, Result};
 use crate::figures::{
-    Curve, CurvePoint, Heatmap, Histograms, LayerCurves, ModalityGap, Panel, Scatter, TowerCurves, slug,
+    AlphaCurves, Curve, CurvePoint, EffectBars, EffectByLayer, Heatmap, Histograms, LayerCurves, ModalityGap, Panel,
+    Scatter, TowerCurves, slug,
 };
+use crate::interventions;
 use crate::project::{lda2, pca2};
 
 /// Rows drawn in a scatter panel (a seeded subsample beyond this).
@@ -77,12 +80,15 @@ fn xy(m: &Array2<f64>) -> Vec<(f64, f64)> {
     m.rows().into_iter().map(|r| (r[0], r[1])).collect()
 }
 
-enum Job {
+pub(crate) enum Job {
     Curves(LayerCurves),
     Scatter(Scatter),
     Hist(Histograms),
     Heat(Heatmap),
     Gap(ModalityGap),
+    Effect(EffectByLayer),
+    Bars(EffectBars),
+    Alpha(AlphaCurves),
 }
 
 impl Job {
@@ -93,20 +99,26 @@ impl Job {
             Job::Hist(f) => save(f, dir),
             Job::Heat(f) => save(f, dir),
             Job::Gap(f) => save(f, dir),
+            Job::Effect(f) => save(f, dir),
+            Job::Bars(f) => save(f, dir),
+            Job::Alpha(f) => save(f, dir),
         }
     }
 }
 
+/// A figure drawn, with its PNG and SVG paths.
+pub(crate) type Placed<'f> = (&'f Fig, &'f (PathBuf, PathBuf));
+
 /// A figure, the report section it belongs to, and what to read from it.
-struct Fig {
-    job: Job,
-    section: String,
-    caption: String,
+pub(crate) struct Fig {
+    pub(crate) job: Job,
+    pub(crate) section: String,
+    pub(crate) caption: String,
 }
 
 /// A cross-validated score on every feature (what the curves draw; an MDL
 /// or sparse row measures something else).
-fn cross_validated(r: &ProbeRow) -> bool {
+pub(crate) fn cross_validated(r: &ProbeRow) -> bool {
     r.method == ProbeMethod::Cv
 }
 
@@ -119,7 +131,7 @@ fn tower_id(c: &str, t: Tower) -> String {
 }
 
 /// How chance is named: "chance: 1/8 classes = 0.125", "chance: R² = 0".
-fn chance_label(r: &ProbeRow) -> String {
+pub(crate) fn chance_label(r: &ProbeRow) -> String {
     if r.probe.classes() && r.majority.is_some() {
         format!("chance: majority {:.3}", r.chance())
     } else if r.probe.classes() {
@@ -129,7 +141,7 @@ fn chance_label(r: &ProbeRow) -> String {
     }
 }
 
-fn point(r: &ProbeRow) -> CurvePoint {
+pub(crate) fn point(r: &ProbeRow) -> CurvePoint {
     CurvePoint {
         layer: r.partition.layer as f64,
         score: r.score().unwrap_or(f64::NAN),
@@ -141,7 +153,7 @@ fn point(r: &ProbeRow) -> CurvePoint {
 
 /// One panel per tower of `rows`: a curve per `label` along the layers, and
 /// the first embeds row that `embeds` accepts as the point after the last layer.
-fn tower_panels(
+pub(crate) fn tower_panels(
     rows: &[&ProbeRow],
     label: impl Fn(&ProbeRow) -> String,
     point: impl Fn(&ProbeRow) -> CurvePoint,
@@ -521,6 +533,7 @@ fn figure_jobs(
     results: &Path,
     probes: &[ProbeRow],
     cka_rows: Option<usize>,
+    interventions: &[InterventionRow],
 ) -> Result<(Vec<Fig>, Vec<String>)> {
     let mut figs = Vec::new();
     let mut notes = Vec::new();
@@ -539,6 +552,8 @@ fn figure_jobs(
         let classes: Vec<&ProbeRow> = rows.iter().filter(|r| r.probe.classes()).copied().collect();
         figs.extend(tower_figures(store, &c, probes, &classes)?);
     }
+
+    figs.extend(interventions::figures(interventions, probes));
 
     if results.join("cka.parquet").exists() {
         let rows = tables::geometry::read_cka(results)?;
@@ -687,11 +702,11 @@ fn natural(s: &str) -> Vec<(String, u64)> {
     s.split(' ').map(|w| w.parse::<u64>().map(|n| (String::new(), n)).unwrap_or((w.to_string(), 0))).collect()
 }
 
-fn esc(s: &str) -> String {
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
-fn fmt(v: Option<f64>) -> String {
+pub(crate) fn fmt(v: Option<f64>) -> String {
     v.filter(|x| x.is_finite()).map(|x| format!("{x:.3}")).unwrap_or_else(|| "–".into())
 }
 
@@ -710,7 +725,7 @@ fn chance_flag(p: &ProbeRow) -> String {
     format!("<span class=\"flag\">not above chance: {}</span>", why.join(", "))
 }
 
-fn figure_html(h: &mut String, png: &Path, svg: &Path, caption: &str) {
+pub(crate) fn figure_html(h: &mut String, png: &Path, svg: &Path, caption: &str) {
     let name = |p: &Path| p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let _ = write!(
         h,
@@ -730,16 +745,16 @@ pub fn write_report(store_dir: &Path, results: &Path, out: &Path) -> Result<Repo
     let erase = if results.join("erase.parquet").exists() { tables::erase::read(results)? } else { Vec::new() };
     let geometry =
         if results.join("geometry.json").exists() { Some(tables::geometry::read_report(results)?) } else { None };
+    let edits =
+        if results.join("interventions.parquet").exists() { tables::interventions::read(results)? } else { Vec::new() };
     let figures_dir = out.join("figures");
-    let (figs, mut notes) = figure_jobs(&store, results, &probes, geometry.as_ref().map(|g| g.cka_rows))?;
+    let (figs, mut notes) = figure_jobs(&store, results, &probes, geometry.as_ref().map(|g| g.cka_rows), &edits)?;
     if probes.is_empty() {
         notes.push(format!("no probes.parquet in {}: run `mmprobe probe` for layer curves", results.display()));
     }
     let saved: Vec<(PathBuf, PathBuf)> = figs.par_iter().map(|f| f.job.save(&figures_dir)).collect::<Result<_>>()?;
-    let placed: Vec<(&Fig, &(PathBuf, PathBuf))> = figs.iter().zip(&saved).collect();
-    let in_section = |id: &str| -> Vec<(&Fig, &(PathBuf, PathBuf))> {
-        placed.iter().filter(|(f, _)| f.section == id).copied().collect()
-    };
+    let placed: Vec<Placed> = figs.iter().zip(&saved).collect();
+    let in_section = |id: &str| -> Vec<Placed> { placed.iter().filter(|(f, _)| f.section == id).copied().collect() };
 
     let mut h = String::new();
     let m = store.manifest.clone().unwrap_or_default();
@@ -752,7 +767,7 @@ pub fn write_report(store_dir: &Path, results: &Path, out: &Path) -> Result<Repo
          td.num{{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}}\
          th{{background:#f3f3f3}}img{{max-width:100%;border:1px solid #eee;margin:0.5em 0}}figure{{margin:1.5em 0}}\
          figcaption{{color:#444;font-size:0.92em;max-width:900px}}.files{{color:#888}}.note{{color:#a60}}\
-         .flag{{color:#b00;font-weight:bold}}nav ul{{margin:0.2em 0}}h3{{margin-top:1.8em}}</style></head><body>\
+         .flag{{color:#b00;font-weight:bold}}table.compact{{font-size:0.85em}}table.compact td{{padding:2px 6px}}nav ul{{margin:0.2em 0}}h3{{margin-top:1.8em}}</style></head><body>\
          <h1>mmprobe report</h1><p>Store <code>{}</code>, results <code>{}</code>.</p>",
         esc(&store_dir.display().to_string()),
         esc(&results.display().to_string())
@@ -775,6 +790,9 @@ pub fn write_report(store_dir: &Path, results: &Path, out: &Path) -> Result<Repo
     }
     if !erase.is_empty() {
         h.push_str("<li><a href=\"#erase\">Erasure (LEACE)</a></li>");
+    }
+    if !edits.is_empty() {
+        h.push_str(&interventions::nav(&edits));
     }
     if geometry.is_some() || !in_section("geometry").is_empty() {
         h.push_str("<li><a href=\"#geometry\">Geometry</a></li>");
@@ -897,6 +915,10 @@ pub fn write_report(store_dir: &Path, results: &Path, out: &Path) -> Result<Repo
             );
         }
         h.push_str("</table>");
+    }
+
+    if !edits.is_empty() {
+        h.push_str(&interventions::section(&edits, &in_section));
     }
 
     let geometry_figs = in_section("geometry");

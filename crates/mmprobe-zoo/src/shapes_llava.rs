@@ -209,7 +209,7 @@ fn vqa_batch(
 
 /// The residual stream after the decoder's last layer, before the final norm
 /// [B, T, D]: what `LlavaModel::logits` reads. `image` holds the projected features.
-pub(crate) fn final_stream(model: &LlavaModel, ids: &Tensor, mask: &Tensor, image: &Tensor) -> Tensor {
+fn final_stream(model: &LlavaModel, ids: &Tensor, mask: &Tensor, image: &Tensor) -> Tensor {
     model.decode(ids, mask, Some(image), &mut Capture::nothing())
 }
 

@@ -5,15 +5,16 @@
 
 use std::path::Path;
 
+use mmprobe_extract::llava::generate::greedy;
 use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::ImageProcessor;
 use mmprobe_extract::{Capture, DType};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::ZooError;
 use crate::shapes::{CONCEPTS, ShapeSample, ShapeStream, words_of};
 use crate::shapes_clip::pixel_batch;
-use crate::shapes_llava::{TASKS, final_stream, task_text};
+use crate::shapes_llava::{TASKS, task_text};
 use crate::word_tokenizer::LLAMA_EOS;
 
 /// The description's answer has 6 words at most; one more for `</s>`.
@@ -79,47 +80,9 @@ pub fn greedy_answers(
     let eos = tok.encode(LLAMA_EOS)?.last().map(|t| t.id as i64).unwrap_or(-1);
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let batch = tok.encode_batch(&refs)?;
-    let ids = greedy(llava, &batch.input_ids, &batch.attention_mask, image, eos)?;
+    let ids =
+        greedy(&llava.model, &batch.input_ids, &batch.attention_mask, image, eos, MAX_NEW_TOKENS, &mut |_, _| {
+            Capture::nothing()
+        })?;
     Ok(ids.into_iter().map(|row| row.iter().filter_map(|&i| tok.id_to_token(i as u32)).collect()).collect())
-}
-
-/// Greedy continuations of left-padded prompts, each up to (not including) `eos`.
-fn greedy(
-    llava: &LoadedLlava,
-    ids: &Tensor,
-    mask: &Tensor,
-    image: &Tensor,
-    eos: i64,
-) -> Result<Vec<Vec<i64>>, ZooError> {
-    let model = &llava.model;
-    let b = ids.size()[0];
-    let (mut ids, mut mask) = (ids.shallow_clone(), mask.shallow_clone());
-    let mut out: Vec<Vec<i64>> = vec![Vec::new(); b as usize];
-    let mut done = vec![false; b as usize];
-    for _ in 0..MAX_NEW_TOKENS {
-        let next = tch::no_grad(|| {
-            let h = final_stream(model, &ids, &mask, image);
-            let t = h.size()[1];
-            // Left padding: every row's last token is at the end.
-            let logits = model.logits(&h.narrow(1, t - 1, 1));
-            // An emitted image token would be taken for a placeholder on the next pass.
-            let image_token = model.config.image_token_index;
-            if (0..logits.size()[2]).contains(&image_token) {
-                let _ = logits.narrow(-1, image_token, 1).fill_(f64::NEG_INFINITY);
-            }
-            logits.argmax(-1, false)
-        });
-        let picked = Vec::<i64>::try_from(next.flatten(0, -1))?;
-        for (i, &id) in picked.iter().enumerate() {
-            if !done[i] {
-                if id == eos { done[i] = true } else { out[i].push(id) }
-            }
-        }
-        if done.iter().all(|&d| d) {
-            break;
-        }
-        ids = Tensor::cat(&[ids, next.to_kind(Kind::Int64)], 1);
-        mask = Tensor::cat(&[&mask, &mask.ones_like().narrow(1, 0, 1)], 1);
-    }
-    Ok(out)
 }

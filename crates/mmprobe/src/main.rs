@@ -43,6 +43,8 @@ enum Command {
     Geometry(Box<cmd::analysis::GeometryCmd>),
     /// Erase a concept with LEACE and check a fresh probe falls to chance.
     Erase(Box<cmd::analysis::EraseCmd>),
+    /// Erase or steer a concept inside the model and measure what it then does (interventions.parquet).
+    Intervene(Box<cmd::intervene::InterveneCmd>),
     /// Draw every figure of a store's results and write one HTML report.
     Report(cmd::report::ReportCmd),
     /// Concept datasets with known ground truth.
@@ -75,7 +77,7 @@ fn tune_allocator() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Demo(_) | Command::Extract(_) | Command::Zoo { .. }) {
+    if matches!(cli.command, Command::Demo(_) | Command::Extract(_) | Command::Intervene(_) | Command::Zoo { .. }) {
         tune_allocator();
     }
     let result = match cli.command {
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Directions(a) => cmd::analysis::directions(*a),
         Command::Geometry(a) => cmd::analysis::geometry(*a),
         Command::Erase(a) => cmd::analysis::erase(*a),
+        Command::Intervene(a) => cmd::intervene::run(*a),
         Command::Report(a) => cmd::report::run(a),
         Command::Datasets { cmd } => cmd::datasets::run(cmd),
         Command::Zoo { cmd } => cmd::zoo::run(cmd),

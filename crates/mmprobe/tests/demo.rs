@@ -25,6 +25,13 @@ fn run_demo(out: &Path) -> (Rows, Rows) {
     assert!(out.join("report/report.html").is_file());
     assert!(out.join("llava/report/report.html").is_file());
     assert!(stdout.contains("decoder/resid/"), "the table has the decoder's rows: {stdout}");
+    // The causal step: its rows are in both results folders and it says what it did.
+    assert!(stdout.contains("causal tests") && stdout.contains("steer colour toward red"), "{stdout}");
+    for dir in ["results", "llava/results"] {
+        assert!(out.join(dir).join("interventions.parquet").is_file(), "{dir}");
+    }
+    let html = std::fs::read_to_string(out.join("llava/report/report.html")).unwrap();
+    assert!(html.contains("Interventions"), "the report shows the causal step");
     (probes(&out.join("results/probes.csv")), probes(&out.join("llava/results/probes.csv")))
 }
 

@@ -6,6 +6,7 @@
 pub mod directions;
 pub mod erase;
 pub mod geometry;
+pub mod interventions;
 pub mod probes;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use crate::error::{AnalysisError, Result};
 pub use directions::{CosineKind, CosineRow, DirectionRow};
 pub use erase::EraseRow;
 pub use geometry::{CkaRow, GeometryReport, SeparabilityRow};
+pub use interventions::InterventionRow;
 pub use probes::{ProbeKind, ProbeMethod, ProbeRow};
 
 fn write_err(path: &Path, e: impl std::fmt::Display) -> AnalysisError {

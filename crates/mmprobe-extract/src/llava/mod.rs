@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod family;
+pub mod generate;
 pub mod load;
 pub mod model;
 pub mod prompt;

@@ -90,6 +90,18 @@ impl PromptTokenizer {
         crate::tokenize::check_vocab(&self.inner, &self.path, vocab_size, config)
     }
 
+    /// Text of generated ids, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| ExtractError::Tokenizer { path: self.path.clone(), message: e.to_string() })
+    }
+
+    /// The id of a token, when the vocabulary has it.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
     pub fn id_to_token(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
     }

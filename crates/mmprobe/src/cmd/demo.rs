@@ -16,6 +16,9 @@ use mmprobe_analysis::{Filters, ProbeParams};
 use mmprobe_extract::{ExtractOptions, LayerSpec, RunOptions, Selector, Site, Tower};
 use mmprobe_store::Store;
 
+use mmprobe_analysis::tables::InterventionRow;
+use mmprobe_intervene::{DirectionMethod, InterveneParams, Method as Intervention, Positions};
+
 use super::progress::{SampleBar, bar};
 use super::zoo::{SHAPES_CLIP_DIR, SHAPES_LLAVA_DIR};
 
@@ -73,6 +76,8 @@ struct Job<'a> {
     sites: Vec<Site>,
     selectors: Vec<Selector>,
     dir: PathBuf,
+    /// Causal tests run on the store before the report (interventions.parquet).
+    causal: Vec<InterveneParams>,
 }
 
 /// What one model's part produced.
@@ -80,6 +85,7 @@ struct Done {
     rows: Vec<ProbeRow>,
     geometry: GeometryReport,
     report: PathBuf,
+    causal: Vec<(InterveneParams, Vec<InterventionRow>)>,
 }
 
 /// Extract, probe, directions, geometry and report for one model, under `job.dir`.
@@ -152,10 +158,22 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
     let (geometry, cka, sep) = geo?;
     tables::geometry::write(&results_dir, &geometry, &cka, &sep)?;
 
+    let mut causal = Vec::new();
+    for p in &job.causal {
+        step(&format!(
+            "causal test: {} {} at {}/resid/{:?}, {} positions, on held-out samples",
+            p.method, p.concept, p.at.tower, p.at.layers, p.positions
+        ));
+        let checked = p.clone().check()?;
+        let out = mmprobe_intervene::intervene(&job.model, job.data, &store_dir, &checked, &|s| eprintln!("   {s}"))?;
+        super::intervene::merge_into(&results_dir, &out.rows)?;
+        causal.push((p.clone(), out.rows));
+    }
+
     step("report");
     std::fs::create_dir_all(&report_dir)?;
     let written = mmprobe_plot::write_report(&store_dir, &results_dir, &report_dir)?;
-    Ok(Done { rows, geometry, report: written.html })
+    Ok(Done { rows, geometry, report: written.html, causal })
 }
 
 pub fn run(a: DemoCmd) -> anyhow::Result<()> {
@@ -182,6 +200,7 @@ pub fn run(a: DemoCmd) -> anyhow::Result<()> {
             sites: vec![Site::Resid, Site::Embeds],
             selectors: vec![Selector::Cls, Selector::Eos, Selector::Mean, Selector::Pooled],
             dir: a.out.clone(),
+            causal: vec![causal("colour", "vision/resid/-1", Positions::All, None)],
         },
         a.repeats,
     )?;
@@ -194,6 +213,10 @@ pub fn run(a: DemoCmd) -> anyhow::Result<()> {
                 sites: vec![Site::Resid],
                 selectors: vec![Selector::Last, Selector::MeanImage, Selector::MeanText],
                 dir: a.out.join("llava"),
+                causal: vec![
+                    causal("colour", "decoder/resid/1", Positions::Image, None),
+                    causal("colour", "decoder/resid/1", Positions::Image, Some("red")),
+                ],
             },
             a.repeats,
         )?),
@@ -212,6 +235,13 @@ pub fn run(a: DemoCmd) -> anyhow::Result<()> {
     let g = &clip.geometry;
     if let (Some(gap), Some(r1)) = (g.modality_gap, g.retrieval_i2t_r1) {
         println!("modality gap {gap:.3}; image-to-text retrieval R@1 {r1:.3} over {} pairs", g.pairs);
+    }
+    println!();
+    println!("causal tests (held-out samples; before -> after, 95% paired bootstrap interval of the change):");
+    for (name, done) in [("shapes-clip", Some(&clip)), ("shapes-llava", llava.as_ref())] {
+        for (p, rows) in done.iter().flat_map(|d| &d.causal) {
+            print_causal(name, p, rows);
+        }
     }
     println!();
     println!("results {}", a.out.join("results").display());
@@ -328,5 +358,59 @@ fn print_decoder_findings(rows: &[ProbeRow]) {
             acc(best(concept, Selector::MeanImage)),
             acc(best(concept, Selector::Last))
         );
+    }
+}
+
+/// The demo's causal tests: LEACE erasure, or steering toward `target`.
+fn causal(concept: &str, at: &str, positions: Positions, target: Option<&str>) -> InterveneParams {
+    let (method, direction) = match target {
+        Some(_) => (Intervention::Steer, DirectionMethod::DiffMeans),
+        None => (Intervention::Erase, DirectionMethod::Leace),
+    };
+    InterveneParams {
+        concept: concept.into(),
+        at: at.parse().expect("a valid --at"),
+        positions,
+        method,
+        direction,
+        target: target.map(String::from),
+        ..Default::default()
+    }
+}
+
+/// One line per causal test: the intervened concept's own change, then the others'.
+fn print_causal(model: &str, p: &InterveneParams, rows: &[InterventionRow]) {
+    let Some(first) = rows.first() else { return };
+    let main = if rows.iter().any(|r| r.metric == "vqa_accuracy") { "vqa_accuracy" } else { "zero_shot_accuracy" };
+    let line = |r: &InterventionRow| format!("{:.3} -> {:.3}", r.before, r.after);
+    let what = match &p.target {
+        Some(t) => format!("steer {} toward {t}", p.concept),
+        None => format!("erase {} ({})", p.concept, p.direction),
+    };
+    let part = first.partition;
+    println!("{model}: {what} at {}/resid/{}, {} positions:", part.tower, part.layer, p.positions);
+    let mut alphas: Vec<f64> = rows.iter().map(|r| r.alpha).collect();
+    alphas.dedup();
+    for alpha in alphas {
+        let at: Vec<&InterventionRow> = rows.iter().filter(|r| r.alpha == alpha && r.metric == main).collect();
+        let own = at.iter().find(|r| r.measured_concept == p.concept);
+        let others: Vec<String> = at
+            .iter()
+            .filter(|r| r.measured_concept != p.concept)
+            .map(|r| format!("{} {}", r.measured_concept, line(r)))
+            .collect();
+        let target = rows.iter().find(|r| r.alpha == alpha && r.metric == "target_rate");
+        let head = if p.target.is_some() { format!("  alpha {alpha:.1}: ") } else { "  ".to_string() };
+        if let Some(o) = own {
+            println!(
+                "{head}{} {main} {} [{:+.3}, {:+.3}]{}; {}",
+                p.concept,
+                line(o),
+                o.ci_low,
+                o.ci_high,
+                target.map_or(String::new(), |t| format!(", answers '{}' {}", t.target, line(t))),
+                others.join(", ")
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@ pub mod demo;
 pub mod doctor;
 pub mod extract;
 pub mod inspect;
+pub mod intervene;
 pub mod progress;
 pub mod report;
 pub mod zoo;

@@ -1,0 +1,350 @@
+//! The model under intervention: a CLIP dual encoder or a LLaVA, loaded the
+//! way extraction loads it, with one forward per kind of measurement. Each
+//! forward takes the intervention (or none) and can keep one downstream
+//! residual layer, pooled as the store pools it, for the amnesic probe.
+
+use std::path::Path;
+
+use mmprobe_extract::clip::LoadedClip;
+use mmprobe_extract::llava::generate::{self, DecoderHook};
+use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
+use mmprobe_extract::preprocess::ImageProcessor;
+use mmprobe_extract::select::{self, SequenceLayout};
+use mmprobe_extract::tokenize::TextTokenizer;
+use mmprobe_extract::{Capture, DType, Edit, EditKind, ModelDir, ModelInfo, SiteRequest};
+use mmprobe_store::{Selector, Tower};
+use ndarray::Array2;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{InterveneError, Result};
+use crate::params::Positions;
+
+/// One fitted edit at one layer of one tower.
+pub struct Intervention {
+    pub tower: Tower,
+    pub layer: usize,
+    pub positions: Positions,
+    pub kind: EditKind,
+}
+
+impl Intervention {
+    fn edit(&self, positions: Option<Tensor>) -> Edit {
+        Edit { layers: [self.layer].into(), positions, kind: self.kind.shallow_clone() }
+    }
+
+    /// The edit for a vision pass of `batch` images of `tokens` positions.
+    fn vision_edit(&self, batch: i64, tokens: i64) -> Edit {
+        let mask = (self.positions == Positions::Cls).then(|| {
+            let m = Tensor::zeros([batch, tokens], (Kind::Bool, Device::Cpu));
+            let _ = m.narrow(1, 0, 1).fill_(1);
+            m
+        });
+        self.edit(mask)
+    }
+
+    /// The edit for a decoder pass over `ids`, `mask` [B, T] (left padded).
+    fn decoder_edit(&self, ids: &Tensor, mask: &Tensor, image_token: i64) -> Edit {
+        let valid = mask.ne(0);
+        let image = ids.eq(image_token);
+        let m = match self.positions {
+            Positions::Image => valid.logical_and(&image),
+            Positions::Text => valid.logical_and(&image.logical_not()),
+            Positions::Last => {
+                let m = valid.zeros_like();
+                let t = m.size()[1];
+                let _ = m.narrow(1, t - 1, 1).fill_(1);
+                m
+            }
+            Positions::All | Positions::Cls => valid,
+        };
+        self.edit(Some(m))
+    }
+
+    fn on(&self, tower: Tower) -> bool {
+        self.tower == tower
+    }
+}
+
+/// The residual layer whose pooled rows a pass keeps, and how they are pooled.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    pub layer: usize,
+    pub selector: Selector,
+}
+
+pub struct ClipSubject {
+    pub loaded: LoadedClip,
+    pub tokenizer: TextTokenizer,
+}
+
+pub struct LlavaSubject {
+    pub loaded: LoadedLlava,
+    /// Pads on the left: generation appends at the end.
+    pub tokenizer: PromptTokenizer,
+    pub eos: i64,
+}
+
+pub enum Model {
+    Clip(Box<ClipSubject>),
+    Llava(Box<LlavaSubject>),
+}
+
+pub struct Subject {
+    pub info: ModelInfo,
+    pub processor: ImageProcessor,
+    pub model: Model,
+}
+
+fn pooled(h: &Tensor, keep: Keep, layout: &SequenceLayout) -> Result<Array2<f64>> {
+    let rows = select::select(h, keep.selector, layout)
+        .ok_or_else(|| InterveneError::Input(format!("selector {} does not apply here", keep.selector)))?;
+    let n = rows.sample.len();
+    let x = Array2::from_shape_vec((n, rows.width), rows.data.into_iter().map(f64::from).collect())
+        .map_err(|e| InterveneError::Input(e.to_string()))?;
+    Ok(x)
+}
+
+fn unit(x: &Tensor) -> Tensor {
+    x / x.norm_scalaropt_dim(2, [-1], true)
+}
+
+impl Subject {
+    /// Loads a CLIP or LLaVA checkpoint on the CPU in f32; other families are refused in one line.
+    pub fn open(dir: &Path) -> Result<Subject> {
+        let md = ModelDir::open(dir)?;
+        let info = ModelInfo::from_dir(dir)?;
+        let processor = ImageProcessor::from_dir(dir)?;
+        let model = match md.model_type.as_str() {
+            "clip" => {
+                let loaded = LoadedClip::load(dir, Device::Cpu, DType::F32)?;
+                let t = &loaded.model.config.text_config;
+                let tokenizer =
+                    TextTokenizer::from_dir(dir, t.max_position_embeddings as usize, t.pad_token_id as u32)?;
+                Model::Clip(Box::new(ClipSubject { loaded, tokenizer }))
+            }
+            "llava" => {
+                let loaded = LoadedLlava::load(dir, Device::Cpu, DType::F32)?;
+                let c = &loaded.model.config;
+                let mut tokenizer = PromptTokenizer::from_dir(
+                    dir,
+                    c.image_token_index,
+                    c.image_seq_length,
+                    c.text_config.pad_token_id,
+                )?;
+                tokenizer.left_padding = true;
+                let eos = eos_id(&md, &tokenizer).ok_or_else(|| {
+                    InterveneError::Input(format!(
+                        "{}: no eos_token_id in text_config and no </s> token: generation cannot stop",
+                        dir.display()
+                    ))
+                })?;
+                Model::Llava(Box::new(LlavaSubject { loaded, tokenizer, eos }))
+            }
+            other => {
+                return Err(InterveneError::Input(format!(
+                    "{}: model_type '{other}': interventions are wired for clip and llava checkpoints",
+                    dir.display()
+                )));
+            }
+        };
+        Ok(Subject { info, processor, model })
+    }
+
+    /// The vision tower on `pixels` [B, 3, H, W]: CLIP's unit image embeddings
+    /// [B, P] or LLaVA's projected image features [B, F, D]; and, with
+    /// `keep`, that vision layer's pooled rows.
+    pub fn vision(
+        &self,
+        pixels: &Tensor,
+        edit: Option<&Intervention>,
+        keep: Option<Keep>,
+    ) -> Result<(Tensor, Option<Array2<f64>>)> {
+        let b = pixels.size()[0];
+        let (tokens, has_cls) = match &self.model {
+            Model::Clip(c) => (c.loaded.model.config.vision_config.num_patches() + 1, true),
+            Model::Llava(l) => {
+                let v = &l.loaded.model.config.vision_config;
+                (v.tokens(), v.has_cls())
+            }
+        };
+        let mut request = SiteRequest { embeds: matches!(self.model, Model::Clip(_)), ..Default::default() };
+        if let Some(k) = keep {
+            request.resid.insert(k.layer);
+        }
+        let mut cap = Capture::new(request);
+        if let Some(e) = edit.filter(|e| e.on(Tower::Vision)) {
+            cap = cap.with_edit(e.vision_edit(b, tokens));
+        }
+        let out = tch::no_grad(|| match &self.model {
+            Model::Clip(c) => {
+                c.loaded.model.encode_image(pixels, &mut cap);
+                unit(cap.embeds.as_ref().expect("asked for embeds"))
+            }
+            Model::Llava(l) => l.loaded.model.encode_image(pixels, &mut cap),
+        });
+        let kept = match keep {
+            Some(k) => {
+                let layout = if has_cls {
+                    SequenceLayout::vision(b, tokens, Device::Cpu)
+                } else {
+                    SequenceLayout::patches(b, tokens, Device::Cpu)
+                };
+                Some(pooled(&cap.resid[&k.layer], k, &layout)?)
+            }
+            None => None,
+        };
+        Ok((out, kept))
+    }
+
+    /// CLIP's text tower on `texts`: unit embeddings [B, P], and with `keep`
+    /// that text layer's pooled rows.
+    pub fn text(
+        &self,
+        texts: &[&str],
+        edit: Option<&Intervention>,
+        keep: Option<Keep>,
+    ) -> Result<(Tensor, Option<Array2<f64>>)> {
+        let Model::Clip(c) = &self.model else {
+            return Err(InterveneError::Input("only a dual encoder has a text tower to embed with".into()));
+        };
+        let batch = c.tokenizer.encode_batch(texts)?;
+        let mut request = SiteRequest::embeds();
+        if let Some(k) = keep {
+            request.resid.insert(k.layer);
+        }
+        let mut cap = Capture::new(request);
+        if let Some(e) = edit.filter(|e| e.on(Tower::Text)) {
+            cap = cap.with_edit(e.edit(Some(batch.attention_mask.ne(0))));
+        }
+        let m = &c.loaded.model;
+        let e = tch::no_grad(|| {
+            m.encode_text(&batch.input_ids, &batch.attention_mask, &mut cap);
+            unit(cap.embeds.as_ref().expect("asked for embeds"))
+        });
+        let kept = match keep {
+            Some(k) => {
+                let eos = m.text_model.pool_positions(&batch.input_ids);
+                let layout = SequenceLayout::text(&batch.attention_mask, eos);
+                Some(pooled(&cap.resid[&k.layer], k, &layout)?)
+            }
+            None => None,
+        };
+        Ok((e, kept))
+    }
+
+    /// The LLaVA parts, or a one-line refusal for a dual encoder.
+    pub fn llava(&self) -> Result<&LlavaSubject> {
+        match &self.model {
+            Model::Llava(l) => Ok(l),
+            Model::Clip(_) => Err(InterveneError::Input("a CLIP checkpoint has no decoder to answer with".into())),
+        }
+    }
+
+    fn decoder_hook<'a>(&'a self, edit: Option<&'a Intervention>, request: SiteRequest) -> Box<DecoderHook<'a>> {
+        let image_token = self.llava().map(|l| l.loaded.model.config.image_token_index).unwrap_or(-1);
+        Box::new(move |ids: &Tensor, mask: &Tensor| {
+            let cap = Capture::new(request.clone());
+            match edit.filter(|e| e.on(Tower::Decoder)) {
+                Some(e) => cap.with_edit(e.decoder_edit(ids, mask, image_token)),
+                None => cap,
+            }
+        })
+    }
+
+    /// Greedy answers (decoded text, special tokens skipped) to one prompt per image.
+    pub fn answers(
+        &self,
+        image: &Tensor,
+        prompts: &[String],
+        max_new: usize,
+        edit: Option<&Intervention>,
+    ) -> Result<Vec<String>> {
+        let l = self.llava()?;
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let batch = l.tokenizer.encode_batch(&refs)?;
+        let mut hook = self.decoder_hook(edit, SiteRequest::default());
+        let ids = generate::greedy(
+            &l.loaded.model,
+            &batch.input_ids,
+            &batch.attention_mask,
+            image,
+            l.eos,
+            max_new,
+            &mut *hook,
+        )?;
+        ids.iter().map(|row| Ok(l.tokenizer.decode(&row.iter().map(|&i| i as u32).collect::<Vec<_>>())?)).collect()
+    }
+
+    /// Per prompt, the log-probability of its answer (the tokens `prompt answer`
+    /// has beyond `prompt`); `None` where the answer's tokens do not extend the prompt's.
+    pub fn answer_log_probs(
+        &self,
+        image: &Tensor,
+        prompts: &[String],
+        answers: &[String],
+        edit: Option<&Intervention>,
+    ) -> Result<Vec<Option<f64>>> {
+        let l = self.llava()?;
+        let mut rows = Vec::with_capacity(prompts.len());
+        let mut scored_from = Vec::with_capacity(prompts.len());
+        for (p, a) in prompts.iter().zip(answers) {
+            let head = l.tokenizer.encode(p)?;
+            let full = l.tokenizer.encode(&format!("{p} {a}"))?;
+            let extends = full.len() > head.len() && full[..head.len()] == head[..];
+            scored_from.push(extends.then_some(head.len()));
+            rows.push(full);
+        }
+        let lens: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let batch = l.tokenizer.pad(rows);
+        let t = batch.input_ids.size()[1] as usize;
+        let mut scored = vec![false; prompts.len() * t];
+        for (i, (&len, from)) in lens.iter().zip(&scored_from).enumerate() {
+            if let Some(from) = from {
+                // Left padding: row i's token j sits at t - len + j.
+                for j in *from..len {
+                    scored[i * t + t - len + j] = true;
+                }
+            }
+        }
+        let scored = Tensor::from_slice(&scored).view([prompts.len() as i64, t as i64]);
+        let mut hook = self.decoder_hook(edit, SiteRequest::default());
+        let lp = generate::scored_log_prob(
+            &l.loaded.model,
+            &batch.input_ids,
+            &batch.attention_mask,
+            image,
+            &scored,
+            &mut *hook,
+        )?;
+        Ok(lp.into_iter().zip(&scored_from).map(|(v, f)| f.map(|_| v)).collect())
+    }
+
+    /// The decoder over `prompts` with the image features, keeping layer `keep` pooled.
+    pub fn decoder_rows(
+        &self,
+        image: &Tensor,
+        prompts: &[String],
+        edit: Option<&Intervention>,
+        keep: Keep,
+    ) -> Result<Array2<f64>> {
+        let l = self.llava()?;
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let batch = l.tokenizer.encode_batch(&refs)?;
+        let request = SiteRequest { resid: [keep.layer].into(), ..Default::default() };
+        let mut hook = self.decoder_hook(edit, request);
+        let mut cap = hook(&batch.input_ids, &batch.attention_mask);
+        let _ = tch::no_grad(|| l.loaded.model.decode(&batch.input_ids, &batch.attention_mask, Some(image), &mut cap));
+        let image_mask = batch.input_ids.eq(l.loaded.model.config.image_token_index);
+        let layout = SequenceLayout::decoder(&batch.attention_mask, image_mask);
+        pooled(&cap.resid[&keep.layer], keep, &layout)
+    }
+}
+
+/// The decoder's end-of-sequence id: text_config's `eos_token_id` (its first
+/// when a list), else the tokenizer's `</s>`.
+fn eos_id(md: &ModelDir, tok: &PromptTokenizer) -> Option<i64> {
+    let v = &md.config_value["text_config"]["eos_token_id"];
+    v.as_i64()
+        .or_else(|| v.as_array().and_then(|a| a.first()).and_then(|x| x.as_i64()))
+        .or_else(|| tok.token_to_id("</s>").map(i64::from))
+}

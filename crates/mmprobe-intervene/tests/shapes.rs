@@ -1,0 +1,192 @@
+//! Interventions on the bundled shapes models, whose concepts are known:
+//! erasing colour must take colour out of what the model does and leave
+//! shape and size mostly alone; steering toward red must make it say red.
+//! The numbers each test prints are what the models did; the assertions are
+//! the claims, not tuned to the numbers.
+
+use std::path::{Path, PathBuf};
+
+use mmprobe_analysis::tables::InterventionRow;
+use mmprobe_extract::{ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower};
+use mmprobe_intervene::{DirectionMethod, InterveneParams, Method, Positions, intervene};
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(rel)
+}
+
+fn data() -> PathBuf {
+    repo("datasets/shapes/data.csv")
+}
+
+fn store(model: &str, towers: &[Tower], selectors: &[Selector], out: &Path) -> PathBuf {
+    let opts = ExtractOptions {
+        model: repo(model),
+        data: data(),
+        out: out.to_path_buf(),
+        towers: Some(towers.to_vec()),
+        sites: vec![Site::Resid],
+        layers: LayerSpec::All,
+        selectors: selectors.to_vec(),
+        run: RunOptions::default(),
+        shard: (0, 1),
+        skip_bad: false,
+        force: true,
+        chunk_size: 1024,
+        logit_lens: None,
+        format: Default::default(),
+    };
+    mmprobe_extract::extract(&opts, &Quiet).unwrap();
+    out.to_path_buf()
+}
+
+const CLIP: &str = "datasets/models/shapes-clip";
+const LLAVA: &str = "datasets/models/shapes-llava";
+
+fn run(model: &str, store: &Path, p: InterveneParams) -> Vec<InterventionRow> {
+    let out = intervene(&repo(model), &data(), store, &p.check().unwrap(), &|_| {}).unwrap();
+    for r in &out.rows {
+        eprintln!(
+            "{} layer {} alpha {:.2} {} {}: {:.3} -> {:.3} [{:+.3}, {:+.3}]",
+            r.partition.tower,
+            r.partition.layer,
+            r.alpha,
+            r.metric,
+            r.measured_concept,
+            r.before,
+            r.after,
+            r.ci_low,
+            r.ci_high
+        );
+    }
+    out.rows
+}
+
+fn find<'a>(rows: &'a [InterventionRow], layer: usize, alpha: f64, metric: &str, concept: &str) -> &'a InterventionRow {
+    rows.iter()
+        .find(|r| r.partition.layer == layer && r.alpha == alpha && r.metric == metric && r.measured_concept == concept)
+        .unwrap_or_else(|| panic!("no row for layer {layer} alpha {alpha} {metric} {concept}"))
+}
+
+fn erase(concept: &str, at: &str) -> InterveneParams {
+    InterveneParams {
+        concept: concept.into(),
+        at: at.parse().unwrap(),
+        method: Method::Erase,
+        direction: DirectionMethod::Leace,
+        bootstrap: 200,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn erasing_colour_in_shapes_clip_takes_colour_out_of_zero_shot_and_not_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(CLIP, &[Tower::Vision], &[Selector::Mean], dir.path());
+    let rows = run(CLIP, &s, erase("colour", "vision/resid/-1"));
+    let colour = find(&rows, 4, 0.0, "zero_shot_accuracy", "colour");
+    let (shape, size) =
+        (find(&rows, 4, 0.0, "zero_shot_accuracy", "shape"), find(&rows, 4, 0.0, "zero_shot_accuracy", "size"));
+    // Eight colours: chance is 0.125.
+    assert!(colour.before > 0.9 && colour.after < 0.4, "{colour:?}");
+    assert!(colour.ci_high < 0.0, "the drop's interval excludes no change: {colour:?}");
+    for other in [shape, size] {
+        assert!(other.effect().abs() < colour.effect().abs() / 3.0, "{other:?} vs {colour:?}");
+    }
+    // Amnesic read-out: a fresh probe on the erased layer loses colour, keeps size.
+    let probe = find(&rows, 4, 0.0, "probe_accuracy", "colour");
+    assert!(probe.effect() < -0.3, "{probe:?}");
+    assert!(find(&rows, 4, 0.0, "probe_accuracy", "size").effect().abs() < 0.1);
+    // Held-out samples only, each measured both times.
+    assert!(rows.iter().all(|r| r.n <= 150 && r.n > 100), "fit share 0.5 of 300");
+}
+
+#[test]
+fn erasing_colour_in_shapes_llava_s_vision_tower_drops_colour_answers_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(LLAVA, &[Tower::Vision], &[Selector::Mean], dir.path());
+    // Layer 3 feeds both of the layers LLaVA reads (3 and 4).
+    let rows = run(LLAVA, &s, erase("colour", "vision/resid/3"));
+    let colour = find(&rows, 3, 0.0, "vqa_accuracy", "colour");
+    assert!(colour.before > 0.9 && colour.after < 0.4, "towards chance (0.125): {colour:?}");
+    for c in ["shape", "size"] {
+        let other = find(&rows, 3, 0.0, "vqa_accuracy", c);
+        assert!(other.effect().abs() < colour.effect().abs() / 3.0, "{other:?} vs {colour:?}");
+    }
+    let logp = find(&rows, 3, 0.0, "answer_log_prob", "colour");
+    assert!(logp.after < logp.before - 1.0, "{logp:?}");
+}
+
+#[test]
+fn steering_shapes_llava_toward_red_turns_colour_answers_red_as_alpha_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(LLAVA, &[Tower::Decoder], &[Selector::MeanImage], dir.path());
+    let p = InterveneParams {
+        concept: "colour".into(),
+        at: "decoder/resid/1".parse().unwrap(),
+        positions: Positions::Image,
+        method: Method::Steer,
+        direction: DirectionMethod::DiffMeans,
+        target: Some("red".into()),
+        bootstrap: 200,
+        ..Default::default()
+    };
+    let rows = run(LLAVA, &s, p);
+    let mut rates: Vec<(f64, f64, f64)> =
+        rows.iter().filter(|r| r.metric == "target_rate").map(|r| (r.alpha, r.before, r.after)).collect();
+    rates.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(rates.len(), 4, "four default alphas");
+    let before = rates[0].1;
+    // Red is one colour in eight: about an eighth of the answers are red before.
+    assert!(before < 0.25, "{rates:?}");
+    assert!(rates.windows(2).all(|w| w[1].2 >= w[0].2), "red grows with alpha: {rates:?}");
+    assert!(rates[3].2 > 0.8, "{rates:?}");
+}
+
+#[test]
+fn steering_by_zero_is_the_plain_forward_pass_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(LLAVA, &[Tower::Vision, Tower::Decoder], &[Selector::Mean, Selector::Last], dir.path());
+    for (at, positions) in [("vision/resid/2", Positions::All), ("decoder/resid/1", Positions::Last)] {
+        let p = InterveneParams {
+            concept: "shape".into(),
+            at: at.parse().unwrap(),
+            positions,
+            method: Method::Steer,
+            direction: DirectionMethod::DiffMeans,
+            target: Some("circle".into()),
+            alphas: Some(vec![0.0]),
+            bootstrap: 100,
+            ..Default::default()
+        };
+        let rows = run(LLAVA, &s, p);
+        assert!(rows.len() > 10);
+        for r in &rows {
+            assert!(r.before == r.after && r.ci_low == 0.0 && r.ci_high == 0.0, "{r:?}");
+        }
+    }
+}
+
+#[test]
+fn requests_that_cannot_mean_anything_are_refused_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(LLAVA, &[Tower::Decoder], &[Selector::MeanImage], dir.path());
+    let refused = |p: InterveneParams, model: &str| {
+        let e = intervene(&repo(model), &data(), &s, &p.check().unwrap(), &|_| {}).err().expect("refused");
+        let msg = e.to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        msg
+    };
+    let image = |at: &str| InterveneParams { positions: Positions::Image, ..erase("colour", at) };
+    assert!(refused(image("decoder/resid/3"), LLAVA).contains("final norm"));
+    assert!(refused(image("decoder/resid/1"), CLIP).contains("no decoder tower"));
+    assert!(refused(erase("colour", "vision/resid/2"), LLAVA).contains("has no partition"));
+    let other = InterveneParams { concept: "texture".into(), ..image("decoder/resid/1") };
+    assert!(refused(other, LLAVA).contains("'texture'"));
+    let steer = InterveneParams {
+        method: Method::Steer,
+        direction: DirectionMethod::DiffMeans,
+        target: Some("mauve".into()),
+        ..image("decoder/resid/1")
+    };
+    assert!(refused(steer, LLAVA).contains("mauve"));
+}
