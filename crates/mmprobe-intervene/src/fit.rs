@@ -1,12 +1,16 @@
 //! The edit at one layer, fitted on the store's rows of the fit samples only:
-//! a LEACE eraser, the projection onto the class-mean differences, or the
-//! unit mean difference toward a target class.
+//! a LEACE eraser; the projection out of the span of the concept's class
+//! directions (class-mean differences, LDA or probe normals); or the unit
+//! direction toward a target class.
 
 use std::collections::HashSet;
 
+use mmprobe_analysis::directions::{self, Direction};
+use mmprobe_analysis::folds::Groups;
 use mmprobe_analysis::labels::Target;
 use mmprobe_analysis::leace::{Leace, mean_difference};
 use mmprobe_analysis::linalg::{eigh, mean_rows};
+use mmprobe_analysis::logistic::LogisticParams;
 use mmprobe_extract::EditKind;
 use mmprobe_store::{Partition, Store};
 use ndarray::{Array2, ArrayView2, Axis};
@@ -37,28 +41,44 @@ fn tensor(a: ArrayView2<f64>) -> Tensor {
     Tensor::from_slice(&v).view([r as i64, c as i64])
 }
 
-/// Orthonormal basis [d, r] of the span of class means minus the overall
-/// mean (rank at most k − 1), from the small Gram matrix of those differences.
-fn class_mean_basis(x: ArrayView2<f64>, y: &[usize], k: usize) -> Result<Array2<f64>> {
+/// Orthonormal basis [d, r] of the span of `rows` [m, d] (rank at most m),
+/// from their small Gram matrix: directions it cannot tell from zero are dropped.
+fn span_basis(rows: &Array2<f64>) -> Result<Array2<f64>> {
+    let gram = rows.dot(&rows.t());
+    let (vals, vecs) = eigh(&gram)?;
+    let top = vals.iter().cloned().fold(0.0f64, f64::max);
+    let keep: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > top * 1e-10 && vals[i] > 0.0).collect();
+    let mut basis = Array2::<f64>::zeros((rows.ncols(), keep.len()));
+    for (j, &i) in keep.iter().enumerate() {
+        // Rᵀv / sqrt(λ) is a unit vector in the span of the rows.
+        basis.column_mut(j).assign(&(rows.t().dot(&vecs.column(i)) / vals[i].sqrt()));
+    }
+    Ok(basis)
+}
+
+/// The class means minus the overall mean, one row per class present [k', d]:
+/// their span (rank at most k − 1) is what difference-of-means erasure removes.
+fn class_mean_offsets(x: ArrayView2<f64>, y: &[usize], k: usize) -> Array2<f64> {
     let mu = mean_rows(x);
-    let d = x.ncols();
     let present: Vec<usize> = (0..k).filter(|c| y.contains(c)).collect();
-    let mut diffs = Array2::<f64>::zeros((present.len(), d));
+    let mut diffs = Array2::<f64>::zeros((present.len(), x.ncols()));
     for (r, &c) in present.iter().enumerate() {
         let rows: Vec<usize> = (0..y.len()).filter(|&i| y[i] == c).collect();
         diffs.row_mut(r).assign(&(mean_rows(x.select(Axis(0), &rows).view()) - &mu));
     }
-    let gram = diffs.dot(&diffs.t());
-    let (vals, vecs) = eigh(&gram)?;
-    let top = vals.iter().cloned().fold(0.0f64, f64::max);
-    let keep: Vec<usize> = (0..vals.len()).filter(|&i| vals[i] > top * 1e-10 && vals[i] > 0.0).collect();
-    let mut basis = Array2::<f64>::zeros((d, keep.len()));
-    for (j, &i) in keep.iter().enumerate() {
-        // Dᵀv / sqrt(λ) is a unit vector in the span of the differences.
-        let col = diffs.t().dot(&vecs.column(i)) / vals[i].sqrt();
-        basis.column_mut(j).assign(&col);
-    }
-    Ok(basis)
+    diffs
+}
+
+/// Per-class unit directions of `method` (one for two classes), as rows.
+fn class_directions(x: ArrayView2<f64>, y: &[usize], k: usize, method: DirectionMethod) -> Result<Vec<Direction>> {
+    Ok(match method {
+        DirectionMethod::Lda => directions::lda(x, y, k)?,
+        DirectionMethod::Probe => {
+            let logistic = LogisticParams::default().check()?;
+            directions::probe(x, y, k, &Groups::singletons(y.len()), &logistic)?
+        }
+        DirectionMethod::DiffMeans | DirectionMethod::Leace => directions::diff_means(x, y, k),
+    })
 }
 
 /// Fits the edit for `concept` on partition `p`, on the rows whose sample is in `fit`.
@@ -96,8 +116,19 @@ pub fn fit(
             let kind = EditKind::Affine { mu: tensor(mu.view()).view([-1]), down: tensor(down), up: tensor(up) };
             Fitted::Erase { kind, rank: e.rank() }
         }
-        (Method::Erase, DirectionMethod::DiffMeans) => {
-            let q = class_mean_basis(x.view(), &y, k)?;
+        (Method::Erase, direction) => {
+            let rows = match direction {
+                DirectionMethod::DiffMeans => class_mean_offsets(x.view(), &y, k),
+                _ => {
+                    let dirs = class_directions(x.view(), &y, k, direction)?;
+                    let mut rows = Array2::<f64>::zeros((dirs.len(), x.ncols()));
+                    for (r, d) in dirs.iter().enumerate() {
+                        rows.row_mut(r).assign(&d.unit);
+                    }
+                    rows
+                }
+            };
+            let q = span_basis(&rows)?;
             let rank = q.ncols();
             let zeros = Tensor::zeros([x.ncols() as i64], (tch::Kind::Float, tch::Device::Cpu));
             let q = tensor(q.view());
@@ -111,9 +142,22 @@ pub fn fit(
                     names.join(", ")
                 )));
             };
-            let d = mean_difference(x.view(), &y, k, ti)?;
-            let u = tensor(d.unit.view().insert_axis(Axis(1))).view([-1]);
-            Fitted::Steer { u, gap: d.norm }
+            let mean_diff = mean_difference(x.view(), &y, k, ti)?;
+            let unit = match direction {
+                DirectionMethod::DiffMeans | DirectionMethod::Leace => mean_diff.unit.clone(),
+                _ => {
+                    // Two classes give one direction, class 1's: class 0's is its opposite.
+                    let dirs = class_directions(x.view(), &y, k, direction)?;
+                    match dirs.iter().find(|d| d.class == ti) {
+                        Some(d) => d.unit.clone(),
+                        None => -&dirs[0].unit,
+                    }
+                }
+            };
+            // The target's mean, from the others', along the direction: the scale of the default alphas.
+            let gap = (&mean_diff.unit * mean_diff.norm).dot(&unit);
+            let u = tensor(unit.view().insert_axis(Axis(1))).view([-1]);
+            Fitted::Steer { u, gap }
         }
     };
     Ok(FitReport { fitted, rows: rows.len(), classes: names.clone() })
@@ -125,7 +169,7 @@ mod tests {
     use ndarray::array;
 
     #[test]
-    fn class_mean_basis_spans_the_mean_differences_and_is_orthonormal() {
+    fn the_class_mean_span_is_orthonormal_and_erasing_it_equalises_the_means() {
         // Three classes differing along axes 0 and 1; axis 2 is noise.
         let x = array![
             [1.0, 0.0, 0.3],
@@ -136,7 +180,7 @@ mod tests {
             [-0.1, 0.1, -0.4]
         ];
         let y = [0, 0, 1, 1, 2, 2];
-        let q = class_mean_basis(x.view(), &y, 3).unwrap();
+        let q = span_basis(&class_mean_offsets(x.view(), &y, 3)).unwrap();
         assert_eq!(q.ncols(), 2, "k − 1 directions");
         let qtq = q.t().dot(&q);
         assert!((&qtq - &Array2::<f64>::eye(2)).iter().all(|v| v.abs() < 1e-10), "{qtq}");

@@ -195,7 +195,7 @@ pub fn measure(subject: &Subject, eval: &EvalSet, edit: Option<&Intervention>, p
             down.push(k);
         }
         match &subject.model {
-            Model::Clip(_) => dual_batch(subject, eval, edit, plan, chunk, &image, &mut m, &mut down)?,
+            Model::Dual(_) => dual_batch(subject, eval, edit, plan, chunk, &image, &mut m, &mut down)?,
             Model::Llava(_) => decoder_batch(subject, eval, edit, plan, chunk, &image, &mut m, &mut down)?,
         }
     }

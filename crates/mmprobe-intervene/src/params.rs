@@ -45,7 +45,7 @@ choice!(
 
 choice!(
     /// How the edit is fitted on the store's rows.
-    DirectionMethod, "direction", { DiffMeans => "diff-means", Leace => "leace" }
+    DirectionMethod, "direction", { DiffMeans => "diff-means", Lda => "lda", Probe => "probe", Leace => "leace" }
 );
 
 choice!(
@@ -176,8 +176,11 @@ impl InterveneParams {
                 if self.target.is_none() {
                     return bad("--method steer needs --target CLASS (the class to steer toward)".into());
                 }
-                if self.direction != DirectionMethod::DiffMeans {
-                    return bad("steering adds a direction: use --direction diff-means (LEACE is an eraser)".into());
+                if self.direction == DirectionMethod::Leace {
+                    return bad(
+                        "steering adds a direction: use --direction diff-means, lda or probe (LEACE is an eraser)"
+                            .into(),
+                    );
                 }
                 if let Some(a) = &self.alphas {
                     if a.is_empty() {
@@ -228,6 +231,10 @@ mod tests {
             ..ok.clone()
         };
         assert!(steer.clone().check().is_ok());
+        for direction in [DirectionMethod::Lda, DirectionMethod::Probe] {
+            assert!(InterveneParams { direction, ..steer.clone() }.check().is_ok());
+            assert!(InterveneParams { direction, ..ok.clone() }.check().is_ok());
+        }
         for p in [
             InterveneParams { concept: " ".into(), ..ok.clone() },
             InterveneParams { positions: Positions::Image, ..ok.clone() },

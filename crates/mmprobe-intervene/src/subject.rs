@@ -10,6 +10,7 @@ use mmprobe_extract::llava::generate::{self, DecoderHook};
 use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::ImageProcessor;
 use mmprobe_extract::select::{self, SequenceLayout};
+use mmprobe_extract::siglip::LoadedSiglip;
 use mmprobe_extract::tokenize::TextTokenizer;
 use mmprobe_extract::{Capture, DType, Edit, EditKind, ModelDir, ModelInfo, SiteRequest};
 use mmprobe_store::{Selector, Tower};
@@ -72,8 +73,14 @@ pub struct Keep {
     pub selector: Selector,
 }
 
-pub struct ClipSubject {
-    pub loaded: LoadedClip,
+/// A dual encoder's model.
+pub enum Dual {
+    Clip(LoadedClip),
+    Siglip(LoadedSiglip),
+}
+
+pub struct DualSubject {
+    pub model: Dual,
     pub tokenizer: TextTokenizer,
 }
 
@@ -85,7 +92,8 @@ pub struct LlavaSubject {
 }
 
 pub enum Model {
-    Clip(Box<ClipSubject>),
+    /// A dual encoder: CLIP or SigLIP.
+    Dual(Box<DualSubject>),
     Llava(Box<LlavaSubject>),
 }
 
@@ -109,28 +117,28 @@ fn unit(x: &Tensor) -> Tensor {
 }
 
 impl Subject {
-    /// Loads a CLIP or LLaVA checkpoint on the CPU in f32; other families are refused in one line.
+    /// Loads a CLIP, SigLIP or LLaVA checkpoint on the CPU in f32, with the
+    /// tokenizer and image processor extraction uses; other families are refused in one line.
     pub fn open(dir: &Path) -> Result<Subject> {
         let md = ModelDir::open(dir)?;
-        let info = ModelInfo::from_dir(dir)?;
-        let processor = ImageProcessor::from_dir(dir)?;
+        let family = mmprobe_extract::family::open(&md)?;
+        let info = family.info().clone();
+        let towers: Vec<Tower> = info.towers.iter().map(|t| t.tower).collect();
+        let tools = family.inputs(&md, &towers, true)?;
+        let missing = |what: &str| InterveneError::Input(format!("{}: the family gives no {what}", dir.display()));
+        let processor = tools.images.ok_or_else(|| missing("image processor"))?;
         let model = match md.model_type.as_str() {
-            "clip" => {
-                let loaded = LoadedClip::load(dir, Device::Cpu, DType::F32)?;
-                let t = &loaded.model.config.text_config;
-                let tokenizer =
-                    TextTokenizer::from_dir(dir, t.max_position_embeddings as usize, t.pad_token_id as u32)?;
-                Model::Clip(Box::new(ClipSubject { loaded, tokenizer }))
-            }
+            "clip" => Model::Dual(Box::new(DualSubject {
+                model: Dual::Clip(LoadedClip::load(dir, Device::Cpu, DType::F32)?),
+                tokenizer: tools.text.ok_or_else(|| missing("text tokenizer"))?,
+            })),
+            "siglip" => Model::Dual(Box::new(DualSubject {
+                model: Dual::Siglip(LoadedSiglip::load(dir, Device::Cpu, DType::F32)?),
+                tokenizer: tools.text.ok_or_else(|| missing("text tokenizer"))?,
+            })),
             "llava" => {
                 let loaded = LoadedLlava::load(dir, Device::Cpu, DType::F32)?;
-                let c = &loaded.model.config;
-                let mut tokenizer = PromptTokenizer::from_dir(
-                    dir,
-                    c.image_token_index,
-                    c.image_seq_length,
-                    c.text_config.pad_token_id,
-                )?;
+                let mut tokenizer = tools.prompts.ok_or_else(|| missing("prompt tokenizer"))?;
                 tokenizer.left_padding = true;
                 let eos = eos_id(&md, &tokenizer).ok_or_else(|| {
                     InterveneError::Input(format!(
@@ -142,7 +150,7 @@ impl Subject {
             }
             other => {
                 return Err(InterveneError::Input(format!(
-                    "{}: model_type '{other}': interventions are wired for clip and llava checkpoints",
+                    "{}: model_type '{other}': interventions are wired for clip, siglip and llava checkpoints",
                     dir.display()
                 )));
             }
@@ -161,13 +169,16 @@ impl Subject {
     ) -> Result<(Tensor, Option<Array2<f64>>)> {
         let b = pixels.size()[0];
         let (tokens, has_cls) = match &self.model {
-            Model::Clip(c) => (c.loaded.model.config.vision_config.num_patches() + 1, true),
+            Model::Dual(c) => match &c.model {
+                Dual::Clip(m) => (m.model.config.vision_config.num_patches() + 1, true),
+                Dual::Siglip(m) => (m.model.config.vision_config.num_patches(), false),
+            },
             Model::Llava(l) => {
                 let v = &l.loaded.model.config.vision_config;
                 (v.tokens(), v.has_cls())
             }
         };
-        let mut request = SiteRequest { embeds: matches!(self.model, Model::Clip(_)), ..Default::default() };
+        let mut request = SiteRequest { embeds: matches!(self.model, Model::Dual(_)), ..Default::default() };
         if let Some(k) = keep {
             request.resid.insert(k.layer);
         }
@@ -176,12 +187,18 @@ impl Subject {
             cap = cap.with_edit(e.vision_edit(b, tokens));
         }
         let out = tch::no_grad(|| match &self.model {
-            Model::Clip(c) => {
-                c.loaded.model.encode_image(pixels, &mut cap);
-                unit(cap.embeds.as_ref().expect("asked for embeds"))
+            Model::Dual(c) => {
+                match &c.model {
+                    Dual::Clip(m) => m.model.encode_image(pixels, &mut cap),
+                    Dual::Siglip(m) => m.model.encode_image(pixels, &mut cap),
+                }
+                cap.embeds.as_ref().map(unit)
             }
-            Model::Llava(l) => l.loaded.model.encode_image(pixels, &mut cap),
+            Model::Llava(l) => Some(l.loaded.model.encode_image(pixels, &mut cap)),
         });
+        let out = out.ok_or_else(|| {
+            InterveneError::Input("this SigLIP has no vision head (vision_use_head false): no image embeddings".into())
+        })?;
         let kept = match keep {
             Some(k) => {
                 let layout = if has_cls {
@@ -204,7 +221,7 @@ impl Subject {
         edit: Option<&Intervention>,
         keep: Option<Keep>,
     ) -> Result<(Tensor, Option<Array2<f64>>)> {
-        let Model::Clip(c) = &self.model else {
+        let Model::Dual(c) = &self.model else {
             return Err(InterveneError::Input("only a dual encoder has a text tower to embed with".into()));
         };
         let batch = c.tokenizer.encode_batch(texts)?;
@@ -216,15 +233,16 @@ impl Subject {
         if let Some(e) = edit.filter(|e| e.on(Tower::Text)) {
             cap = cap.with_edit(e.edit(Some(batch.attention_mask.ne(0))));
         }
-        let m = &c.loaded.model;
-        let e = tch::no_grad(|| {
-            m.encode_text(&batch.input_ids, &batch.attention_mask, &mut cap);
-            unit(cap.embeds.as_ref().expect("asked for embeds"))
+        let (ids, mask) = (&batch.input_ids, &batch.attention_mask);
+        tch::no_grad(|| match &c.model {
+            Dual::Clip(m) => m.model.encode_text(ids, mask, &mut cap),
+            Dual::Siglip(m) => m.model.encode_text(ids, m.text_mask.then_some(mask), &mut cap),
         });
+        let e = unit(cap.embeds.as_ref().expect("asked for embeds"));
         let kept = match keep {
             Some(k) => {
-                let eos = m.text_model.pool_positions(&batch.input_ids);
-                let layout = SequenceLayout::text(&batch.attention_mask, eos);
+                let eos = cap.pool_positions.take().expect("text towers say where they pool");
+                let layout = SequenceLayout::text(mask, eos);
                 Some(pooled(&cap.resid[&k.layer], k, &layout)?)
             }
             None => None,
@@ -236,7 +254,7 @@ impl Subject {
     pub fn llava(&self) -> Result<&LlavaSubject> {
         match &self.model {
             Model::Llava(l) => Ok(l),
-            Model::Clip(_) => Err(InterveneError::Input("a CLIP checkpoint has no decoder to answer with".into())),
+            Model::Dual(_) => Err(InterveneError::Input("a CLIP checkpoint has no decoder to answer with".into())),
         }
     }
 

@@ -98,6 +98,11 @@ fn erasing_colour_in_shapes_clip_takes_colour_out_of_zero_shot_and_not_shape() {
     assert!(find(&rows, 4, 0.0, "probe_accuracy", "size").effect().abs() < 0.1);
     // Held-out samples only, each measured both times.
     assert!(rows.iter().all(|r| r.n <= 150 && r.n > 100), "fit share 0.5 of 300");
+
+    // Projecting out the LDA directions is no eraser: it leaves more of colour than LEACE does.
+    let lda = run(CLIP, &s, InterveneParams { direction: DirectionMethod::Lda, ..erase("colour", "vision/resid/-1") });
+    let lda_colour = find(&lda, 4, 0.0, "zero_shot_accuracy", "colour");
+    assert!(lda_colour.after > colour.after, "{lda_colour:?} vs {colour:?}");
 }
 
 #[test]
@@ -189,4 +194,35 @@ fn requests_that_cannot_mean_anything_are_refused_in_one_line() {
         ..image("decoder/resid/1")
     };
     assert!(refused(steer, LLAVA).contains("mauve"));
+}
+
+#[test]
+fn a_siglip_dual_encoder_takes_edits_in_both_towers_and_alpha_zero_changes_nothing() {
+    // A tiny random SigLIP (scripts/fixtures/siglip): no concept to find, but
+    // every measurement runs and steering by 0 is the plain forward pass.
+    const SIGLIP: &str = "scripts/fixtures/siglip/siglip1-head";
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(SIGLIP, &[Tower::Vision, Tower::Text], &[Selector::Mean], dir.path());
+    for at in ["vision/resid/1", "text/resid/1"] {
+        let p = InterveneParams {
+            concept: "colour".into(),
+            at: at.parse().unwrap(),
+            method: Method::Steer,
+            direction: DirectionMethod::DiffMeans,
+            target: Some("red".into()),
+            alphas: Some(vec![0.0]),
+            bootstrap: 100,
+            ..Default::default()
+        };
+        let rows = run(SIGLIP, &s, p);
+        for metric in ["zero_shot_accuracy", "caption_similarity", "target_rate", "probe_accuracy"] {
+            assert!(rows.iter().any(|r| r.metric == metric), "{at}: no {metric}");
+        }
+        assert!(rows.iter().all(|r| r.before == r.after), "{at}");
+    }
+    let erased = run(SIGLIP, &s, erase("colour", "vision/resid/-1"));
+    assert!(erased.iter().any(|r| r.metric == "zero_shot_accuracy" && r.measured_concept == "colour"));
+    let cls = InterveneParams { positions: Positions::Cls, ..erase("colour", "vision/resid/-1") };
+    let e = intervene(&repo(SIGLIP), &data(), &s, &cls.check().unwrap(), &|_| {}).err().expect("no CLS");
+    assert!(e.to_string().contains("no CLS token"), "{e}");
 }

@@ -10,7 +10,7 @@ use mmprobe_intervene::{At, CheckedIntervene, DirectionMethod, InterveneParams, 
 
 #[derive(Args, Debug)]
 pub struct InterveneCmd {
-    /// The checkpoint to intervene in (CLIP or LLaVA).
+    /// The checkpoint to intervene in (CLIP, SigLIP or LLaVA).
     #[arg(long)]
     model: PathBuf,
     /// The dataset manifest the store was extracted from (labels, captions, question_*/answer_* columns).
@@ -32,7 +32,9 @@ pub struct InterveneCmd {
     /// erase (remove the concept) or steer (add alpha x the unit direction toward --target).
     #[arg(long)]
     method: Method,
-    /// leace (erase only) or diff-means [default: leace for erase, diff-means for steer].
+    /// How the edit is fitted: leace (erase only), diff-means, lda or probe (the class directions
+    /// whose span erase removes, or the target's direction steer adds) [default: leace for erase,
+    /// diff-means for steer].
     #[arg(long)]
     direction: Option<DirectionMethod>,
     /// Steering strengths in residual units [default: 0.5, 1, 2 and 4 times the distance from the
