@@ -32,7 +32,6 @@ pub enum Fitted {
 pub struct FitReport {
     pub fitted: Fitted,
     pub rows: usize,
-    pub classes: Vec<String>,
 }
 
 fn tensor(a: ArrayView2<f64>) -> Tensor {
@@ -107,6 +106,17 @@ pub fn fit(
         )));
     }
     let x = loaded.x.select(Axis(0), &rows);
+    // Classes absent from the fit rows are dropped: a direction of an empty class means nothing.
+    let mut present: Vec<usize> = y.clone();
+    present.sort_unstable();
+    present.dedup();
+    if present.len() < 2 {
+        return Err(InterveneError::Input(format!(
+            "partition {p}: the fit samples hold one class of '{concept}' only"
+        )));
+    }
+    let y: Vec<usize> = y.iter().map(|c| present.binary_search(c).expect("present")).collect();
+    let names: Vec<String> = present.iter().map(|&c| names[c].clone()).collect();
     let k = names.len();
     let fitted = match (method, direction) {
         (Method::Erase, DirectionMethod::Leace) => {
@@ -138,7 +148,7 @@ pub fn fit(
             let t = target.expect("checked: steering has a target");
             let Some(ti) = names.iter().position(|n| n == t) else {
                 return Err(InterveneError::Input(format!(
-                    "--target '{t}' is not a class of '{concept}' (classes: {})",
+                    "--target '{t}' is not among the classes of '{concept}' in the fit samples ({})",
                     names.join(", ")
                 )));
             };
@@ -160,7 +170,7 @@ pub fn fit(
             Fitted::Steer { u, gap }
         }
     };
-    Ok(FitReport { fitted, rows: rows.len(), classes: names.clone() })
+    Ok(FitReport { fitted, rows: rows.len() })
 }
 
 #[cfg(test)]

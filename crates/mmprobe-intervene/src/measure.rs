@@ -109,7 +109,8 @@ impl<'a> EvalSet<'a> {
             };
             data.extend(subject.processor.process(&img));
         }
-        Ok(Tensor::from_slice(&data).view([idx.len() as i64, 3, h as i64, w as i64]))
+        let t = Tensor::from_slice(&data).view([idx.len() as i64, 3, h as i64, w as i64]);
+        Ok(t.to_device(subject.device).to_kind(subject.dtype.kind()))
     }
 
     fn caption(&self, i: usize) -> Option<&str> {
@@ -149,20 +150,28 @@ impl Measures {
     }
 }
 
-/// `text` with the whole-word occurrence of `from` replaced by `to`; `None`
-/// when `from` is not in it as a whole word.
+/// `text` with the one whole-word occurrence of `from` (any case) replaced
+/// by `to`; `None` when `from` is empty, absent, or there more than once (the
+/// caption would not say which of its words is the class).
 pub fn swap_word(text: &str, from: &str, to: &str) -> Option<String> {
-    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
-    let mut start = 0;
-    while let Some(off) = text[start..].find(from) {
-        let at = start + off;
-        let end = at + from.len();
-        if !is_word(text[..at].chars().next_back()) && !is_word(text[end..].chars().next()) {
-            return Some(format!("{}{to}{}", &text[..at], &text[end..]));
-        }
-        start = at + from.len().max(1);
+    if from.is_empty() {
+        return None;
     }
-    None
+    // ASCII lower-casing keeps every byte offset, so matches index `text` itself.
+    let (hay, needle) = (text.to_ascii_lowercase(), from.to_ascii_lowercase());
+    let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric());
+    let mut found = None;
+    for (at, _) in hay.match_indices(&needle) {
+        let end = at + needle.len();
+        if !is_word(hay[..at].chars().next_back()) && !is_word(hay[end..].chars().next()) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some((at, end));
+        }
+    }
+    let (at, end) = found?;
+    Some(format!("{}{to}{}", &text[..at], &text[end..]))
 }
 
 /// Answers compared as words: case, surrounding space and a final full stop ignored.
@@ -268,7 +277,8 @@ fn dual_batch(
     }
     let text = Tensor::cat(&parts, 0);
     let width = text.size()[0] as usize;
-    let flat = Vec::<f64>::try_from(tch::no_grad(|| image.mm(&text.tr())).to_kind(Kind::Double).flatten(0, -1))?;
+    let sims = tch::no_grad(|| image.mm(&text.tr())).to_kind(Kind::Double).to_device(tch::Device::Cpu);
+    let flat = Vec::<f64>::try_from(sims.flatten(0, -1))?;
     let sims: Vec<&[f64]> = flat.chunks(width).collect();
     for (b, &i) in chunk.iter().enumerate() {
         m.put(CAPTION_SIMILARITY, "caption", n, i, truth[b].map(|t| sims[b][t]));
@@ -317,7 +327,8 @@ fn decoder_batch(
         if rows.is_empty() {
             continue;
         }
-        let sel = Tensor::from_slice(&rows.iter().map(|(b, _)| *b as i64).collect::<Vec<_>>());
+        let sel =
+            Tensor::from_slice(&rows.iter().map(|(b, _)| *b as i64).collect::<Vec<_>>()).to_device(image.device());
         let img = image.index_select(0, &sel);
         let prompts: Vec<String> = rows.iter().map(|(_, i)| chat_prompt(&qa[*i].as_ref().expect("kept").0)).collect();
         let truths: Vec<String> = rows.iter().map(|(_, i)| qa[*i].as_ref().expect("kept").1.clone()).collect();
@@ -354,6 +365,10 @@ mod tests {
         assert_eq!(swap_word(c, "red", "blue").as_deref(), Some("a blue square, reddish background"));
         assert_eq!(swap_word("a reddish one", "red", "blue"), None);
         assert_eq!(swap_word("top left corner", "top left", "centre").as_deref(), Some("centre corner"));
+        assert_eq!(swap_word("Red square", "red", "blue").as_deref(), Some("blue square"), "any case");
+        assert_eq!(swap_word("a red square on red", "red", "blue"), None, "which red is the class?");
+        assert_eq!(swap_word("a red square", "", "blue"), None);
+        assert_eq!(swap_word("naïve red", "red", "blue").as_deref(), Some("naïve blue"));
         assert!(same_answer(" Red.", "red") && !same_answer("red", "dark red"));
         assert_eq!(chat_prompt("<image> What colour?"), "USER: <image> What colour? ASSISTANT:");
         assert_eq!(chat_prompt("What colour?"), "USER: <image>\nWhat colour? ASSISTANT:");

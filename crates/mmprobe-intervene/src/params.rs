@@ -120,7 +120,7 @@ pub struct InterveneParams {
     pub bootstrap: usize,
     pub seed: u64,
     pub batch_size: usize,
-    /// Captions for zero-shot when a label's value is not in the sample's own caption.
+    /// Zero-shot captions, `{}` filled with each class, instead of each sample's own caption with its class swapped.
     pub template: Option<String>,
     /// Folds of the downstream (amnesic) probe.
     pub probe_folds: usize,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use mmprobe_analysis::rng::Rng;
 use mmprobe_analysis::tables::InterventionRow;
-use mmprobe_extract::ModelDir;
+use mmprobe_extract::{ModelDir, RunOptions};
 use mmprobe_store::dataset::Dataset;
 use mmprobe_store::manifest::sha256_bytes;
 use mmprobe_store::{Partition, Site, Store, Tower};
@@ -54,16 +54,21 @@ fn downstream_layer(subject: &Subject, tower: Tower, n: usize) -> Result<usize> 
     }
 }
 
+/// Runs the intervention `params` on `model` (CPU or CUDA, in `run`'s dtype:
+/// its device, dtype, threads and allow_tf32 are used), fitted on `store_dir`'s
+/// rows of `data`'s fit samples. `progress` hears each step.
 pub fn intervene(
     model: &Path,
     data: &Path,
     store_dir: &Path,
     params: &CheckedIntervene,
+    run: &RunOptions,
     progress: &dyn Fn(&str),
 ) -> Result<Outcome> {
     let p = params.params();
     let mut notes = Vec::new();
-    let subject = Subject::open(model)?;
+    let device = run.apply().map_err(mmprobe_extract::ExtractError::from)?;
+    let subject = Subject::open(model, device, run.dtype, run.allow_tf32)?;
     let dataset = Dataset::open(data)?;
     let store = Store::open(store_dir)?;
     if let Some(m) = &store.manifest {
@@ -100,19 +105,30 @@ pub fn intervene(
     if p.positions == crate::params::Positions::Cls && !info.cls {
         return Err(InterveneError::Input(format!("the {tower} tower has no CLS token: use --positions all")));
     }
-    let layers = p.at.layers.resolve(Site::Resid, n_layers, tower)?;
+    let mut layers = p.at.layers.resolve(Site::Resid, n_layers, tower)?;
     let down_layer = downstream_layer(&subject, tower, n_layers)?;
-    for &l in &layers {
+    let why_not = |l: usize| -> Option<String> {
         if tower == Tower::Decoder && l == n_layers {
-            return Err(InterveneError::Input(format!(
-                "decoder layer {l} is stored after the final norm, the model goes on from before it: choose a layer below {n_layers}"
-            )));
+            Some(format!(
+                "decoder layer {l} is stored after the final norm while the model goes on from before it: \
+                 choose a layer below {n_layers}"
+            ))
+        } else if l > down_layer {
+            Some(format!(
+                "{tower} layer {l} comes after layer {down_layer}, the last the decoder reads: an edit there changes nothing"
+            ))
+        } else {
+            None
         }
-        if l > down_layer {
-            return Err(InterveneError::Input(format!(
-                "vision layer {l} comes after layer {down_layer}, the last the decoder reads: an edit there changes nothing"
-            )));
+    };
+    if p.at.layers == mmprobe_extract::LayerSpec::All {
+        let dropped: Vec<String> = layers.iter().filter(|&&l| why_not(l).is_some()).map(|l| l.to_string()).collect();
+        if !dropped.is_empty() {
+            notes.push(format!("layers {} left out of 'all': an edit there cannot act", dropped.join(", ")));
         }
+        layers.retain(|&l| why_not(l).is_none());
+    } else if let Some(why) = layers.iter().find_map(|&l| why_not(l)) {
+        return Err(InterveneError::Input(why));
     }
     if layers.is_empty() {
         return Err(InterveneError::Input("--at names no layer".into()));
@@ -129,6 +145,13 @@ pub fn intervene(
         }
     }
 
+    if dataset.len() < 10 {
+        return Err(InterveneError::Input(format!(
+            "{} has {} rows: too few to fit on some and measure the others",
+            data.display(),
+            dataset.len()
+        )));
+    }
     let (fit_rows, eval_rows) = split(dataset.len(), p.fit_share, p.max_samples, p.seed);
     let (eval, skipped) = EvalSet::new(&dataset, eval_rows)?;
     if !skipped.is_empty() {
@@ -159,8 +182,14 @@ pub fn intervene(
         fit_rows.len(),
         eval.rows.len()
     ));
+    // The decoder reads a LLaVA vision tower's patches, not its CLS: the
+    // downstream probe reads what the decoder gets.
+    let down_selector = match (&subject.model, tower) {
+        (Model::Llava(_), Tower::Vision) => mmprobe_store::Selector::Mean,
+        _ => selector,
+    };
     let plan = Plan {
-        keep: (tower, Keep { layer: down_layer, selector }),
+        keep: (tower, Keep { layer: down_layer, selector: down_selector }),
         target,
         template: p.template.clone(),
         batch_size: p.batch_size,

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use mmprobe_extract::clip::LoadedClip;
 use mmprobe_extract::llava::generate::{self, DecoderHook};
+use mmprobe_extract::llava::prompt::PromptToken;
 use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::ImageProcessor;
 use mmprobe_extract::select::{self, SequenceLayout};
@@ -44,17 +45,23 @@ impl Intervention {
     }
 
     /// The edit for a decoder pass over `ids`, `mask` [B, T] (left padded).
-    fn decoder_edit(&self, ids: &Tensor, mask: &Tensor, image_token: i64) -> Edit {
+    /// `last_from` [B]: each row's last prompt position; `last` edits it and
+    /// every position after it (the answer predicted from there), else the
+    /// sequence's last position.
+    fn decoder_edit(&self, ids: &Tensor, mask: &Tensor, image_token: i64, last_from: Option<&Tensor>) -> Edit {
         let valid = mask.ne(0);
         let image = ids.eq(image_token);
         let m = match self.positions {
             Positions::Image => valid.logical_and(&image),
             Positions::Text => valid.logical_and(&image.logical_not()),
             Positions::Last => {
-                let m = valid.zeros_like();
-                let t = m.size()[1];
-                let _ = m.narrow(1, t - 1, 1).fill_(1);
-                m
+                let t = valid.size()[1];
+                let col = Tensor::arange(t, (Kind::Int64, valid.device())).unsqueeze(0);
+                let from = match last_from {
+                    Some(f) => f.to_device(valid.device()).unsqueeze(1),
+                    None => Tensor::full([valid.size()[0], 1], t - 1, (Kind::Int64, valid.device())),
+                };
+                valid.logical_and(&col.ge_tensor(&from))
             }
             Positions::All | Positions::Cls => valid,
         };
@@ -88,7 +95,8 @@ pub struct LlavaSubject {
     pub loaded: LoadedLlava,
     /// Pads on the left: generation appends at the end.
     pub tokenizer: PromptTokenizer,
-    pub eos: i64,
+    /// Generation stops at any of these.
+    pub eos: Vec<i64>,
 }
 
 pub enum Model {
@@ -101,6 +109,8 @@ pub struct Subject {
     pub info: ModelInfo,
     pub processor: ImageProcessor,
     pub model: Model,
+    pub device: Device,
+    pub dtype: DType,
 }
 
 fn pooled(h: &Tensor, keep: Keep, layout: &SequenceLayout) -> Result<Array2<f64>> {
@@ -117,9 +127,10 @@ fn unit(x: &Tensor) -> Tensor {
 }
 
 impl Subject {
-    /// Loads a CLIP, SigLIP or LLaVA checkpoint on the CPU in f32, with the
-    /// tokenizer and image processor extraction uses; other families are refused in one line.
-    pub fn open(dir: &Path) -> Result<Subject> {
+    /// Loads a CLIP, SigLIP or LLaVA checkpoint on `device` in `dtype`, with
+    /// the tokenizer and image processor extraction uses; other families are
+    /// refused in one line. `allow_tf32` as extraction's `--allow-tf32`.
+    pub fn open(dir: &Path, device: Device, dtype: DType, allow_tf32: bool) -> Result<Subject> {
         let md = ModelDir::open(dir)?;
         let family = mmprobe_extract::family::open(&md)?;
         let info = family.info().clone();
@@ -129,23 +140,34 @@ impl Subject {
         let processor = tools.images.ok_or_else(|| missing("image processor"))?;
         let model = match md.model_type.as_str() {
             "clip" => Model::Dual(Box::new(DualSubject {
-                model: Dual::Clip(LoadedClip::load(dir, Device::Cpu, DType::F32)?),
+                model: Dual::Clip({
+                    let mut m = LoadedClip::load(dir, device, dtype)?;
+                    m.set_allow_tf32(allow_tf32);
+                    m
+                }),
                 tokenizer: tools.text.ok_or_else(|| missing("text tokenizer"))?,
             })),
             "siglip" => Model::Dual(Box::new(DualSubject {
-                model: Dual::Siglip(LoadedSiglip::load(dir, Device::Cpu, DType::F32)?),
+                model: Dual::Siglip({
+                    let mut m = LoadedSiglip::load(dir, device, dtype)?;
+                    m.set_allow_tf32(allow_tf32);
+                    m
+                }),
                 tokenizer: tools.text.ok_or_else(|| missing("text tokenizer"))?,
             })),
             "llava" => {
-                let loaded = LoadedLlava::load(dir, Device::Cpu, DType::F32)?;
+                let mut loaded = LoadedLlava::load(dir, device, dtype)?;
+                loaded.set_allow_tf32(allow_tf32);
                 let mut tokenizer = tools.prompts.ok_or_else(|| missing("prompt tokenizer"))?;
                 tokenizer.left_padding = true;
-                let eos = eos_id(&md, &tokenizer).ok_or_else(|| {
-                    InterveneError::Input(format!(
-                        "{}: no eos_token_id in text_config and no </s> token: generation cannot stop",
+                let eos = eos_ids(&md, &tokenizer);
+                if eos.is_empty() {
+                    return Err(InterveneError::Input(format!(
+                        "{}: no eos_token_id in text_config or generation_config.json and no </s> token: \
+                         generation cannot stop",
                         dir.display()
-                    ))
-                })?;
+                    )));
+                }
                 Model::Llava(Box::new(LlavaSubject { loaded, tokenizer, eos }))
             }
             other => {
@@ -155,7 +177,7 @@ impl Subject {
                 )));
             }
         };
-        Ok(Subject { info, processor, model })
+        Ok(Subject { info, processor, model, device, dtype })
     }
 
     /// The vision tower on `pixels` [B, 3, H, W]: CLIP's unit image embeddings
@@ -202,9 +224,9 @@ impl Subject {
         let kept = match keep {
             Some(k) => {
                 let layout = if has_cls {
-                    SequenceLayout::vision(b, tokens, Device::Cpu)
+                    SequenceLayout::vision(b, tokens, self.device)
                 } else {
-                    SequenceLayout::patches(b, tokens, Device::Cpu)
+                    SequenceLayout::patches(b, tokens, self.device)
                 };
                 Some(pooled(&cap.resid[&k.layer], k, &layout)?)
             }
@@ -231,9 +253,11 @@ impl Subject {
         }
         let mut cap = Capture::new(request);
         if let Some(e) = edit.filter(|e| e.on(Tower::Text)) {
-            cap = cap.with_edit(e.edit(Some(batch.attention_mask.ne(0))));
+            // A tower that gets no mask attends to, and pools at, its padding: every position is its own.
+            let unmasked = matches!(&c.model, Dual::Siglip(m) if !m.text_mask);
+            cap = cap.with_edit(e.edit((!unmasked).then(|| batch.attention_mask.ne(0))));
         }
-        let (ids, mask) = (&batch.input_ids, &batch.attention_mask);
+        let (ids, mask) = (&batch.input_ids.to_device(self.device), &batch.attention_mask.to_device(self.device));
         tch::no_grad(|| match &c.model {
             Dual::Clip(m) => m.model.encode_text(ids, mask, &mut cap),
             Dual::Siglip(m) => m.model.encode_text(ids, m.text_mask.then_some(mask), &mut cap),
@@ -250,6 +274,11 @@ impl Subject {
         Ok((e, kept))
     }
 
+    /// Token ids and mask on the model's device.
+    fn on_device(&self, ids: &Tensor, mask: &Tensor) -> (Tensor, Tensor) {
+        (ids.to_device(self.device), mask.to_device(self.device))
+    }
+
     /// The LLaVA parts, or a one-line refusal for a dual encoder.
     pub fn llava(&self) -> Result<&LlavaSubject> {
         match &self.model {
@@ -258,15 +287,50 @@ impl Subject {
         }
     }
 
-    fn decoder_hook<'a>(&'a self, edit: Option<&'a Intervention>, request: SiteRequest) -> Box<DecoderHook<'a>> {
+    /// Each pass's capture, with the decoder edit; `last_from` as [`Intervention::decoder_edit`].
+    fn decoder_hook<'a>(
+        &'a self,
+        edit: Option<&'a Intervention>,
+        request: SiteRequest,
+        last_from: Option<Tensor>,
+    ) -> Box<DecoderHook<'a>> {
         let image_token = self.llava().map(|l| l.loaded.model.config.image_token_index).unwrap_or(-1);
         Box::new(move |ids: &Tensor, mask: &Tensor| {
             let cap = Capture::new(request.clone());
             match edit.filter(|e| e.on(Tower::Decoder)) {
-                Some(e) => cap.with_edit(e.decoder_edit(ids, mask, image_token)),
+                Some(e) => cap.with_edit(e.decoder_edit(ids, mask, image_token, last_from.as_ref())),
                 None => cap,
             }
         })
+    }
+
+    /// Refuses a prompt whose tokens hold no image or more than one (their
+    /// features would fill another row's image positions).
+    fn check_one_image(&self, prompt: &str, tokens: &[PromptToken]) -> Result<()> {
+        let l = self.llava()?;
+        let n = tokens.iter().filter(|t| t.image).count();
+        if n != l.tokenizer.image_seq_length {
+            return Err(InterveneError::Input(format!(
+                "prompt '{prompt}' has {} image tokens: a LLaVA prompt needs exactly one <image>",
+                n / l.tokenizer.image_seq_length.max(1)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Prompts as a left-padded batch on the model's device, each checked to hold one image.
+    fn prompt_batch(&self, prompts: &[String]) -> Result<(Tensor, Tensor)> {
+        let l = self.llava()?;
+        let rows = prompts
+            .iter()
+            .map(|p| {
+                let t = l.tokenizer.encode(p)?;
+                self.check_one_image(p, &t)?;
+                Ok(t)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let batch = l.tokenizer.pad(rows);
+        Ok(self.on_device(&batch.input_ids, &batch.attention_mask))
     }
 
     /// Greedy answers (decoded text, special tokens skipped) to one prompt per image.
@@ -278,18 +342,11 @@ impl Subject {
         edit: Option<&Intervention>,
     ) -> Result<Vec<String>> {
         let l = self.llava()?;
-        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let batch = l.tokenizer.encode_batch(&refs)?;
-        let mut hook = self.decoder_hook(edit, SiteRequest::default());
-        let ids = generate::greedy(
-            &l.loaded.model,
-            &batch.input_ids,
-            &batch.attention_mask,
-            image,
-            l.eos,
-            max_new,
-            &mut *hook,
-        )?;
+        let (input_ids, mask) = self.prompt_batch(prompts)?;
+        // Left padding: every prompt's last token is at the same column.
+        let last = Tensor::full([input_ids.size()[0]], input_ids.size()[1] - 1, (Kind::Int64, Device::Cpu));
+        let mut hook = self.decoder_hook(edit, SiteRequest::default(), Some(last));
+        let ids = generate::greedy(&l.loaded.model, &input_ids, &mask, image, &l.eos, max_new, &mut *hook)?;
         ids.iter().map(|row| Ok(l.tokenizer.decode(&row.iter().map(|&i| i as u32).collect::<Vec<_>>())?)).collect()
     }
 
@@ -308,6 +365,7 @@ impl Subject {
         for (p, a) in prompts.iter().zip(answers) {
             let head = l.tokenizer.encode(p)?;
             let full = l.tokenizer.encode(&format!("{p} {a}"))?;
+            self.check_one_image(&format!("{p} {a}"), &full)?;
             let extends = full.len() > head.len() && full[..head.len()] == head[..];
             scored_from.push(extends.then_some(head.len()));
             rows.push(full);
@@ -316,24 +374,22 @@ impl Subject {
         let batch = l.tokenizer.pad(rows);
         let t = batch.input_ids.size()[1] as usize;
         let mut scored = vec![false; prompts.len() * t];
+        // Each row's last prompt position: `last` edits there and after.
+        let mut last = vec![t as i64 - 1; prompts.len()];
         for (i, (&len, from)) in lens.iter().zip(&scored_from).enumerate() {
+            // Left padding (the tokenizer was set to it on loading): row i's token j sits at t - len + j.
+            let at = |j: usize| t - len + j;
             if let Some(from) = from {
-                // Left padding: row i's token j sits at t - len + j.
                 for j in *from..len {
-                    scored[i * t + t - len + j] = true;
+                    scored[i * t + at(j)] = true;
                 }
+                last[i] = at(*from - 1) as i64;
             }
         }
-        let scored = Tensor::from_slice(&scored).view([prompts.len() as i64, t as i64]);
-        let mut hook = self.decoder_hook(edit, SiteRequest::default());
-        let lp = generate::scored_log_prob(
-            &l.loaded.model,
-            &batch.input_ids,
-            &batch.attention_mask,
-            image,
-            &scored,
-            &mut *hook,
-        )?;
+        let scored = Tensor::from_slice(&scored).view([prompts.len() as i64, t as i64]).to_device(self.device);
+        let (input_ids, mask) = self.on_device(&batch.input_ids, &batch.attention_mask);
+        let mut hook = self.decoder_hook(edit, SiteRequest::default(), Some(Tensor::from_slice(&last)));
+        let lp = generate::scored_log_prob(&l.loaded.model, &input_ids, &mask, image, &scored, &mut *hook)?;
         Ok(lp.into_iter().zip(&scored_from).map(|(v, f)| f.map(|_| v)).collect())
     }
 
@@ -346,23 +402,36 @@ impl Subject {
         keep: Keep,
     ) -> Result<Array2<f64>> {
         let l = self.llava()?;
-        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let batch = l.tokenizer.encode_batch(&refs)?;
+        let (ids, mask) = self.prompt_batch(prompts)?;
         let request = SiteRequest { resid: [keep.layer].into(), ..Default::default() };
-        let mut hook = self.decoder_hook(edit, request);
-        let mut cap = hook(&batch.input_ids, &batch.attention_mask);
-        let _ = tch::no_grad(|| l.loaded.model.decode(&batch.input_ids, &batch.attention_mask, Some(image), &mut cap));
-        let image_mask = batch.input_ids.eq(l.loaded.model.config.image_token_index);
-        let layout = SequenceLayout::decoder(&batch.attention_mask, image_mask);
+        let mut hook = self.decoder_hook(edit, request, None);
+        let mut cap = hook(&ids, &mask);
+        let _ = tch::no_grad(|| l.loaded.model.decode(&ids, &mask, Some(image), &mut cap));
+        let image_mask = ids.eq(l.loaded.model.config.image_token_index);
+        let layout = SequenceLayout::decoder(&mask, image_mask);
         pooled(&cap.resid[&keep.layer], keep, &layout)
     }
 }
 
-/// The decoder's end-of-sequence id: text_config's `eos_token_id` (its first
-/// when a list), else the tokenizer's `</s>`.
-fn eos_id(md: &ModelDir, tok: &PromptTokenizer) -> Option<i64> {
-    let v = &md.config_value["text_config"]["eos_token_id"];
-    v.as_i64()
-        .or_else(|| v.as_array().and_then(|a| a.first()).and_then(|x| x.as_i64()))
-        .or_else(|| tok.token_to_id("</s>").map(i64::from))
+/// The decoder's end-of-sequence ids: text_config's `eos_token_id` (one or a
+/// list), generation_config.json's, else the tokenizer's `</s>`.
+fn eos_ids(md: &ModelDir, tok: &PromptTokenizer) -> Vec<i64> {
+    let ids = |v: &serde_json::Value| -> Vec<i64> {
+        match v {
+            serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_i64()).collect(),
+            v => v.as_i64().into_iter().collect(),
+        }
+    };
+    let generation: serde_json::Value = std::fs::read(md.dir.join("generation_config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let mut out = ids(&md.config_value["text_config"]["eos_token_id"]);
+    out.extend(ids(&generation["eos_token_id"]));
+    if out.is_empty() {
+        out.extend(tok.token_to_id("</s>").map(i64::from));
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use mmprobe_analysis::tables::InterventionRow;
-use mmprobe_extract::{ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower};
+use mmprobe_extract::{DeviceChoice, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower};
 use mmprobe_intervene::{DirectionMethod, InterveneParams, Method, Positions, intervene};
 
 fn repo(rel: &str) -> PathBuf {
@@ -19,9 +19,14 @@ fn data() -> PathBuf {
 }
 
 fn store(model: &str, towers: &[Tower], selectors: &[Selector], out: &Path) -> PathBuf {
+    store_of(model, &data(), towers, selectors, out)
+}
+
+/// A store of every resid layer of `towers` of `model` over the dataset `data`.
+fn store_of(model: &str, data: &Path, towers: &[Tower], selectors: &[Selector], out: &Path) -> PathBuf {
     let opts = ExtractOptions {
         model: repo(model),
-        data: data(),
+        data: data.to_path_buf(),
         out: out.to_path_buf(),
         towers: Some(towers.to_vec()),
         sites: vec![Site::Resid],
@@ -42,8 +47,17 @@ fn store(model: &str, towers: &[Tower], selectors: &[Selector], out: &Path) -> P
 const CLIP: &str = "datasets/models/shapes-clip";
 const LLAVA: &str = "datasets/models/shapes-llava";
 
+/// The device the tests run on: `MMPROBE_TEST_DEVICE` (e.g. `cuda:0`), else the CPU.
+fn on() -> RunOptions {
+    let device = match std::env::var("MMPROBE_TEST_DEVICE") {
+        Ok(d) => d.parse().unwrap_or_else(|e| panic!("MMPROBE_TEST_DEVICE={d}: {e}")),
+        Err(_) => DeviceChoice::Cpu,
+    };
+    RunOptions { device, ..Default::default() }
+}
+
 fn run(model: &str, store: &Path, p: InterveneParams) -> Vec<InterventionRow> {
-    let out = intervene(&repo(model), &data(), store, &p.check().unwrap(), &|_| {}).unwrap();
+    let out = intervene(&repo(model), &data(), store, &p.check().unwrap(), &on(), &|_| {}).unwrap();
     for r in &out.rows {
         eprintln!(
             "{} layer {} alpha {:.2} {} {}: {:.3} -> {:.3} [{:+.3}, {:+.3}]",
@@ -176,7 +190,7 @@ fn requests_that_cannot_mean_anything_are_refused_in_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(LLAVA, &[Tower::Decoder], &[Selector::MeanImage], dir.path());
     let refused = |p: InterveneParams, model: &str| {
-        let e = intervene(&repo(model), &data(), &s, &p.check().unwrap(), &|_| {}).err().expect("refused");
+        let e = intervene(&repo(model), &data(), &s, &p.check().unwrap(), &on(), &|_| {}).err().expect("refused");
         let msg = e.to_string();
         assert!(!msg.contains('\n'), "{msg}");
         msg
@@ -194,6 +208,33 @@ fn requests_that_cannot_mean_anything_are_refused_in_one_line() {
         ..image("decoder/resid/1")
     };
     assert!(refused(steer, LLAVA).contains("mauve"));
+
+    // A question without <image> would take another row's image features: refused.
+    let csv = std::fs::read_to_string(data()).unwrap();
+    let images = repo("datasets/shapes/images");
+    let edited = csv
+        .replace(",images/", &format!(",{}/", images.display()))
+        .replace("<image> What colour is the shape?", "USER: What colour is the shape? ASSISTANT:");
+    let other = tempfile::tempdir().unwrap();
+    let path = other.path().join("data.csv");
+    std::fs::write(&path, edited).unwrap();
+    let opts_store = store_of(LLAVA, &path, &[Tower::Decoder], &[Selector::MeanImage], &other.path().join("store"));
+    let p = image("decoder/resid/1").check().unwrap();
+    let e = intervene(&repo(LLAVA), &path, &opts_store, &p, &on(), &|_| {}).err().expect("refused");
+    assert!(e.to_string().contains("exactly one <image>"), "{e}");
+    // The store's dataset is checked too.
+    let e = intervene(&repo(LLAVA), &data(), &opts_store, &p, &on(), &|_| {}).err().expect("refused");
+    assert!(e.to_string().contains("was extracted from"), "{e}");
+}
+
+#[test]
+fn an_edit_at_the_last_prompt_position_reaches_every_answer_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(LLAVA, &[Tower::Decoder], &[Selector::Last], dir.path());
+    let p = InterveneParams { positions: Positions::Last, ..erase("colour", "decoder/resid/1") };
+    let rows = run(LLAVA, &s, p);
+    let logp = find(&rows, 1, 0.0, "answer_log_prob", "colour");
+    assert!(logp.after != logp.before, "the scored answer tokens see the edit: {logp:?}");
 }
 
 #[test]
@@ -223,6 +264,6 @@ fn a_siglip_dual_encoder_takes_edits_in_both_towers_and_alpha_zero_changes_nothi
     let erased = run(SIGLIP, &s, erase("colour", "vision/resid/-1"));
     assert!(erased.iter().any(|r| r.metric == "zero_shot_accuracy" && r.measured_concept == "colour"));
     let cls = InterveneParams { positions: Positions::Cls, ..erase("colour", "vision/resid/-1") };
-    let e = intervene(&repo(SIGLIP), &data(), &s, &cls.check().unwrap(), &|_| {}).err().expect("no CLS");
+    let e = intervene(&repo(SIGLIP), &data(), &s, &cls.check().unwrap(), &on(), &|_| {}).err().expect("no CLS");
     assert!(e.to_string().contains("no CLS token"), "{e}");
 }

@@ -81,7 +81,7 @@ pub fn greedy_answers(
     let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
     let batch = tok.encode_batch(&refs)?;
     let ids =
-        greedy(&llava.model, &batch.input_ids, &batch.attention_mask, image, eos, MAX_NEW_TOKENS, &mut |_, _| {
+        greedy(&llava.model, &batch.input_ids, &batch.attention_mask, image, &[eos], MAX_NEW_TOKENS, &mut |_, _| {
             Capture::nothing()
         })?;
     Ok(ids.into_iter().map(|row| row.iter().filter_map(|&i| tok.id_to_token(i as u32)).collect()).collect())

@@ -23,7 +23,7 @@ pub struct InterventionRow {
     pub positions: String,
     /// `erase` or `steer`.
     pub method: String,
-    /// `diff-means` or `leace`.
+    /// `leace`, `diff-means`, `lda` or `probe`.
     pub direction: String,
     /// The steering target class (empty for erasure).
     pub target: String,

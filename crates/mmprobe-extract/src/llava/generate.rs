@@ -12,7 +12,7 @@ use crate::capture::Capture;
 pub type DecoderHook<'a> = dyn FnMut(&Tensor, &Tensor) -> Capture + 'a;
 
 /// Greedy continuations of left-padded prompts, each up to (not including)
-/// `eos` and at most `max_new` tokens. `image` holds the projected features
+/// the first of the `eos` ids and at most `max_new` tokens. `image` holds the projected features
 /// ([`LlavaModel::encode_image`]). The image token is never emitted: it would
 /// be taken for a placeholder on the next pass.
 pub fn greedy(
@@ -20,7 +20,7 @@ pub fn greedy(
     input_ids: &Tensor,
     attention_mask: &Tensor,
     image: &Tensor,
-    eos: i64,
+    eos: &[i64],
     max_new: usize,
     hook: &mut DecoderHook,
 ) -> crate::Result<Vec<Vec<i64>>> {
@@ -40,10 +40,10 @@ pub fn greedy(
             }
             logits.argmax(-1, false)
         });
-        let picked = Vec::<i64>::try_from(next.flatten(0, -1))?;
+        let picked = Vec::<i64>::try_from(next.flatten(0, -1).to_device(tch::Device::Cpu))?;
         for (i, &id) in picked.iter().enumerate() {
             if !done[i] {
-                if id == eos { done[i] = true } else { out[i].push(id) }
+                if eos.contains(&id) { done[i] = true } else { out[i].push(id) }
             }
         }
         if done.iter().all(|&d| d) {
@@ -75,7 +75,7 @@ pub fn scored_log_prob(
         let safe = next.clamp(0, v - 1);
         let picked = logp.gather(-1, &safe.unsqueeze(-1), false).squeeze_dim(-1);
         let keep = scored.narrow(1, 1, t - 1).to_kind(Kind::Float);
-        (picked * keep).sum_dim_intlist([1i64].as_slice(), false, Kind::Double)
+        (picked * keep).sum_dim_intlist([1i64].as_slice(), false, Kind::Double).to_device(tch::Device::Cpu)
     });
     Ok(Vec::<f64>::try_from(sums)?)
 }

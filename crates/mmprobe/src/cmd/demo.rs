@@ -165,7 +165,9 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
             p.method, p.concept, p.at.tower, p.at.layers, p.positions
         ));
         let checked = p.clone().check()?;
-        let out = mmprobe_intervene::intervene(&job.model, job.data, &store_dir, &checked, &|s| eprintln!("   {s}"))?;
+        let run = RunOptions::default();
+        let out =
+            mmprobe_intervene::intervene(&job.model, job.data, &store_dir, &checked, &run, &|s| eprintln!("   {s}"))?;
         super::intervene::merge_into(&results_dir, &out.rows)?;
         causal.push((p.clone(), out.rows));
     }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use mmprobe_analysis::tables::{self, InterventionRow};
+use mmprobe_extract::{DType, DeviceChoice, RunOptions};
 use mmprobe_intervene::{At, CheckedIntervene, DirectionMethod, InterveneParams, Method, Outcome, Positions};
 
 #[derive(Args, Debug)]
@@ -62,6 +63,15 @@ pub struct InterveneCmd {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
+    /// auto, cpu or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
+    /// Compute dtype: f32, f16, bf16 (edits are fitted in f64 and applied in this dtype).
+    #[arg(long, default_value = "f32")]
+    dtype: DType,
+    /// f32 on CUDA: let cuDNN run the patch embedding's convolution in TF32, as extract's flag.
+    #[arg(long)]
+    allow_tf32: bool,
     /// The results folder: interventions.parquet and .csv gain this run's rows (a rerun of the same
     /// intervention replaces its rows).
     #[arg(long, visible_alias = "results")]
@@ -111,7 +121,7 @@ pub fn merge_into(dir: &Path, new: &[InterventionRow]) -> anyhow::Result<usize> 
     Ok(rows.len())
 }
 
-/// The rows a person reads first: the intervened concept's own effects.
+/// Every row of a run, a line each.
 pub fn print_rows(rows: &[InterventionRow]) {
     println!(
         "{:<7} {:>6} {:>8}  {:<20} {:<11} {:>4}  {:>8} {:>8} {:>8}  95% interval",
@@ -142,7 +152,8 @@ pub fn run_outcome(a: &InterveneCmd) -> anyhow::Result<Outcome> {
     }
     let t0 = std::time::Instant::now();
     let say = |s: &str| eprintln!("== {s} ({:.1} s)", t0.elapsed().as_secs_f64());
-    let outcome = mmprobe_intervene::intervene(&a.model, &a.data, &a.store, &params, &say)?;
+    let run = RunOptions { device: a.device, dtype: a.dtype, allow_tf32: a.allow_tf32, ..Default::default() };
+    let outcome = mmprobe_intervene::intervene(&a.model, &a.data, &a.store, &params, &run, &say)?;
     say("measured");
     for n in &outcome.notes {
         eprintln!("note: {n}");
