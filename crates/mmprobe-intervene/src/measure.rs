@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use mmprobe_extract::llava::prompt::default_prompt;
+use mmprobe_extract::llava::prompt::row_prompt;
 use mmprobe_extract::preprocess::{decode_rgb, open_rgb};
 use mmprobe_store::Tower;
 use mmprobe_store::dataset::Dataset;
@@ -117,13 +117,9 @@ impl<'a> EvalSet<'a> {
         self.dataset.text(self.rows[i])
     }
 
-    /// A decoder's prompt for row `i` as extraction builds it.
+    /// A decoder's prompt for held-out row `i` as extraction builds it.
     fn row_prompt(&self, i: usize) -> String {
-        let r = self.rows[i];
-        match self.dataset.prompt(r).filter(|p| !p.trim().is_empty()) {
-            Some(p) => p.to_string(),
-            None => default_prompt(self.dataset.text(r), true),
-        }
+        row_prompt(self.dataset, self.rows[i])
     }
 }
 
@@ -203,9 +199,10 @@ pub fn measure(subject: &Subject, eval: &EvalSet, edit: Option<&Intervention>, p
         if let Some(k) = kept {
             down.push(k);
         }
+        let b = Batch { subject, eval, edit, plan, chunk, image: &image };
         match &subject.model {
-            Model::Dual(_) => dual_batch(subject, eval, edit, plan, chunk, &image, &mut m, &mut down)?,
-            Model::Llava(_) => decoder_batch(subject, eval, edit, plan, chunk, &image, &mut m, &mut down)?,
+            Model::Dual(_) => dual_batch(&b, &mut m, &mut down)?,
+            Model::Llava(_) => decoder_batch(&b, &mut m, &mut down)?,
         }
     }
     let views: Vec<_> = down.iter().map(|a| a.view()).collect();
@@ -219,17 +216,20 @@ pub fn measure(subject: &Subject, eval: &EvalSet, edit: Option<&Intervention>, p
     Ok(m)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn dual_batch(
-    subject: &Subject,
-    eval: &EvalSet,
-    edit: Option<&Intervention>,
-    plan: &Plan,
-    chunk: &[usize],
-    image: &Tensor,
-    m: &mut Measures,
-    down: &mut Vec<Array2<f64>>,
-) -> Result<()> {
+/// One batch of held-out rows under measurement, its image side already run.
+struct Batch<'a> {
+    subject: &'a Subject,
+    eval: &'a EvalSet<'a>,
+    edit: Option<&'a Intervention>,
+    plan: &'a Plan,
+    /// Indices into the held-out rows.
+    chunk: &'a [usize],
+    /// CLIP/SigLIP: unit image embeddings; LLaVA: projected image features.
+    image: &'a Tensor,
+}
+
+fn dual_batch(b: &Batch, m: &mut Measures, down: &mut Vec<Array2<f64>>) -> Result<()> {
+    let Batch { subject, eval, edit, plan, chunk, image } = *b;
     let n = eval.rows.len();
     let captions: Vec<Option<&str>> = chunk.iter().map(|&i| eval.caption(i)).collect();
     if plan.keep.0 == Tower::Text {
@@ -300,17 +300,8 @@ fn dual_batch(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn decoder_batch(
-    subject: &Subject,
-    eval: &EvalSet,
-    edit: Option<&Intervention>,
-    plan: &Plan,
-    chunk: &[usize],
-    image: &Tensor,
-    m: &mut Measures,
-    down: &mut Vec<Array2<f64>>,
-) -> Result<()> {
+fn decoder_batch(b: &Batch, m: &mut Measures, down: &mut Vec<Array2<f64>>) -> Result<()> {
+    let Batch { subject, eval, edit, plan, chunk, image } = *b;
     let n = eval.rows.len();
     if plan.keep.0 == Tower::Decoder {
         let prompts: Vec<String> = chunk.iter().map(|&i| eval.row_prompt(i)).collect();

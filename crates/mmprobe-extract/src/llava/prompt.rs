@@ -16,6 +16,14 @@ pub fn default_prompt(text: Option<&str>, has_image: bool) -> String {
     if has_image { format!("USER: <image>\n{question} ASSISTANT:") } else { format!("USER: {question} ASSISTANT:") }
 }
 
+/// Row `i`'s decoder prompt: its `prompt`, else llava-1.5's template around its text.
+pub fn row_prompt(dataset: &mmprobe_store::Dataset, i: usize) -> String {
+    match dataset.prompt(i).filter(|p| !p.trim().is_empty()) {
+        Some(p) => p.to_string(),
+        None => default_prompt(dataset.text(i), dataset.images.is_some()),
+    }
+}
+
 /// One token of an expanded prompt.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PromptToken {

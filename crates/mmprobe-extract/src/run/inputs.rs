@@ -15,7 +15,7 @@ use crate::describe::ModelInfo;
 use crate::error::{ExtractError, Result};
 use crate::family::{Batch, InputTools, PreparedRow, RowInputs};
 use crate::llava::PromptTokenizer;
-use crate::llava::prompt::{PromptToken, default_prompt};
+use crate::llava::prompt::{PromptToken, row_prompt};
 use crate::plan::ExtractionPlan;
 use crate::preprocess::decode::{decode_rgb_limited, open_rgb_limited};
 use crate::tokenize::TextTokenizer;
@@ -234,14 +234,6 @@ fn prepared_token_rows(plan: &ExtractionPlan, dataset: &Dataset, ri: &dyn RowInp
         })
         .collect();
     per_row.into_iter().flatten().collect()
-}
-
-/// A row's decoder prompt: its `prompt`, else llava-1.5's template around its text.
-fn row_prompt(dataset: &Dataset, i: usize) -> String {
-    match dataset.prompt(i).filter(|p| !p.trim().is_empty()) {
-        Some(p) => p.to_string(),
-        None => default_prompt(dataset.text(i), dataset.images.is_some()),
-    }
 }
 
 /// A prompt's tokens, checked against the row: one image token when the
