@@ -7,6 +7,7 @@ use mmprobe_analysis::probe::cross_val_proba;
 use ndarray::{Array2, Axis};
 
 use crate::error::Result;
+use crate::fit::present_classes;
 
 /// 1.0 / 0.0 per row for whether the out-of-fold prediction is its class;
 /// `None` for rows without a class. `None` throughout when fewer than two
@@ -18,12 +19,8 @@ pub fn out_of_fold_correct(
     seed: u64,
 ) -> Result<Vec<Option<f64>>> {
     let rows: Vec<usize> = (0..label.len()).filter(|&i| label[i].is_some()).collect();
-    // Classes renumbered to those present, so the probe sees no empty class.
-    let mut present: Vec<usize> = rows.iter().map(|&i| label[i].expect("kept")).collect();
-    present.sort_unstable();
-    present.dedup();
-    let y: Vec<usize> =
-        rows.iter().map(|&i| present.binary_search(&label[i].expect("kept")).expect("present")).collect();
+    let classes: Vec<usize> = rows.iter().map(|&i| label[i].expect("kept")).collect();
+    let (y, present) = present_classes(&classes);
     let k = present.len();
     let smallest = (0..k).map(|c| y.iter().filter(|&&v| v == c).count()).min().unwrap_or(0);
     let mut out = vec![None; label.len()];

@@ -34,6 +34,16 @@ pub struct FitReport {
     pub rows: usize,
 }
 
+/// Labels renumbered 0..k' over the classes they hold, and those classes
+/// (sorted): fits and probes then see no empty class.
+pub fn present_classes(y: &[usize]) -> (Vec<usize>, Vec<usize>) {
+    let mut present = y.to_vec();
+    present.sort_unstable();
+    present.dedup();
+    let renumbered = y.iter().map(|c| present.binary_search(c).expect("every label is present")).collect();
+    (renumbered, present)
+}
+
 fn tensor(a: ArrayView2<f64>) -> Tensor {
     let (r, c) = a.dim();
     let v: Vec<f32> = a.iter().map(|&x| x as f32).collect();
@@ -107,15 +117,12 @@ pub fn fit(
     }
     let x = loaded.x.select(Axis(0), &rows);
     // Classes absent from the fit rows are dropped: a direction of an empty class means nothing.
-    let mut present: Vec<usize> = y.clone();
-    present.sort_unstable();
-    present.dedup();
+    let (y, present) = present_classes(&y);
     if present.len() < 2 {
         return Err(InterveneError::Input(format!(
             "partition {p}: the fit samples hold one class of '{concept}' only"
         )));
     }
-    let y: Vec<usize> = y.iter().map(|c| present.binary_search(c).expect("present")).collect();
     let names: Vec<String> = present.iter().map(|&c| names[c].clone()).collect();
     let k = names.len();
     let fitted = match (method, direction) {

@@ -1,54 +1,23 @@
 //! What an intervention run is asked to do, checked before any model loads.
 
-use std::fmt;
 use std::str::FromStr;
 
 use mmprobe_extract::LayerSpec;
-use mmprobe_store::{Selector, Tower};
+use mmprobe_store::{Selector, Tower, names};
 
 use crate::error::{InterveneError, Result};
 
-macro_rules! choice {
-    ($(#[$doc:meta])* $ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum $ty { $($variant),+ }
-
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self { $($ty::$variant => $name),+ }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.pad(self.as_str()) }
-        }
-
-        impl FromStr for $ty {
-            type Err = InterveneError;
-            fn from_str(s: &str) -> Result<Self> {
-                match s {
-                    $($name => Ok($ty::$variant),)+
-                    _ => Err(InterveneError::Params(format!(
-                        concat!("unknown ", $what, " '{}' (expected one of: {})"), s, [$($name),+].join(", ")
-                    ))),
-                }
-            }
-        }
-    };
-}
-
-choice!(
+names!(
     /// Remove the concept (project out / LEACE) or push along its direction.
     Method, "method", { Erase => "erase", Steer => "steer" }
 );
 
-choice!(
+names!(
     /// How the edit is fitted on the store's rows.
     DirectionMethod, "direction", { DiffMeans => "diff-means", Lda => "lda", Probe => "probe", Leace => "leace" }
 );
 
-choice!(
+names!(
     /// Which positions of the sequence the edit touches.
     Positions, "positions", { All => "all", Image => "image", Text => "text", Last => "last", Cls => "cls" }
 );

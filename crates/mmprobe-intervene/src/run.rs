@@ -7,9 +7,8 @@ use std::path::Path;
 
 use mmprobe_analysis::rng::Rng;
 use mmprobe_analysis::tables::InterventionRow;
-use mmprobe_extract::{ModelDir, RunOptions};
+use mmprobe_extract::RunOptions;
 use mmprobe_store::dataset::Dataset;
-use mmprobe_store::manifest::sha256_bytes;
 use mmprobe_store::{Partition, Site, Store, Tower};
 
 use crate::amnesic::out_of_fold_correct;
@@ -82,9 +81,8 @@ pub fn intervene(
                 data.display()
             )));
         }
-        let md = ModelDir::open(model)?;
         if let Some(mp) = &m.model
-            && mp.config_sha256 != sha256_bytes(&md.config_bytes)
+            && mp.config_sha256 != subject.config_sha256
         {
             notes.push(format!(
                 "the store was extracted from {} ({}), not {}: its {} rows must come from the same weights",

@@ -111,6 +111,8 @@ pub struct Subject {
     pub model: Model,
     pub device: Device,
     pub dtype: DType,
+    /// sha256 of its config.json, as a store's manifest records the model it came from.
+    pub config_sha256: String,
 }
 
 fn pooled(h: &Tensor, keep: Keep, layout: &SequenceLayout) -> Result<Array2<f64>> {
@@ -177,7 +179,8 @@ impl Subject {
                 )));
             }
         };
-        Ok(Subject { info, processor, model, device, dtype })
+        let config_sha256 = mmprobe_store::manifest::sha256_bytes(&md.config_bytes);
+        Ok(Subject { info, processor, model, device, dtype, config_sha256 })
     }
 
     /// The vision tower on `pixels` [B, 3, H, W]: CLIP's unit image embeddings

@@ -4,11 +4,10 @@
 //! also names its dtype in its key-value metadata ([`DTYPE_KEY`]).
 
 use std::fmt;
-use std::str::FromStr;
 
 use polars::prelude::ParquetCompression;
 
-use crate::names::{NameError, names};
+use crate::names::names;
 
 /// Parquet key-value metadata key naming the [`StoreDType`] a part file was
 /// written with (`f32`, `f16` or `bf16`): a bf16 part's column is FLOAT, so the

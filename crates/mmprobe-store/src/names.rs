@@ -1,9 +1,6 @@
 //! The fixed names for towers, sites and selectors. They are the
 //! store's partition values, so their spelling is part of the format.
 
-use std::fmt;
-use std::str::FromStr;
-
 #[derive(Debug, thiserror::Error)]
 #[error("unknown {kind} '{value}' (expected one of: {expected})")]
 pub struct NameError {
@@ -12,6 +9,10 @@ pub struct NameError {
     pub expected: String,
 }
 
+/// A closed set of names as an enum: `as_str`, `ALL`, `Display`, and a
+/// `FromStr` whose error ([`NameError`]) lists the names. Used for the
+/// store's own names and by other crates for their fixed choices.
+#[macro_export]
 macro_rules! names {
     ($(#[$doc:meta])* $ty:ident, $kind:literal, { $($(#[$vmeta:meta])* $variant:ident => $name:literal),+ $(,)? }) => {
         $(#[$doc])*
@@ -25,16 +26,16 @@ macro_rules! names {
             }
         }
 
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.pad(self.as_str()) }
+        impl ::std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result { f.pad(self.as_str()) }
         }
 
-        impl FromStr for $ty {
-            type Err = NameError;
-            fn from_str(s: &str) -> Result<Self, NameError> {
+        impl ::std::str::FromStr for $ty {
+            type Err = $crate::NameError;
+            fn from_str(s: &str) -> ::std::result::Result<Self, $crate::NameError> {
                 match s {
                     $($name => Ok($ty::$variant),)+
-                    _ => Err(NameError {
+                    _ => Err($crate::NameError {
                         kind: $kind,
                         value: s.to_string(),
                         expected: [$($name),+].join(", "),
@@ -45,7 +46,7 @@ macro_rules! names {
     };
 }
 
-pub(crate) use names;
+pub use names;
 
 names!(
     /// A model part with its own hidden states.
