@@ -21,6 +21,10 @@ pub struct TowerInfo {
     pub cls: bool,
     /// Whether the tower has an `embeds` site (a SigLIP vision tower without its head has none).
     pub embeds: bool,
+    /// Whether its embeds are one row per token (Qwen2-VL's merger output,
+    /// one per merged token) rather than one pooled vector per input: then
+    /// `mean` and `all` select them, not `pooled`.
+    pub embeds_per_token: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -57,10 +61,17 @@ impl ModelInfo {
 
     /// Whether `selector` applies to `site` of `tower` in this model: the
     /// tower offers the site, the selector fits that kind of tower and site
-    /// ([`Selector::fits`]), and `cls` only where position 0 is a CLS token.
+    /// ([`selector_fits`]), and `cls` only where position 0 is a CLS token.
     pub fn fits(&self, selector: Selector, tower: Tower, site: Site) -> bool {
         let Some(t) = self.tower(tower) else { return false };
-        selector.fits(tower, site) && self.sites(tower).contains(&site) && (selector != Selector::Cls || t.cls)
+        selector_fits(selector, tower, site, t.embeds_per_token)
+            && self.sites(tower).contains(&site)
+            && (selector != Selector::Cls || t.cls)
+    }
+
+    /// The towers whose embeds are one row per token.
+    pub fn per_token_embeds(&self) -> Vec<Tower> {
+        self.towers.iter().filter(|t| t.embeds && t.embeds_per_token).map(|t| t.tower).collect()
     }
 
     /// The width of a site's vectors in a tower.
@@ -69,5 +80,15 @@ impl ModelInfo {
             Site::Embeds => self.embeds_width,
             _ => self.tower(tower).map(|t| t.width),
         }
+    }
+}
+
+/// Whether `selector` applies to `site` of `tower`: [`Selector::fits`], except
+/// that embeds made of tokens (`per_token_embeds`) take `mean` and `all`
+/// instead of `pooled`.
+pub fn selector_fits(selector: Selector, tower: Tower, site: Site, per_token_embeds: bool) -> bool {
+    match site {
+        Site::Embeds if per_token_embeds => matches!(selector, Selector::Mean | Selector::All),
+        _ => selector.fits(tower, site),
     }
 }

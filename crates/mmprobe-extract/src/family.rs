@@ -148,6 +148,9 @@ pub struct TowerStates {
     pub tower: Tower,
     pub capture: Capture,
     pub layout: SequenceLayout,
+    /// Where the embeds are one row per token ([B, T', D]), what their
+    /// positions mean; `None` where they are one pooled vector per input.
+    pub embeds_layout: Option<SequenceLayout>,
 }
 
 /// A model family, its config parsed; nothing loaded yet.

@@ -1,13 +1,13 @@
 //! Turning `--towers/--sites/--layers/--select` into the exact partitions a
 //! run writes, validated against the model before anything runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use mmprobe_store::manifest::ExtractionSpec;
 use mmprobe_store::{Partition, Selector, Site, Tower};
 
-use crate::describe::ModelInfo;
+use crate::describe::{ModelInfo, selector_fits};
 use crate::error::{ExtractError, Result};
 
 /// `--layers`: every layer, or indices where negatives count from the end (-1 = last).
@@ -75,6 +75,8 @@ impl LayerSpec {
 pub struct ExtractionPlan {
     pub sites: BTreeMap<Tower, BTreeMap<Site, Vec<usize>>>,
     pub selectors: Vec<Selector>,
+    /// Towers whose `embeds` are one row per token ([`ModelInfo::per_token_embeds`]).
+    pub per_token_embeds: BTreeSet<Tower>,
 }
 
 impl ExtractionPlan {
@@ -120,12 +122,24 @@ impl ExtractionPlan {
         for &sel in selectors {
             let fits = plan.iter().any(|(t, s)| s.keys().any(|site| info.fits(sel, *t, *site)));
             if !fits {
+                let tokens = info.per_token_embeds().into_iter().find(|t| plan.contains_key(t));
+                let hint = match tokens {
+                    Some(t) if sel == Selector::Pooled => {
+                        format!(" (this model's {t} embeds are one row per token: `mean` or `all` select them)")
+                    }
+                    _ => String::new(),
+                };
                 return Err(ExtractError::Input(format!(
-                    "--select: '{sel}' fits none of the requested towers and sites"
+                    "--select: '{sel}' fits none of the requested towers and sites{hint}"
                 )));
             }
         }
-        Ok(ExtractionPlan { sites: plan, selectors: selectors.to_vec() })
+        let per_token_embeds = info
+            .per_token_embeds()
+            .into_iter()
+            .filter(|t| plan.get(t).is_some_and(|s: &BTreeMap<Site, Vec<usize>>| s.contains_key(&Site::Embeds)))
+            .collect();
+        Ok(ExtractionPlan { sites: plan, selectors: selectors.to_vec(), per_token_embeds })
     }
 
     pub fn towers(&self) -> impl Iterator<Item = Tower> + '_ {
@@ -139,7 +153,7 @@ impl ExtractionPlan {
             for (&site, layers) in sites {
                 for &layer in layers {
                     for &selector in &self.selectors {
-                        if selector.fits(tower, site) {
+                        if self.fits(selector, tower, site) {
                             out.push(Partition { tower, site, layer, selector });
                         }
                     }
@@ -150,8 +164,14 @@ impl ExtractionPlan {
     }
 
     pub fn wants(&self, tower: Tower, selector: Selector) -> bool {
-        self.sites.get(&tower).is_some_and(|s| s.keys().any(|site| selector.fits(tower, *site)))
+        self.sites.get(&tower).is_some_and(|s| s.keys().any(|site| self.fits(selector, tower, *site)))
             && self.selectors.contains(&selector)
+    }
+
+    /// Whether `selector` gives rows of `site` in `tower` (the names alone,
+    /// and whether that tower's embeds are tokens).
+    fn fits(&self, selector: Selector, tower: Tower, site: Site) -> bool {
+        selector_fits(selector, tower, site, self.per_token_embeds.contains(&tower))
     }
 
     /// The manifest's record of this plan.
@@ -163,6 +183,7 @@ impl ExtractionPlan {
                 .map(|(t, s)| (t.to_string(), s.iter().map(|(site, l)| (site.to_string(), l.clone())).collect()))
                 .collect(),
             selectors: self.selectors.iter().map(|s| s.to_string()).collect(),
+            per_token_embeds: self.per_token_embeds.iter().map(|t| t.to_string()).collect(),
             chunk_size,
             ..Default::default()
         }
@@ -179,7 +200,9 @@ impl ExtractionPlan {
             sites.insert(tower.parse::<Tower>().ok()?, m);
         }
         let selectors = spec.selectors.iter().map(|s| s.parse::<Selector>().ok()).collect::<Option<Vec<_>>>()?;
-        Some(ExtractionPlan { sites, selectors })
+        let per_token_embeds =
+            spec.per_token_embeds.iter().map(|t| t.parse::<Tower>().ok()).collect::<Option<BTreeSet<_>>>()?;
+        Some(ExtractionPlan { sites, selectors, per_token_embeds })
     }
 
     /// Both plans' towers, sites, layers and selectors: the smallest plan
@@ -197,6 +220,7 @@ impl ExtractionPlan {
         }
         let mut selectors = self.selectors.clone();
         selectors.extend(other.selectors.iter().filter(|s| !self.selectors.contains(s)));
-        ExtractionPlan { sites, selectors }
+        let per_token_embeds = self.per_token_embeds.union(&other.per_token_embeds).copied().collect();
+        ExtractionPlan { sites, selectors, per_token_embeds }
     }
 }

@@ -37,6 +37,15 @@ impl SequenceLayout {
         SequenceLayout { content: valid.copy(), valid, eos: None, has_cls: false, image: None, offset: None }
     }
 
+    /// Inputs of `counts` rows each, padded to the most (Qwen2-VL's images of
+    /// their own sizes): each input's rows valid and averaged by `mean`.
+    pub fn ragged(counts: &[i64], device: Device) -> Self {
+        let most = counts.iter().copied().max().unwrap_or(0);
+        let valid: Vec<bool> = counts.iter().flat_map(|&n| (0..most).map(move |j| j < n)).collect();
+        let valid = Tensor::from_slice(&valid).view([counts.len() as i64, most]).to_device(device);
+        SequenceLayout { content: valid.shallow_clone(), valid, eos: None, has_cls: false, image: None, offset: None }
+    }
+
     /// A text tower: attention mask [B, T] (1 = token) and the pooled positions.
     pub fn text(attention_mask: &Tensor, eos: Tensor) -> Self {
         let valid = attention_mask.ne(0);

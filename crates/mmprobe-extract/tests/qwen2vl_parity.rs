@@ -303,7 +303,7 @@ fn extraction_stores_decoder_and_vision_states_like_transformers() {
             data: write_dataset(tmp.path(), name),
             out: store_dir.clone(),
             towers: Some(vec![Tower::Vision, Tower::Decoder]),
-            sites: vec![Site::Resid],
+            sites: vec![Site::Resid, Site::Embeds],
             layers: LayerSpec::All,
             selectors: vec![Selector::Mean, Selector::Last, Selector::All],
             run: RunOptions { device: common::device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
@@ -350,6 +350,93 @@ fn extraction_stores_decoder_and_vision_states_like_transformers() {
                 row += np;
             }
         }
+        check_embeds(name, &store, &r);
+    }
+}
+
+/// A store made without the vision embeds takes them later (an addition
+/// that extracts only them), and its manifest says those embeds are tokens.
+#[test]
+fn a_store_takes_the_merger_rows_later() {
+    use mmprobe_extract::{ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract};
+    let name = "qwen2.5-vl";
+    let r = reference(name);
+    let tmp = tempfile::tempdir().unwrap();
+    let store_dir = tmp.path().join("store");
+    let mut opts = ExtractOptions {
+        model: dir(name),
+        data: write_dataset(tmp.path(), name),
+        out: store_dir.clone(),
+        towers: Some(vec![Tower::Vision, Tower::Decoder]),
+        sites: vec![Site::Resid],
+        layers: LayerSpec::Indices(vec![0]),
+        selectors: vec![Selector::Mean, Selector::All],
+        run: RunOptions { device: common::device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
+        shard: (0, 1),
+        skip_bad: false,
+        force: false,
+        chunk_size: 3,
+        logit_lens: None,
+        format: Default::default(),
+    };
+    extract(&opts, &Quiet).unwrap();
+    let store = mmprobe_store::Store::open(&store_dir).unwrap();
+    assert!(store.manifest.as_ref().unwrap().extraction.as_ref().unwrap().per_token_embeds.is_empty());
+    opts.sites = vec![Site::Resid, Site::Embeds];
+    extract(&opts, &Quiet).unwrap();
+    let store = mmprobe_store::Store::open(&store_dir).unwrap();
+    assert_eq!(store.manifest.as_ref().unwrap().extraction.as_ref().unwrap().per_token_embeds, ["vision"]);
+    check_embeds(name, &store, &r);
+}
+
+/// The vision tower's `embeds` rows: the merger's output, one `all` row per
+/// merged token (pos j = patches 4j..4j+3) equal to transformers', the same
+/// rows the decoder reads at its image positions (its layer-0 rows there),
+/// and `mean` their average; `pooled` gives none.
+fn check_embeds(name: &str, store: &mmprobe_store::Store, r: &Checkpoint) {
+    use mmprobe_extract::{Selector, Site, Tower};
+    use mmprobe_store::Partition;
+    let m = meta(name);
+    let part = |site, selector| Partition { tower: Tower::Vision, site, layer: 0, selector };
+    let all = store.load(part(Site::Embeds, Selector::All)).unwrap();
+    let mean = store.load(part(Site::Embeds, Selector::Mean)).unwrap();
+    assert!(store.load(part(Site::Embeds, Selector::Pooled)).is_err(), "{name}: no pooled embeds");
+    let dec0 =
+        store.load(Partition { tower: Tower::Decoder, site: Site::Resid, layer: 0, selector: Selector::All }).unwrap();
+    let want_all = r.tensor("vision.embeds").unwrap();
+    let mut row = 0;
+    for (i, gi) in grids(r).iter().enumerate() {
+        let merged = gi.iter().product::<i64>() / 4;
+        let rows: Vec<usize> = (0..all.sample.len()).filter(|&k| all.sample[k] == i as u32).collect();
+        let pos: Vec<i32> = rows.iter().map(|&k| all.pos[k]).collect();
+        assert_eq!(pos, (0..merged as i32).collect::<Vec<_>>(), "{name} image {i} merged positions");
+        let got: Vec<f32> = rows.iter().flat_map(|&k| all.matrix.row(k).to_vec()).collect();
+        let got = Tensor::from_slice(&got).view([merged, -1]);
+        let want = want_all.narrow(0, row, merged);
+        assert_close(&format!("{name} store vision embeds all image {i}"), &got, &want, TOL);
+        // What the decoder receives: its layer-0 rows at the image positions, in order.
+        let image_pos: Vec<i32> = m["tokens"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| t.as_str() == Some("<|image_pad|>"))
+            .map(|(p, _)| p as i32)
+            .collect();
+        let dec: Vec<f32> = image_pos
+            .iter()
+            .flat_map(|&p| {
+                let k = (0..dec0.sample.len()).find(|&k| dec0.sample[k] == i as u32 && dec0.pos[k] == p).unwrap();
+                dec0.matrix.row(k).to_vec()
+            })
+            .collect();
+        let dec = Tensor::from_slice(&dec).view([image_pos.len() as i64, -1]);
+        assert_close(&format!("{name} decoder layer 0 at image {i}'s tokens"), &dec, &got, 1e-6);
+        let k = mean.sample.iter().position(|&s| s == i as u32).unwrap();
+        let got_mean = Tensor::from_slice(&mean.matrix.row(k).to_vec());
+        let want_mean = want.mean_dim(0, false, Kind::Float);
+        assert_close(&format!("{name} store vision embeds mean image {i}"), &got_mean, &want_mean, TOL);
+        row += merged;
     }
 }
 
@@ -505,6 +592,15 @@ fn info_follows_the_config_and_mismatched_prompts_are_refused() {
             (m["decoder_layers"].as_i64().unwrap(), m["decoder_width"].as_i64().unwrap())
         );
         assert!(!v.cls && info.tower(Tower::Text).is_none(), "{name}");
+        // Vision embeds are the merger's tokens: `mean` and `all` rows of the decoder's width, no `pooled`.
+        use mmprobe_extract::{Selector, Site};
+        assert_eq!(info.width(Tower::Vision, Site::Embeds), Some(d.width), "{name}");
+        assert!(
+            info.fits(Selector::Mean, Tower::Vision, Site::Embeds)
+                && info.fits(Selector::All, Tower::Vision, Site::Embeds)
+        );
+        assert!(!info.fits(Selector::Pooled, Tower::Vision, Site::Embeds), "{name}");
+        assert!(!info.sites(Tower::Decoder).contains(&Site::Embeds), "{name}");
         // inspect's details name the grid an image size gives (224 x 224 under each fixture's pixel range).
         let grid = &info.details.iter().find(|(k, _)| k == "image grid").unwrap().1;
         let g = &m["grids"].as_array().unwrap().iter().find(|g| g["height"] == 224).unwrap()["grid_thw"];

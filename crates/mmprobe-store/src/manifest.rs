@@ -64,6 +64,10 @@ pub struct ExtractionSpec {
     /// tower -> site -> layers
     pub sites: BTreeMap<String, BTreeMap<String, Vec<usize>>>,
     pub selectors: Vec<String>,
+    /// Towers whose `embeds` are one row per token (`mean`/`all` rows, not
+    /// `pooled`): Qwen2-VL's vision merger.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_token_embeds: Vec<String>,
     /// Samples per chunk: the unit of atomic progress and of part files.
     pub chunk_size: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -36,6 +36,7 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
                 max_tokens: t.max_position_embeddings,
                 cls: false,
                 embeds: true,
+                embeds_per_token: false,
             },
         ],
         embeds_width: Some(config.projection_dim),
@@ -56,6 +57,7 @@ pub(crate) fn vision_tower_info(v: &ClipVisionConfig, embeds: bool) -> TowerInfo
         max_tokens: v.num_patches() + 1,
         cls: true,
         embeds,
+        embeds_per_token: false,
     }
 }
 
@@ -112,14 +114,24 @@ impl LoadedModel for LoadedClip {
             let mut cap = Capture::new(request(Tower::Vision));
             self.model.encode_image(&px, &mut cap);
             let (n, t) = (px.size()[0], self.model.config.vision_config.num_patches() + 1);
-            out.push(TowerStates { tower: Tower::Vision, capture: cap, layout: SequenceLayout::vision(n, t, device) });
+            out.push(TowerStates {
+                tower: Tower::Vision,
+                capture: cap,
+                layout: SequenceLayout::vision(n, t, device),
+                embeds_layout: None,
+            });
         }
         if let Some((ids, mask)) = &b.text {
             let (ids, mask) = (ids.to_device(device), mask.to_device(device));
             let mut cap = Capture::new(request(Tower::Text));
             self.model.encode_text(&ids, &mask, &mut cap);
             let eos = cap.pool_positions.take().expect("text towers pool");
-            out.push(TowerStates { tower: Tower::Text, capture: cap, layout: SequenceLayout::text(&mask, eos) });
+            out.push(TowerStates {
+                tower: Tower::Text,
+                capture: cap,
+                layout: SequenceLayout::text(&mask, eos),
+                embeds_layout: None,
+            });
         }
         out
     }

@@ -40,6 +40,7 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
                 max_tokens: t.max_position_embeddings,
                 cls: false,
                 embeds: false,
+                embeds_per_token: false,
             },
         ],
         embeds_width: None,
@@ -127,7 +128,7 @@ impl LoadedModel for LoadedLlava {
                     true => SequenceLayout::vision(n, t, device),
                     false => SequenceLayout::patches(n, t, device),
                 };
-                out.push(TowerStates { tower: Tower::Vision, capture: cap, layout });
+                out.push(TowerStates { tower: Tower::Vision, capture: cap, layout, embeds_layout: None });
             }
         }
         if let Some((ids, mask)) = &b.prompt {
@@ -135,7 +136,7 @@ impl LoadedModel for LoadedLlava {
             let mut cap = Capture::new(requests.get(&Tower::Decoder).cloned().unwrap_or_default());
             let _last = m.decode(&ids, &mask, features.as_ref(), &mut cap);
             let layout = SequenceLayout::decoder(&mask, ids.eq(m.config.image_token_index));
-            out.push(TowerStates { tower: Tower::Decoder, capture: cap, layout });
+            out.push(TowerStates { tower: Tower::Decoder, capture: cap, layout, embeds_layout: None });
         }
         out
     }

@@ -91,7 +91,9 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
                 // Varies with the image: patches of the largest image the processor allows.
                 max_tokens: 28 * 28 * 1280 / (v.patch_size * v.patch_size),
                 cls: false,
-                embeds: false,
+                // The merger's output: one row per merged token, what the decoder reads.
+                embeds: true,
+                embeds_per_token: true,
             },
             TowerInfo {
                 tower: Tower::Decoder,
@@ -101,9 +103,10 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
                 max_tokens: t.max_position_embeddings,
                 cls: false,
                 embeds: false,
+                embeds_per_token: false,
             },
         ],
-        embeds_width: None,
+        embeds_width: Some(t.hidden_size),
         details,
         default_selectors: vec![Selector::Last, Selector::Mean, Selector::MeanImage, Selector::MeanText],
     };
@@ -288,19 +291,15 @@ impl LoadedModel for LoadedQwen2Vl {
                         *v = pad_rows(v, &counts);
                     }
                 }
-                cap.embeds = None;
-                let most = counts.iter().copied().max().unwrap_or(0);
-                let valid: Vec<bool> = counts.iter().flat_map(|&n| (0..most).map(move |j| j < n)).collect();
-                let valid = Tensor::from_slice(&valid).view([counts.len() as i64, most]).to_device(device);
-                let layout = SequenceLayout {
-                    content: valid.shallow_clone(),
-                    valid,
-                    eos: None,
-                    has_cls: false,
-                    image: None,
-                    offset: None,
-                };
-                out.push(TowerStates { tower: Tower::Vision, capture: cap, layout });
+                // The merger's rows: one per 2x2 block of patches, in the patches' order.
+                let merged: Vec<i64> = counts.iter().map(|n| n / 4).collect();
+                cap.embeds = cap.embeds.as_ref().map(|e| pad_rows(e, &merged));
+                out.push(TowerStates {
+                    tower: Tower::Vision,
+                    capture: cap,
+                    layout: SequenceLayout::ragged(&counts, device),
+                    embeds_layout: Some(SequenceLayout::ragged(&merged, device)),
+                });
             }
         }
         if let Some((ids, mask)) = &b.prompt {
@@ -311,7 +310,7 @@ impl LoadedModel for LoadedQwen2Vl {
                 .unwrap_or_else(|e| panic!("position ids of a batch the loader checked: {e}"));
             let _last = m.decode(&ids, &mask, &pos, embeds.as_ref(), &mut cap);
             let layout = SequenceLayout::decoder(&mask, ids.eq(m.config.image_token_id));
-            out.push(TowerStates { tower: Tower::Decoder, capture: cap, layout });
+            out.push(TowerStates { tower: Tower::Decoder, capture: cap, layout, embeds_layout: None });
         }
         out
     }

@@ -116,13 +116,16 @@ impl ModelStage<'_> {
         let towers = self.model.forward(&b.batch, requests, self.device);
         let mut lens_rows = Vec::new();
         let mut out = Vec::new();
-        for TowerStates { tower, capture: cap, layout } in &towers {
+        for TowerStates { tower, capture: cap, layout, embeds_layout } in &towers {
             if let (Some(lens), Tower::Decoder) = (&self.lens, tower) {
                 lens_rows = self.logit_lens(&cap.raw, layout, lens);
             }
             for p in self.partitions.iter().filter(|p| p.tower == *tower) {
                 let rows = match p.site {
-                    Site::Embeds => cap.embeds.as_ref().map(pick_pooled),
+                    Site::Embeds => match embeds_layout {
+                        Some(l) => cap.embeds.as_ref().and_then(|e| pick(e, p.selector, l)),
+                        None => cap.embeds.as_ref().map(pick_pooled),
+                    },
                     Site::Resid => cap.resid.get(&p.layer).and_then(|h| pick(h, p.selector, layout)),
                     Site::Attn => cap.attn.get(&p.layer).and_then(|h| pick(h, p.selector, layout)),
                     Site::Mlp => cap.mlp.get(&p.layer).and_then(|h| pick(h, p.selector, layout)),

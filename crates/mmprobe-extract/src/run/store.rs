@@ -141,6 +141,7 @@ fn existing_store(root: &Path, old: &Manifest, new: &Manifest, plan: &Extraction
     if let (Some(n), Some(o)) = (same_plan.extraction.as_mut(), old.extraction.as_ref()) {
         n.sites = o.sites.clone();
         n.selectors = o.selectors.clone();
+        n.per_token_embeds = o.per_token_embeds.clone();
     }
     old.same_origin(&same_plan).and_then(|()| same_precision(old, new)).map_err(refuse)?;
     let Some(old_plan) = old.extraction.as_ref().and_then(ExtractionPlan::from_spec) else {

@@ -56,6 +56,7 @@ pub(crate) fn vision_tower_info(v: &SiglipVisionConfig, embeds: bool) -> TowerIn
         max_tokens: v.num_patches(),
         cls: false,
         embeds,
+        embeds_per_token: false,
     }
 }
 
@@ -96,6 +97,7 @@ pub fn open(md: &ModelDir) -> Result<Box<dyn Family>> {
                 max_tokens: t.max_position_embeddings,
                 cls: false,
                 embeds: true,
+                embeds_per_token: false,
             },
         ],
         embeds_width: Some(t.projection_size()),
@@ -169,14 +171,24 @@ impl LoadedModel for LoadedSiglip {
             let mut cap = Capture::new(request(Tower::Vision));
             self.model.encode_image(&px, &mut cap);
             let (n, t) = (px.size()[0], self.model.config.vision_config.num_patches());
-            out.push(TowerStates { tower: Tower::Vision, capture: cap, layout: SequenceLayout::patches(n, t, device) });
+            out.push(TowerStates {
+                tower: Tower::Vision,
+                capture: cap,
+                layout: SequenceLayout::patches(n, t, device),
+                embeds_layout: None,
+            });
         }
         if let Some((ids, mask)) = &b.text {
             let (ids, mask) = (ids.to_device(device), mask.to_device(device));
             let mut cap = Capture::new(request(Tower::Text));
             self.model.encode_text(&ids, self.text_mask.then_some(&mask), &mut cap);
             let eos = cap.pool_positions.take().expect("text towers pool");
-            out.push(TowerStates { tower: Tower::Text, capture: cap, layout: SequenceLayout::text(&mask, eos) });
+            out.push(TowerStates {
+                tower: Tower::Text,
+                capture: cap,
+                layout: SequenceLayout::text(&mask, eos),
+                embeds_layout: None,
+            });
         }
         out
     }

@@ -45,7 +45,12 @@ pub fn run(model: &Path, image_sizes: &[(usize, usize)]) -> anyhow::Result<()> {
             .filter(|t| info.sites(t.tower).contains(&Site::Embeds))
             .map(|t| t.tower.as_str())
             .collect();
+        let per_token = info.per_token_embeds();
         match with.len() {
+            _ if !per_token.is_empty() => println!(
+                "embeds    width {w} ({} tower: one row per merged token, what the decoder reads; selectors mean, all)",
+                with.join("")
+            ),
             2.. => println!("embeds    width {w} (shared image/text space)"),
             _ => println!("embeds    width {w} ({} tower only)", with.join("")),
         }
