@@ -15,6 +15,13 @@ use mmprobe_extract::preprocess::{ImageProcessor, ImageProcessorConfig};
 use rayon::prelude::*;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // The allocator settings of the mmprobe binary (crates/mmprobe/src/main.rs), so that
+    // each image's buffers come from the heap as they do in `extract`.
+    // SAFETY: mallopt only changes allocator thresholds; called before any threads start.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
     let args: Vec<String> = std::env::args().collect();
     let dir = args.get(1).ok_or("usage: loader_bench IMAGE_DIR [THREADS] [REPEATS]")?;
     let threads: usize = args.get(2).map_or(Ok(1), |s| s.parse())?;
@@ -46,6 +53,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     };
     time("decode", &|b| decode_rgb(b, "bench").map(|img| img.data.len()).unwrap_or(0));
-    time("decode + preprocess", &|b| decode_rgb(b, "bench").map(|img| processor.process(&img).len()).unwrap_or(0));
+    // As the loader does: into the batch's buffer (here one per thread, reused).
+    let (h, w) = processor.output_size();
+    thread_local! {
+        static OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    time("decode + preprocess", &|b| {
+        let Ok(img) = decode_rgb(b, "bench") else { return 0 };
+        OUT.with_borrow_mut(|out| {
+            out.resize(3 * h * w, 0.0);
+            processor.process_into(&img, out);
+            out.len()
+        })
+    });
     Ok(())
 }

@@ -197,13 +197,22 @@ impl ImageProcessor {
 pub(crate) fn to_chw(img: &Rgb8, out: &mut [f32], scale: f64, norm: Option<(&[f32], &[f32])>) {
     let plane = img.width * img.height;
     assert_eq!(out.len(), 3 * plane, "the output holds one image");
-    for c in 0..3 {
-        let dst = &mut out[c * plane..(c + 1) * plane];
-        let values = img.data.chunks_exact(3).map(|px| (px[c] as f64 * scale) as f32);
-        match norm {
-            Some((mean, std)) => dst.iter_mut().zip(values).for_each(|(o, v)| *o = (v - mean[c]) / std[c]),
-            None => dst.iter_mut().zip(values).for_each(|(o, v)| *o = v),
-        }
+    // A byte has 256 values: each channel's outputs, computed once, are looked up.
+    let table: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|v| {
+            let x = (v as f64 * scale) as f32;
+            match norm {
+                Some((mean, std)) => (x - mean[c]) / std[c],
+                None => x,
+            }
+        })
+    });
+    let (r, gb) = out.split_at_mut(plane);
+    let (g, b) = gb.split_at_mut(plane);
+    for (((px, r), g), b) in img.data.chunks_exact(3).zip(r).zip(g).zip(b) {
+        *r = table[0][px[0] as usize];
+        *g = table[1][px[1] as usize];
+        *b = table[2][px[2] as usize];
     }
 }
 

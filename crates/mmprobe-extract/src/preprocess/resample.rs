@@ -49,9 +49,15 @@ impl Filter {
 
 const PRECISION_BITS: u32 = 32 - 8 - 2;
 
-/// For each output index: the first input index and the fixed-point weights.
+/// Each output index's taps, all `k` wide: output `i` reads inputs
+/// `start[i]..start[i] + k` with weights `weights[i * k..(i + 1) * k]`
+/// (22-bit fixed point). Pillow's taps vary in count; here the shorter ones
+/// are padded with zero weights (moving the start back at the image's end),
+/// which adds nothing to the integer sums, so that the loops have one length.
 struct Coefficients {
-    taps: Vec<(usize, Vec<i32>)>,
+    k: usize,
+    start: Vec<usize>,
+    weights: Vec<i32>,
 }
 
 impl Coefficients {
@@ -59,7 +65,7 @@ impl Coefficients {
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
         let support = filter.support() * filterscale;
-        let taps = (0..out_size)
+        let taps: Vec<(usize, Vec<i32>)> = (0..out_size)
             .map(|xx| {
                 let center = (xx as f64 + 0.5) * scale;
                 // C casts truncate toward zero.
@@ -79,7 +85,42 @@ impl Coefficients {
                 (xmin, fixed)
             })
             .collect();
-        Coefficients { taps }
+        let k = taps.iter().map(|(_, w)| w.len()).max().unwrap_or(0).max(1).min(in_size);
+        let mut start = Vec::with_capacity(out_size);
+        let mut weights = vec![0i32; out_size * k];
+        for (i, (xmin, w)) in taps.iter().enumerate() {
+            let s = (*xmin).min(in_size - k);
+            start.push(s);
+            weights[i * k + xmin - s..i * k + xmin - s + w.len()].copy_from_slice(w);
+        }
+        Coefficients { k, start, weights }
+    }
+
+    /// The (shared) coefficients for one size pair: a loader meets few sizes,
+    /// so each thread keeps the last few it made.
+    fn cached(in_size: usize, out_size: usize, filter: Filter) -> std::rc::Rc<Coefficients> {
+        type Cache = Vec<((usize, usize, Filter), std::rc::Rc<Coefficients>)>;
+        thread_local! {
+            static CACHE: std::cell::RefCell<Cache> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CACHE.with_borrow_mut(|cache| {
+            let key = (in_size, out_size, filter);
+            if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+                let hit = cache.remove(i);
+                cache.push(hit);
+            } else {
+                if cache.len() == 8 {
+                    cache.remove(0);
+                }
+                cache.push((key, std::rc::Rc::new(Coefficients::new(in_size, out_size, filter))));
+            }
+            cache.last().expect("just pushed").1.clone()
+        })
+    }
+
+    /// Output `i`'s first input index and weights.
+    fn taps(&self, i: usize) -> (usize, &[i32]) {
+        (self.start[i], &self.weights[i * self.k..(i + 1) * self.k])
     }
 }
 
@@ -128,22 +169,22 @@ impl Rgb8 {
     ) -> Rgb8 {
         assert!(rows.end <= height && cols.end <= width, "the window lies inside the output");
         if vertical_first((self.width, self.height), (width, height)) {
-            let v = self.vertical(&Coefficients::new(self.height, height, filter), rows.clone(), 0);
-            return v.horizontal(&Coefficients::new(self.width, width, filter), 0..rows.len(), cols);
+            let v = self.vertical(&Coefficients::cached(self.height, height, filter), rows.clone(), 0);
+            return v.horizontal(&Coefficients::cached(self.width, width, filter), 0..rows.len(), cols);
         }
         // The vertical pass reads a band of input rows; only those go through the horizontal one.
-        let vertical = (height != self.height).then(|| Coefficients::new(self.height, height, filter));
+        let vertical = (height != self.height).then(|| Coefficients::cached(self.height, height, filter));
         let band = match &vertical {
             Some(c) if !rows.is_empty() => {
-                let first = c.taps[rows.start].0;
-                let last = c.taps[rows.start..rows.end].iter().map(|(y, k)| y + k.len()).max().unwrap_or(first);
+                let first = c.start[rows.start];
+                let last = c.start[rows.start..rows.end].iter().max().map_or(first, |y| y + c.k);
                 first..last
             }
             Some(_) => 0..0,
             None => rows.clone(),
         };
         let h = match width != self.width {
-            true => self.horizontal(&Coefficients::new(self.width, width, filter), band.clone(), cols),
+            true => self.horizontal(&Coefficients::cached(self.width, width, filter), band.clone(), cols),
             false => self.crop(band.clone(), cols),
         };
         match vertical {
@@ -165,21 +206,10 @@ impl Rgb8 {
     fn horizontal(&self, c: &Coefficients, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Rgb8 {
         let out_w = cols.len();
         let mut out = vec![0u8; out_w * rows.len() * 3];
-        for (oy, y) in rows.clone().enumerate() {
-            let row = &self.data[y * self.width * 3..(y + 1) * self.width * 3];
-            let dst = &mut out[oy * out_w * 3..(oy + 1) * out_w * 3];
-            for (ox, (xmin, k)) in c.taps[cols.clone()].iter().enumerate() {
-                // Pillow accumulates 8-bit resampling in 32-bit integers.
-                let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
-                let src = &row[xmin * 3..(xmin + k.len()) * 3];
-                for (px, &w) in src.chunks_exact(3).zip(k) {
-                    ss[0] += px[0] as i32 * w;
-                    ss[1] += px[1] as i32 * w;
-                    ss[2] += px[2] as i32 * w;
-                }
-                dst[ox * 3..ox * 3 + 3].copy_from_slice(&[clip8(ss[0]), clip8(ss[1]), clip8(ss[2])]);
-            }
-        }
+        let start = &c.start[cols.clone()];
+        let weights = &c.weights[cols.start * c.k..cols.end * c.k];
+        let src = &self.data[rows.start * self.width * 3..rows.end * self.width * 3];
+        kernels::horizontal(src, self.width * 3, &mut out, start, weights, c.k);
         Rgb8::new(out_w, rows.len(), out)
     }
 
@@ -187,21 +217,178 @@ impl Rgb8 {
     fn vertical(&self, c: &Coefficients, rows: std::ops::Range<usize>, first: usize) -> Rgb8 {
         let stride = self.width * 3;
         let mut out = vec![0u8; stride * rows.len()];
-        let mut ss = vec![0i32; stride];
-        for (oy, (ymin, k)) in c.taps[rows].iter().enumerate() {
-            ss.fill(1 << (PRECISION_BITS - 1));
-            // Row by row, so each pass over `ss` is contiguous.
-            for (i, &w) in k.iter().enumerate() {
-                let y = ymin + i - first;
-                for (acc, &v) in ss.iter_mut().zip(&self.data[y * stride..(y + 1) * stride]) {
-                    *acc += v as i32 * w;
-                }
-            }
-            for (o, &acc) in out[oy * stride..(oy + 1) * stride].iter_mut().zip(&ss) {
-                *o = clip8(acc);
-            }
+        for (oy, dst) in rows.zip(out.chunks_exact_mut(stride.max(1))) {
+            let (ymin, w) = c.taps(oy);
+            let src = &self.data[(ymin - first) * stride..(ymin - first + c.k) * stride];
+            kernels::vertical(src, stride, dst, w);
         }
         Rgb8::new(self.width, out.len() / stride.max(1), out)
+    }
+}
+
+/// The two passes' inner loops, compiled twice on x86-64: for the baseline
+/// CPU and for AVX2 (chosen at run time), where the integer sums run 8 wide.
+/// Same integer arithmetic either way, so the same pixels.
+mod kernels {
+    use super::{PRECISION_BITS, clip8};
+
+    const HALF: i32 = 1 << (PRECISION_BITS - 1);
+
+    /// Rows of interleaved RGB `src` (`stride` bytes each) into rows of
+    /// `dst`: output pixel `i` sums input pixels `start[i]..start[i] + k`.
+    pub fn horizontal(src: &[u8], stride: usize, dst: &mut [u8], start: &[usize], weights: &[i32], k: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { horizontal_avx2(src, stride, dst, start, weights, k) };
+        }
+        horizontal_any(src, stride, dst, start, weights, k)
+    }
+
+    /// Two output pixels at a time: one 256-bit register holds both pixels'
+    /// sums as [r, g, b, -] x 2, each tap adding its 4 bytes (RGB and the
+    /// next pixel's R, whose sum is dropped) times the tap's weight.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn horizontal_avx2(src: &[u8], stride: usize, dst: &mut [u8], start: &[usize], weights: &[i32], k: usize) {
+        use std::arch::x86_64::*;
+        let out_w = start.len();
+        let pairs = out_w / 2;
+        // Each pair's taps' weights as the 8 lanes they multiply.
+        let mut lanes = vec![0i32; pairs * k * 8];
+        for p in 0..pairs {
+            for t in 0..k {
+                let l = &mut lanes[(p * k + t) * 8..(p * k + t + 1) * 8];
+                l[..4].fill(weights[2 * p * k + t]);
+                l[4..].fill(weights[(2 * p + 1) * k + t]);
+            }
+        }
+        for (r, out) in dst.chunks_exact_mut(out_w * 3).enumerate() {
+            // From this row to the end of `src`: a tap's 4-byte read may take the next row's first byte.
+            let rest = &src[r * stride..];
+            let row = &rest[..stride];
+            for p in 0..pairs {
+                let (a, b) = (start[2 * p], start[2 * p + 1]);
+                if (b + k) * 3 >= rest.len() {
+                    // The image's last bytes: no byte to spare after them.
+                    one_pixel(row, &mut out[6 * p..6 * p + 3], a, &weights[2 * p * k..(2 * p + 1) * k]);
+                    one_pixel(row, &mut out[6 * p + 3..6 * p + 6], b, &weights[(2 * p + 1) * k..(2 * p + 2) * k]);
+                    continue;
+                }
+                let (pa, pb) = (&rest[a * 3..(a + k) * 3 + 1], &rest[b * 3..(b + k) * 3 + 1]);
+                let w = &lanes[p * k * 8..(p + 1) * k * 8];
+                // SAFETY: AVX2 is enabled; every read lies inside `pa`, `pb` and `w` (4 bytes at 3t for t < k).
+                let (ra, rb) = unsafe {
+                    let mut acc = _mm256_set1_epi32(HALF);
+                    for t in 0..k {
+                        let xa = std::ptr::read_unaligned(pa.as_ptr().add(3 * t) as *const i32);
+                        let xb = std::ptr::read_unaligned(pb.as_ptr().add(3 * t) as *const i32);
+                        let px = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, xb, xa));
+                        let wt = _mm256_loadu_si256(w.as_ptr().add(8 * t) as *const __m256i);
+                        acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, wt));
+                    }
+                    // clip8 on all lanes: shift, then saturate to i16 and to u8 (0..=255).
+                    let v = _mm256_srai_epi32::<{ PRECISION_BITS as i32 }>(acc);
+                    let v = _mm256_packus_epi16(_mm256_packs_epi32(v, v), _mm256_setzero_si256());
+                    (_mm256_extract_epi32::<0>(v).to_le_bytes(), _mm256_extract_epi32::<4>(v).to_le_bytes())
+                };
+                out[6 * p..6 * p + 6].copy_from_slice(&[ra[0], ra[1], ra[2], rb[0], rb[1], rb[2]]);
+            }
+            if out_w % 2 == 1 {
+                let x = out_w - 1;
+                one_pixel(row, &mut out[3 * x..3 * x + 3], start[x], &weights[x * k..(x + 1) * k]);
+            }
+        }
+    }
+
+    /// One output pixel from the `weights.len()` input pixels of `row` from `start` on.
+    #[inline(always)]
+    fn one_pixel(row: &[u8], out: &mut [u8], start: usize, weights: &[i32]) {
+        let mut acc = [HALF; 3];
+        for (px, &w) in row[start * 3..(start + weights.len()) * 3].chunks_exact(3).zip(weights) {
+            for ch in 0..3 {
+                acc[ch] += px[ch] as i32 * w;
+            }
+        }
+        out.copy_from_slice(&[clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]);
+    }
+
+    #[inline(always)]
+    fn horizontal_any(src: &[u8], stride: usize, dst: &mut [u8], start: &[usize], weights: &[i32], k: usize) {
+        // The common tap counts as constants, so their loops unroll.
+        match k {
+            4 => horizontal_k::<4>(src, stride, dst, start, weights),
+            5 => horizontal_k::<5>(src, stride, dst, start, weights),
+            6 => horizontal_k::<6>(src, stride, dst, start, weights),
+            7 => horizontal_k::<7>(src, stride, dst, start, weights),
+            8 => horizontal_k::<8>(src, stride, dst, start, weights),
+            _ => horizontal_dyn(src, stride, dst, start, weights, k),
+        }
+    }
+
+    #[inline(always)]
+    fn horizontal_k<const K: usize>(src: &[u8], stride: usize, dst: &mut [u8], start: &[usize], weights: &[i32]) {
+        let out_row = start.len() * 3;
+        for (row, out) in src.chunks_exact(stride).zip(dst.chunks_exact_mut(out_row)) {
+            for ((o, &s), w) in out.chunks_exact_mut(3).zip(start).zip(weights.chunks_exact(K)) {
+                let px = &row[s * 3..s * 3 + 3 * K];
+                let mut acc = [HALF; 3];
+                for t in 0..K {
+                    for ch in 0..3 {
+                        acc[ch] += px[t * 3 + ch] as i32 * w[t];
+                    }
+                }
+                o.copy_from_slice(&[clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]);
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn horizontal_dyn(src: &[u8], stride: usize, dst: &mut [u8], start: &[usize], weights: &[i32], k: usize) {
+        let out_row = start.len() * 3;
+        for (row, out) in src.chunks_exact(stride).zip(dst.chunks_exact_mut(out_row)) {
+            for ((o, &s), w) in out.chunks_exact_mut(3).zip(start).zip(weights.chunks_exact(k)) {
+                one_pixel(row, o, s, w);
+            }
+        }
+    }
+
+    /// One output row `dst` from `weights.len()` input rows of `src`
+    /// (`stride` bytes each), column by column.
+    pub fn vertical(src: &[u8], stride: usize, dst: &mut [u8], weights: &[i32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { vertical_avx2(src, stride, dst, weights) };
+        }
+        vertical_any(src, stride, dst, weights)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn vertical_avx2(src: &[u8], stride: usize, dst: &mut [u8], weights: &[i32]) {
+        vertical_any(src, stride, dst, weights)
+    }
+
+    #[inline(always)]
+    fn vertical_any(src: &[u8], stride: usize, dst: &mut [u8], weights: &[i32]) {
+        // Blocks of columns whose sums stay in registers across the taps.
+        const BLOCK: usize = 64;
+        let mut x = 0;
+        while x < stride {
+            let n = BLOCK.min(stride - x);
+            let mut acc = [HALF; BLOCK];
+            for (t, &w) in weights.iter().enumerate() {
+                let row = &src[t * stride + x..t * stride + x + n];
+                for (a, &v) in acc[..n].iter_mut().zip(row) {
+                    *a += v as i32 * w;
+                }
+            }
+            for (o, &a) in dst[x..x + n].iter_mut().zip(&acc[..n]) {
+                *o = clip8(a);
+            }
+            x += n;
+        }
     }
 }
 
@@ -231,6 +418,69 @@ mod tests {
         let first_h = img.horizontal(&Coefficients::new(20, 32, Filter::Bicubic), 0..70, 0..32);
         let first_h = first_h.vertical(&Coefficients::new(70, 32, Filter::Bicubic), 0..32, 0);
         assert_ne!(img.resize(32, 32, Filter::Bicubic), first_h);
+    }
+
+    /// Pillow's loops as written: each output pixel summing its own taps
+    /// (only the non-zero ones, where Pillow's tap counts differ).
+    fn plain_resize(img: &Rgb8, w: usize, h: usize, filter: Filter) -> Rgb8 {
+        let pass = |src: &Rgb8, c: &Coefficients, horizontal: bool| {
+            let (out_w, out_h) = if horizontal { (c.start.len(), src.height) } else { (src.width, c.start.len()) };
+            let mut out = vec![0u8; out_w * out_h * 3];
+            for y in 0..out_h {
+                for x in 0..out_w {
+                    let (first, weights) = c.taps(if horizontal { x } else { y });
+                    for ch in 0..3 {
+                        let mut acc = 1i32 << (PRECISION_BITS - 1);
+                        for (t, &wt) in weights.iter().enumerate().filter(|(_, w)| **w != 0) {
+                            let (sx, sy) = if horizontal { (first + t, y) } else { (x, first + t) };
+                            acc += src.data[(sy * src.width + sx) * 3 + ch] as i32 * wt;
+                        }
+                        out[(y * out_w + x) * 3 + ch] = clip8(acc);
+                    }
+                }
+            }
+            Rgb8::new(out_w, out_h, out)
+        };
+        let (hc, vc) = (Coefficients::new(img.width, w, filter), Coefficients::new(img.height, h, filter));
+        match (w != img.width, h != img.height) {
+            _ if vertical_first((img.width, img.height), (w, h)) => pass(&pass(img, &vc, false), &hc, true),
+            (true, true) => pass(&pass(img, &hc, true), &vc, false),
+            (true, false) => pass(img, &hc, true),
+            (false, true) => pass(img, &vc, false),
+            (false, false) => img.clone(),
+        }
+    }
+
+    #[test]
+    fn the_fast_passes_equal_pillows_plain_loops() {
+        let mut seed = 7u64;
+        let mut next = move |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        // Shrinking a little (4..8 taps, unrolled), a lot (the general loop), growing, one pixel wide.
+        let sizes = [(320, 240, 299, 224), (320, 240, 224, 168), (1000, 700, 224, 157), (5, 9, 17, 3), (1, 7, 3, 2)];
+        let random: Vec<_> = (0..40).map(|_| (1 + next(90), 1 + next(90), 1 + next(60), 1 + next(60))).collect();
+        for (w, h, ow, oh) in sizes.into_iter().chain(random) {
+            let img = Rgb8::new(w, h, (0..w * h * 3).map(|_| next(256) as u8).collect());
+            for filter in [Filter::Bicubic, Filter::Bilinear] {
+                assert_eq!(img.resize(ow, oh, filter), plain_resize(&img, ow, oh, filter), "{w}x{h} -> {ow}x{oh}");
+            }
+        }
+    }
+
+    #[test]
+    fn padded_taps_keep_their_weights_in_place() {
+        // At the image's end a tap window is moved back: its weights move with it.
+        let c = Coefficients::new(10, 4, Filter::Bicubic);
+        for i in 0..4 {
+            let (s, w) = c.taps(i);
+            assert!(s + c.k <= 10, "output {i} reads inside the image");
+            let centre = (i as f64 + 0.5) * 2.5;
+            let heaviest = s + w.iter().enumerate().max_by_key(|(_, w)| **w).unwrap().0;
+            assert!((heaviest as f64 + 0.5 - centre).abs() <= 1.0, "output {i}: weight peak at {heaviest}");
+            assert!(w.iter().sum::<i32>().abs_diff(1 << PRECISION_BITS) <= 4, "weights of output {i} sum to 1");
+        }
     }
 
     #[test]
