@@ -1,11 +1,13 @@
 """Extraction benchmark: mmprobe vs the Python baseline, same images, same run.
 
-    .venv/bin/python bench/run_extract_bench.py [N ...]     (default: 500 5000)
+    .venv/bin/python bench/run_extract_bench.py [--reps R] [N ...]     (default: 500 5000, R = 1)
 
 Needs `scripts/setup.sh --dev`, `cargo build --release` and the full-size
 random ViT-B/32 checkpoint (`.venv/bin/python scripts/fixtures/make_clip.py --large`).
 Each tool extracts resid + cls for all 13 layers and the embeds of N JPEG
 images (320x240) on the CPU; wall time and peak RSS come from wait4().
+With --reps R the two tools take turns R times per N (a shared machine's speed
+drifts over minutes) and the last line per N is the median of the per-turn ratios.
 """
 
 import os
@@ -51,7 +53,11 @@ def measure(cmd: list[str]) -> tuple[float, float]:
 
 
 def main():
-    sizes = [int(a) for a in sys.argv[1:]] or [500, 5000]
+    args = sys.argv[1:]
+    reps = 1
+    if args[:1] == ["--reps"]:
+        reps, args = int(args[1]), args[2:]
+    sizes = [int(a) for a in args] or [500, 5000]
     mmprobe = ROOT / "target/release/mmprobe"
     print(f"| N | tool | wall s | images/s | peak RSS MiB |\n|---|---|---|---|---|")
     for n in sizes:
@@ -60,9 +66,17 @@ def main():
                 "--towers", "vision", "--sites", "resid,embeds", "--select", "cls,pooled", "--batch-size", "32",
                 "--device", "cpu", "--force"]
         base = [sys.executable, str(ROOT / "bench/extract_baseline.py"), str(MODEL), str(data), str(WORK / f"baseline-{n}"), "32"]
-        for name, cmd in (("mmprobe", ours), ("python baseline", base)):
-            wall, rss = measure(cmd)
-            print(f"| {n} | {name} | {wall:.1f} | {n / wall:.1f} | {rss:.0f} |", flush=True)
+        ratios = []
+        for _ in range(reps):
+            walls = {}
+            for name, cmd in (("mmprobe", ours), ("python baseline", base)):
+                wall, rss = measure(cmd)
+                walls[name] = wall
+                print(f"| {n} | {name} | {wall:.1f} | {n / wall:.1f} | {rss:.0f} |", flush=True)
+            ratios.append(walls["python baseline"] / walls["mmprobe"])
+        ratios.sort()
+        print(f"N={n}: mmprobe is {ratios[len(ratios) // 2]:.2f}x the baseline (median of {reps}; "
+              f"each turn: {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
 
 
 if __name__ == "__main__":

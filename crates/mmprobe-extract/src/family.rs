@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use mmprobe_store::Tower;
 use serde::de::DeserializeOwned;
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::capture::{Capture, SiteRequest};
 use crate::describe::ModelInfo;
@@ -129,11 +129,42 @@ pub trait RowInputs: Send + Sync {
     }
 }
 
+/// A batch's images as the loader leaves them.
+pub enum Pixels {
+    /// [B, 3, H, W] f32, as the model takes them.
+    Float(Tensor),
+    /// [B, 3, H, W] u8 (resized and cropped) and [3, 256] f32, each
+    /// channel's byte -> the model's value (rescaled, normalised): looked
+    /// up on the model's device, so a quarter of the bytes cross to it.
+    Bytes { bytes: Tensor, table: Tensor },
+}
+
+impl Pixels {
+    /// The images on `device` as `kind`: the values [`ImageProcessor::process`] gives.
+    pub fn to_model(&self, device: Device, kind: Kind) -> Tensor {
+        match self {
+            Pixels::Float(t) => t.to_device(device).to_kind(kind),
+            Pixels::Bytes { bytes, table } => {
+                // Non-blocking from pinned memory: the copy is queued before the kernels that read it.
+                let b = bytes.to_device_(device, Kind::Uint8, true, false).to_kind(Kind::Int64);
+                let channel = Tensor::from_slice(&[0i64, 256, 512]).view([1, 3, 1, 1]).to_device(device);
+                table.to_device(device).view([-1]).take(&(b + channel)).to_kind(kind)
+            }
+        }
+    }
+
+    /// The images' tensor as the loader filled it.
+    pub fn tensor(&self) -> &Tensor {
+        match self {
+            Pixels::Float(t) | Pixels::Bytes { bytes: t, .. } => t,
+        }
+    }
+}
+
 /// One prepared batch, on the CPU as the loader made it.
 #[derive(Default)]
 pub struct Batch {
-    /// [B, 3, H, W] f32.
-    pub pixels: Option<Tensor>,
+    pub pixels: Option<Pixels>,
     /// Text tower: ids and mask [B, T].
     pub text: Option<(Tensor, Tensor)>,
     /// Decoder prompts: ids and mask [B, T], image tokens expanded.

@@ -33,7 +33,15 @@ pub enum Activation {
 impl Activation {
     pub fn apply(self, x: &Tensor) -> Tensor {
         match self {
-            // x * sigmoid(1.702 x), as OpenAI's CLIP
+            // x * sigmoid(1.702 x), as OpenAI's CLIP. Without gradients, in place on
+            // one new tensor (a product's operands commute, so the values are the
+            // same); autograd needs the sigmoid's output kept.
+            Activation::QuickGelu if !x.requires_grad() => {
+                let mut y = x * 1.702;
+                let _ = y.sigmoid_();
+                let _ = y.g_mul_(x);
+                y
+            }
             Activation::QuickGelu => x * (x * 1.702).sigmoid(),
             Activation::Gelu => x.gelu("none"),
             Activation::GeluTanh => x.gelu("tanh"),
@@ -140,6 +148,19 @@ pub fn patch_embedding(conv: &nn::Conv2D, pixel_values: &Tensor, how: PatchCompu
 mod tests {
     use super::*;
     use tch::Device;
+
+    #[test]
+    fn quick_gelu_gives_the_same_values_with_and_without_gradients() {
+        let x = Tensor::randn([4, 37], (Kind::Float, Device::Cpu)) * 3.0;
+        let plain = &x * (&x * 1.702).sigmoid();
+        let fast = tch::no_grad(|| Activation::QuickGelu.apply(&x));
+        assert!(fast.equal(&plain), "in place: the same values");
+        let leaf = x.copy().set_requires_grad(true);
+        let y = Activation::QuickGelu.apply(&leaf);
+        assert!(y.equal(&plain));
+        y.sum(Kind::Float).backward();
+        assert!(leaf.grad().defined(), "gradients flow");
+    }
 
     #[test]
     fn every_patch_compute_is_the_convolution_with_a_bias_too() {

@@ -31,7 +31,7 @@ pub mod weights;
 pub use capture::{Capture, Edit, EditKind, SiteRequest};
 pub use describe::{ModelInfo, TowerInfo};
 pub use error::{ExtractError, Result};
-pub use family::{Batch, Family, InputTools, LoadedModel, ModelDir, TowerStates};
+pub use family::{Batch, Family, InputTools, LoadedModel, ModelDir, Pixels, TowerStates};
 pub use mmprobe_store::{Selector, Site, Tower};
 pub use plan::{ExtractionPlan, LayerSpec};
 pub use run::{ExtractOptions, ExtractSummary, ProgressSink, Quiet, extract};

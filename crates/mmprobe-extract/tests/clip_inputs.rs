@@ -67,6 +67,17 @@ fn check_images(name: &str) {
         let got = Tensor::from_slice(&proc.process(&img)).view([3, h as i64, w as i64]);
         let d = common::max_abs_diff(&got, &want.get(i as i64));
         assert_eq!(d, 0.0, "{name} {file}: normalised pixels differ by {d}");
+        // What a GPU run sends: the bytes, looked up on the device, give the same values.
+        let mut bytes = vec![0u8; 3 * h * w];
+        proc.bytes_into(&img, &mut bytes);
+        let table: Vec<f32> = proc.table().concat();
+        let px = mmprobe_extract::Pixels::Bytes {
+            bytes: Tensor::from_slice(&bytes).view([1, 3, h as i64, w as i64]),
+            table: Tensor::from_slice(&table).view([3, 256]),
+        };
+        let looked_up = px.to_model(common::device(), tch::Kind::Float).to_device(tch::Device::Cpu);
+        let d = common::max_abs_diff(&looked_up.get(0), &want.get(i as i64));
+        assert_eq!(d, 0.0, "{name} {file}: pixels looked up from bytes differ by {d}");
     }
     eprintln!("{name}: {}", worst.join(", "));
 }

@@ -110,7 +110,7 @@ impl LoadedModel for LoadedClip {
         let mut out = Vec::new();
         let request = |t: Tower| requests.get(&t).cloned().unwrap_or_default();
         if let Some(px) = &b.pixels {
-            let px = px.to_device(device).to_kind(self.dtype.kind());
+            let px = px.to_model(device, self.dtype.kind());
             let mut cap = Capture::new(request(Tower::Vision));
             self.model.encode_image(&px, &mut cap);
             let (n, t) = (px.size()[0], self.model.config.vision_config.num_patches() + 1);

@@ -119,7 +119,7 @@ impl LoadedModel for LoadedLlava {
         let mut out = Vec::new();
         let mut features = None;
         if let Some(px) = &b.pixels {
-            let px = px.to_device(device).to_kind(self.dtype.kind());
+            let px = px.to_model(device, self.dtype.kind());
             let mut cap = Capture::new(requests.get(&Tower::Vision).cloned().unwrap_or_default());
             features = Some(m.encode_image(&px, &mut cap));
             if requests.contains_key(&Tower::Vision) {

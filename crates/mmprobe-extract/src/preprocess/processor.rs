@@ -181,6 +181,26 @@ impl ImageProcessor {
         self.write(&img, out, self.config.do_normalize);
     }
 
+    /// The resized and cropped image's bytes into `out` (3 x height x width,
+    /// CHW): [`ImageProcessor::table`] maps them to what `process_into` writes.
+    pub fn bytes_into(&self, img: &Rgb8, out: &mut [u8]) {
+        let img = self.resize_and_crop(img);
+        let plane = img.width * img.height;
+        assert_eq!(out.len(), 3 * plane, "the output holds one image");
+        let (r, gb) = out.split_at_mut(plane);
+        let (g, b) = gb.split_at_mut(plane);
+        for (((px, r), g), b) in img.data.chunks_exact(3).zip(r).zip(g).zip(b) {
+            (*r, *g, *b) = (px[0], px[1], px[2]);
+        }
+    }
+
+    /// Each channel's byte -> the model's value: [3][256], what `process` computes per pixel.
+    pub fn table(&self) -> [[f32; 256]; 3] {
+        let c = &self.config;
+        let scale = if c.do_rescale { c.rescale_factor } else { 1.0 };
+        chw_table(scale, c.do_normalize.then_some((&c.image_mean[..], &c.image_std[..])))
+    }
+
     /// Rescales (and normalises) an 8-bit image into CHW floats, with the
     /// arithmetic of transformers' PIL backend: the rescale in f64, the
     /// normalisation in f32.
@@ -191,14 +211,11 @@ impl ImageProcessor {
     }
 }
 
-/// An 8-bit image into CHW floats `out` (3 x height x width) with the
-/// arithmetic of transformers' PIL backend: multiplied by `scale` in f64, then
-/// (with `norm` = (mean, std)) normalised in f32.
-pub(crate) fn to_chw(img: &Rgb8, out: &mut [f32], scale: f64, norm: Option<(&[f32], &[f32])>) {
-    let plane = img.width * img.height;
-    assert_eq!(out.len(), 3 * plane, "the output holds one image");
-    // A byte has 256 values: each channel's outputs, computed once, are looked up.
-    let table: [[f32; 256]; 3] = std::array::from_fn(|c| {
+/// What each channel's byte becomes, with the arithmetic of transformers'
+/// PIL backend: multiplied by `scale` in f64, then (with `norm` = (mean,
+/// std)) normalised in f32. A byte has 256 values, so pixels look them up.
+fn chw_table(scale: f64, norm: Option<(&[f32], &[f32])>) -> [[f32; 256]; 3] {
+    std::array::from_fn(|c| {
         std::array::from_fn(|v| {
             let x = (v as f64 * scale) as f32;
             match norm {
@@ -206,7 +223,14 @@ pub(crate) fn to_chw(img: &Rgb8, out: &mut [f32], scale: f64, norm: Option<(&[f3
                 None => x,
             }
         })
-    });
+    })
+}
+
+/// An 8-bit image into CHW floats `out` (3 x height x width), through [`chw_table`].
+pub(crate) fn to_chw(img: &Rgb8, out: &mut [f32], scale: f64, norm: Option<(&[f32], &[f32])>) {
+    let plane = img.width * img.height;
+    assert_eq!(out.len(), 3 * plane, "the output holds one image");
+    let table = chw_table(scale, norm);
     let (r, gb) = out.split_at_mut(plane);
     let (g, b) = gb.split_at_mut(plane);
     for (((px, r), g), b) in img.data.chunks_exact(3).zip(r).zip(g).zip(b) {

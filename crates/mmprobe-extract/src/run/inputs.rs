@@ -13,7 +13,7 @@ use tch::Tensor;
 use super::ExtractOptions;
 use crate::describe::ModelInfo;
 use crate::error::{ExtractError, Result};
-use crate::family::{Batch, InputTools, PreparedRow, RowInputs};
+use crate::family::{Batch, InputTools, Pixels, PreparedRow, RowInputs};
 use crate::llava::PromptTokenizer;
 use crate::llava::prompt::{PromptToken, row_prompt};
 use crate::plan::ExtractionPlan;
@@ -43,7 +43,8 @@ pub(super) struct PixelBuffers {
 }
 
 impl PixelBuffers {
-    /// `count` pinned buffers of `batch` images of `(h, w)` for `device`, and the sender that returns them.
+    /// `count` pinned buffers of `batch` 8-bit images of `(h, w)` for
+    /// `device`, and the sender that returns them.
     pub fn pinned(
         count: usize,
         batch: usize,
@@ -52,7 +53,7 @@ impl PixelBuffers {
     ) -> (Self, SyncSender<Tensor>) {
         let (tx, rx) = std::sync::mpsc::sync_channel(count);
         for _ in 0..count {
-            let t = Tensor::empty([batch as i64, 3, h as i64, w as i64], (tch::Kind::Float, tch::Device::Cpu));
+            let t = Tensor::empty([batch as i64, 3, h as i64, w as i64], (tch::Kind::Uint8, tch::Device::Cpu));
             // The internal op: `pin_memory(device)` warns that its argument is deprecated, for every buffer.
             let _ = tx.send(t.internal_pin_memory(device));
         }
@@ -60,13 +61,17 @@ impl PixelBuffers {
     }
 }
 
-/// Writes each image's pixels into its slot of `t` ([n, 3, H, W] f32, contiguous), in parallel.
-fn fill_slots<R: Send>(t: &Tensor, n: usize, f: impl Fn(usize, &mut [f32]) -> R + Sync + Send) -> Vec<R> {
+/// Writes each image's pixels into its slot of `t` ([n, 3, H, W] of `T`, contiguous), in parallel.
+fn fill_slots<T: tch::kind::Element + Send, R: Send>(
+    t: &Tensor,
+    n: usize,
+    f: impl Fn(usize, &mut [T]) -> R + Sync + Send,
+) -> Vec<R> {
     let each = t.numel() / t.size()[0].max(1) as usize;
-    assert!(t.is_contiguous() && t.kind() == tch::Kind::Float && n * each <= t.numel());
-    // SAFETY: `t` is a contiguous f32 CPU tensor of at least n * each elements
+    assert!(t.is_contiguous() && t.kind() == T::KIND && t.device() == tch::Device::Cpu && n * each <= t.numel());
+    // SAFETY: `t` is a contiguous CPU tensor of `T` of at least n * each elements
     // that nothing else reads or writes until this returns; the slots are disjoint.
-    let data = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut f32, n * each) };
+    let data = unsafe { std::slice::from_raw_parts_mut(t.data_ptr() as *mut T, n * each) };
     data.par_chunks_mut(each).enumerate().map(|(k, slot)| f(k, slot)).collect()
 }
 
@@ -335,20 +340,27 @@ impl Inputs<'_> {
             Some(t) => t.shallow_clone(),
             None => Tensor::empty([n as i64, 3, h as i64, w as i64], (tch::Kind::Float, tch::Device::Cpu)),
         });
+        let open = |k: usize| {
+            let i = rows.start + k;
+            let max = self.opts.run.max_image_pixels;
+            let img = match (self.dataset.image_bytes(i), self.dataset.image_path(i)) {
+                (Some(bytes), path) => {
+                    let name = path.map_or(format!("of row {i}"), |p| p.display().to_string());
+                    decode_rgb_limited(bytes, &name, max)
+                }
+                (None, Some(p)) => open_rgb_limited(&p, max),
+                (None, None) => Err(ExtractError::Input("no image".into())),
+            };
+            img.map_err(|e| e.to_string())
+        };
+        // A GPU's pinned buffers take bytes (looked up on the device); the CPU's pixels are floats.
         let decoded: Vec<std::result::Result<(), String>> = match (self.tools.images.as_ref(), &all_pixels) {
-            (Some(proc), Some(t)) => fill_slots(t, n, |k, slot| {
-                let i = rows.start + k;
-                let max = self.opts.run.max_image_pixels;
-                let img = match (self.dataset.image_bytes(i), self.dataset.image_path(i)) {
-                    (Some(bytes), path) => {
-                        let name = path.map_or(format!("of row {i}"), |p| p.display().to_string());
-                        decode_rgb_limited(bytes, &name, max)
-                    }
-                    (None, Some(p)) => open_rgb_limited(&p, max),
-                    (None, None) => Err(ExtractError::Input("no image".into())),
-                };
-                img.map(|img| proc.process_into(&img, slot)).map_err(|e| e.to_string())
-            }),
+            (Some(proc), Some(t)) if t.kind() == tch::Kind::Uint8 => {
+                fill_slots(t, n, |k, slot: &mut [u8]| open(k).map(|img| proc.bytes_into(&img, slot)))
+            }
+            (Some(proc), Some(t)) => {
+                fill_slots(t, n, |k, slot: &mut [f32]| open(k).map(|img| proc.process_into(&img, slot)))
+            }
             _ => Vec::new(),
         };
         let mut decoded_ok = vec![self.tools.images.is_none(); n];
@@ -388,6 +400,13 @@ impl Inputs<'_> {
             }
             _ => None,
         };
+        let pixels = pixels.map(|t| match (t.kind(), self.tools.images.as_ref()) {
+            (tch::Kind::Uint8, Some(proc)) => {
+                let table: Vec<f32> = proc.table().concat();
+                Pixels::Bytes { bytes: t, table: Tensor::from_slice(&table).view([3, 256]) }
+            }
+            _ => Pixels::Float(t),
+        });
         let mut truncated = 0;
         let text = match self.tools.text.as_ref() {
             Some(tok) if !ok.is_empty() => {

@@ -81,8 +81,11 @@ impl ModelStage<'_> {
                     return Ok(()); // the writer stopped; its error is reported
                 }
             }
-            // The forward pass ended with copies to the CPU, so the device has read the pixels.
+            // The pixels were copied without blocking: the device must have read them before the buffer is refilled.
             if let (Some(tx), Some(buf)) = (&buffers, b.buffer) {
+                if let Device::Cuda(i) = self.device {
+                    tch::Cuda::synchronize(i as i64);
+                }
                 let _ = tx.try_send(buf);
             }
             let _ = permits.try_send(());
