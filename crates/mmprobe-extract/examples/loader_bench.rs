@@ -5,8 +5,8 @@
 //!
 //! Files are read into memory first (the disk is not timed). The processor is
 //! CLIP ViT-B/32's (shortest edge 224, centre crop 224, bicubic). Prints
-//! images/s for decoding alone and for decoding + preprocessing, in total and
-//! per thread.
+//! images/s for decoding alone, for decoding + preprocessing into floats (a
+//! CPU run), and into bytes (a GPU run), in total and per thread.
 
 use std::time::Instant;
 
@@ -63,6 +63,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         OUT.with_borrow_mut(|out| {
             out.resize(3 * h * w, 0.0);
             processor.process_into(&img, out);
+            out.len()
+        })
+    });
+    // What a GPU run's loader writes: the 8-bit image, looked up on the device.
+    thread_local! {
+        static BYTES: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    time("decode + bytes (GPU)", &|b| {
+        let Ok(img) = decode_rgb(b, "bench") else { return 0 };
+        BYTES.with_borrow_mut(|out| {
+            out.resize(3 * h * w, 0);
+            processor.bytes_into(&img, out);
             out.len()
         })
     });
