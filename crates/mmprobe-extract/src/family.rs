@@ -145,18 +145,16 @@ impl Pixels {
         match self {
             Pixels::Float(t) => t.to_device(device).to_kind(kind),
             Pixels::Bytes { bytes, table } => {
-                // Non-blocking from pinned memory: the copy is queued before the kernels that read it.
-                let b = bytes.to_device_(device, Kind::Uint8, true, false).to_kind(Kind::Int64);
-                let channel = Tensor::from_slice(&[0i64, 256, 512]).view([1, 3, 1, 1]).to_device(device);
-                table.to_device(device).view([-1]).take(&(b + channel)).to_kind(kind)
+                // The small table first (a blocking copy), then the images without blocking
+                // from pinned memory, queued before the kernels that read them.
+                let table = table.to_device(device).view([-1]);
+                let b = bytes.to_device_(device, Kind::Uint8, true, false);
+                // Indices into the flat table: byte + 256 x channel, as 4-byte integers.
+                let mut index = b.to_kind(Kind::Int);
+                let channel = Tensor::arange(3, (Kind::Int, device)).view([1, 3, 1, 1]) * 256;
+                let _ = index.g_add_(&channel);
+                table.index_select(0, &index.view([-1])).view(b.size().as_slice()).to_kind(kind)
             }
-        }
-    }
-
-    /// The images' tensor as the loader filled it.
-    pub fn tensor(&self) -> &Tensor {
-        match self {
-            Pixels::Float(t) | Pixels::Bytes { bytes: t, .. } => t,
         }
     }
 }

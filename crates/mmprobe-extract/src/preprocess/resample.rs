@@ -65,14 +65,15 @@ impl Coefficients {
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
         let support = filter.support() * filterscale;
+        // Pillow multiplies by the reciprocal: dividing can differ by an ulp and flip a fixed-point weight.
+        let ss = 1.0 / filterscale;
         let taps: Vec<(usize, Vec<i32>)> = (0..out_size)
             .map(|xx| {
                 let center = (xx as f64 + 0.5) * scale;
                 // C casts truncate toward zero.
                 let xmin = ((center - support + 0.5) as i64).max(0) as usize;
                 let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-                let w: Vec<f64> =
-                    (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) / filterscale)).collect();
+                let w: Vec<f64> = (xmin..xmax).map(|x| filter.weight((x as f64 - center + 0.5) * ss)).collect();
                 let total: f64 = w.iter().sum();
                 let fixed = w
                     .iter()
@@ -206,6 +207,9 @@ impl Rgb8 {
     fn horizontal(&self, c: &Coefficients, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) -> Rgb8 {
         let out_w = cols.len();
         let mut out = vec![0u8; out_w * rows.len() * 3];
+        if out.is_empty() {
+            return Rgb8::new(out_w, rows.len(), out);
+        }
         let start = &c.start[cols.clone()];
         let weights = &c.weights[cols.start * c.k..cols.end * c.k];
         let src = &self.data[rows.start * self.width * 3..rows.end * self.width * 3];
@@ -313,8 +317,16 @@ mod kernels {
         out.copy_from_slice(&[clip8(acc[0]), clip8(acc[1]), clip8(acc[2])]);
     }
 
+    /// The plain loops (what CPUs without AVX2 run; tests compare both).
     #[inline(always)]
-    fn horizontal_any(src: &[u8], stride: usize, dst: &mut [u8], start: &[usize], weights: &[i32], k: usize) {
+    pub(super) fn horizontal_any(
+        src: &[u8],
+        stride: usize,
+        dst: &mut [u8],
+        start: &[usize],
+        weights: &[i32],
+        k: usize,
+    ) {
         // The common tap counts as constants, so their loops unroll.
         match k {
             4 => horizontal_k::<4>(src, stride, dst, start, weights),
@@ -371,7 +383,7 @@ mod kernels {
     }
 
     #[inline(always)]
-    fn vertical_any(src: &[u8], stride: usize, dst: &mut [u8], weights: &[i32]) {
+    pub(super) fn vertical_any(src: &[u8], stride: usize, dst: &mut [u8], weights: &[i32]) {
         // Blocks of columns whose sums stay in registers across the taps.
         const BLOCK: usize = 64;
         let mut x = 0;
@@ -467,6 +479,33 @@ mod tests {
                 assert_eq!(img.resize(ow, oh, filter), plain_resize(&img, ow, oh, filter), "{w}x{h} -> {ow}x{oh}");
             }
         }
+    }
+
+    #[test]
+    fn the_plain_loops_equal_the_chosen_kernels() {
+        // Where the CPU has AVX2 the dispatchers run the vector kernels; the plain loops must agree.
+        let mut seed = 11u64;
+        let mut next = move |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        for (w, h, ow) in [(320, 7, 299), (320, 3, 224), (1000, 2, 224), (9, 4, 5), (1, 3, 2), (40, 5, 40)] {
+            let img: Vec<u8> = (0..w * h * 3).map(|_| next(256) as u8).collect();
+            for filter in [Filter::Bicubic, Filter::Bilinear] {
+                let c = Coefficients::new(w, ow, filter);
+                let (mut fast, mut plain) = (vec![0u8; ow * h * 3], vec![0u8; ow * h * 3]);
+                kernels::horizontal(&img, w * 3, &mut fast, &c.start, &c.weights, c.k);
+                kernels::horizontal_any(&img, w * 3, &mut plain, &c.start, &c.weights, c.k);
+                assert_eq!(fast, plain, "horizontal {w} -> {ow}, k {}", c.k);
+                let wts: Vec<i32> = (0..h).map(|i| c.weights[i % c.weights.len()]).collect();
+                let (mut fast, mut plain) = (vec![0u8; w * 3], vec![0u8; w * 3]);
+                kernels::vertical(&img, w * 3, &mut fast, &wts);
+                kernels::vertical_any(&img, w * 3, &mut plain, &wts);
+                assert_eq!(fast, plain, "vertical over {h} rows of {w}");
+            }
+        }
+        let empty = Rgb8::new(4, 4, vec![7; 48]);
+        assert_eq!(empty.resize_window(3, 3, Filter::Bicubic, 0..3, 1..1).data.len(), 0, "an empty window");
     }
 
     #[test]
