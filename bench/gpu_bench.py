@@ -188,11 +188,14 @@ def mmprobe(label, args, n):
         note(f"mmprobe {label} FAILED", 0.0, "img/s")
         return 0.0
     # "extracted N samples on DEV in S s (R samples/s)": its own clock, model loading included.
-    rate = 0.0
+    rate, stages = 0.0, ""
     for line in p.stdout.splitlines():
         if line.startswith("extracted ") and "samples/s" in line:
             rate = float(line.split("(")[1].split(" ")[0])
-    note(f"mmprobe {label}", rate, "img/s", f"(process wall {wall:.1f} s for {n}: {n / wall:.1f} img/s)")
+        # "time: setup ..; loader .. at work, ..; model ..; writer ..": which stage the others wait for.
+        if line.startswith("time: "):
+            stages = "; " + line
+    note(f"mmprobe {label}", rate, "img/s", f"(process wall {wall:.1f} s for {n}: {n / wall:.1f} img/s{stages})")
     return rate
 
 

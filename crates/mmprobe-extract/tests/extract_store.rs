@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 use std::path::Path;
+use std::time::Duration;
 
 use common::{assert_close, clip_dir, fixtures, reference};
 use mmprobe_extract::runtime::device_name;
@@ -81,6 +82,18 @@ fn every_site_and_selector_matches_transformers() {
         let out = tmp.path().join("store");
         let s = extract(&options(model, &data, &out), &Quiet).unwrap();
         assert!(s.store_complete && s.failed == 0);
+        // Where the time went: every stage worked, and no stage's thread counts more time than the run had.
+        let t = &s.stages;
+        assert!(t.setup > Duration::ZERO && t.loader_busy > Duration::ZERO && t.model_busy > Duration::ZERO, "{t:?}");
+        assert!(t.writer_busy > Duration::ZERO, "{t:?}");
+        let run = s.elapsed - t.setup;
+        for (stage, spent) in [
+            ("loader", t.loader_busy + t.loader_waiting),
+            ("model", t.model_busy + t.model_waiting_for_batches + t.model_waiting_for_writer),
+            ("writer", t.writer_busy + t.writer_waiting),
+        ] {
+            assert!(spent <= run, "{stage}: {spent:?} in a run of {run:?}");
+        }
 
         let store = Store::open(&out).unwrap();
         let r = reference(&clip_dir(model));

@@ -10,7 +10,7 @@ use mmprobe_store::{Dataset, Selector, Tower};
 use rayon::prelude::*;
 use tch::Tensor;
 
-use super::ExtractOptions;
+use super::{Busy, ExtractOptions};
 use crate::describe::ModelInfo;
 use crate::error::{ExtractError, Result};
 use crate::family::{Batch, InputTools, Pixels, PreparedRow, RowInputs};
@@ -267,14 +267,16 @@ pub(super) struct Inputs<'a> {
 }
 
 impl Inputs<'_> {
-    /// Loader thread: prepares every batch of the pending chunks, in order.
+    /// Loader thread: prepares every batch of the pending chunks, in order;
+    /// returns its time at work and waiting for the model.
     pub fn produce(
         &self,
         pending: &[usize],
         tx: SyncSender<Result<Prepared>>,
         permits: Receiver<()>,
         buffers: Option<PixelBuffers>,
-    ) {
+    ) -> Busy {
+        let mut time = Busy::default();
         let batch = self.opts.run.batch_size;
         for &chunk in pending {
             let start = chunk * self.opts.chunk_size;
@@ -282,25 +284,26 @@ impl Inputs<'_> {
             let mut failures = Vec::new();
             let mut b0 = start;
             while b0 < end {
-                if permits.recv().is_err() {
-                    return;
+                if time.wait(|| permits.recv()).is_err() {
+                    return time;
                 }
                 let b1 = (b0 + batch).min(end);
                 let buffer = match (&buffers, self.tools.images.is_some()) {
-                    (Some(b), true) => match b.free.recv() {
+                    (Some(b), true) => match time.wait(|| b.free.recv()) {
                         Ok(t) => Some(t),
-                        Err(_) => return,
+                        Err(_) => return time,
                     },
                     _ => None,
                 };
-                let prepared = self.prepare(chunk, b0..b1, b1 == end, &mut failures, buffer);
+                let prepared = time.work(|| self.prepare(chunk, b0..b1, b1 == end, &mut failures, buffer));
                 let stop = prepared.is_err();
-                if tx.send(prepared).is_err() || stop {
-                    return;
+                if time.wait(|| tx.send(prepared).is_err()) || stop {
+                    return time;
                 }
                 b0 = b1;
             }
         }
+        time
     }
 
     fn prepare(

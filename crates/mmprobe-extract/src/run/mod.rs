@@ -98,6 +98,56 @@ pub struct ExtractSummary {
     pub files_skipped: Vec<String>,
     /// What the defaults left out (towers without inputs, selectors that fit nothing run), one line each.
     pub notes: Vec<String>,
+    /// Where the time went, stage by stage.
+    pub stages: StageTimes,
+}
+
+/// One stage thread's wall time, at work and waiting.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Busy {
+    pub busy: Duration,
+    pub waiting: Duration,
+}
+
+impl Busy {
+    /// Runs `f`, counting its time as waiting.
+    pub fn wait<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let r = f();
+        self.waiting += t.elapsed();
+        r
+    }
+
+    /// Runs `f`, counting its time as work.
+    pub fn work<T>(&mut self, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let r = f();
+        self.busy += t.elapsed();
+        r
+    }
+}
+
+/// Where a run's time went: each stage's time at work and waiting on its
+/// neighbours (wall time of the stage's thread). The stage that waits least
+/// is the one the others wait for.
+#[derive(Debug, Clone, Default)]
+pub struct StageTimes {
+    /// Before the first batch: the dataset read, the model loaded (its weights hashed), the store prepared.
+    pub setup: Duration,
+    /// Loader: decoding and preparing batches.
+    pub loader_busy: Duration,
+    /// Loader: waiting for the model to take a batch or hand back a buffer.
+    pub loader_waiting: Duration,
+    /// Model: forward passes, selection and the rows' copy to the CPU.
+    pub model_busy: Duration,
+    /// Model: waiting for the loader's next batch.
+    pub model_waiting_for_batches: Duration,
+    /// Model: waiting for the writer to take rows.
+    pub model_waiting_for_writer: Duration,
+    /// Writer: encoding, compressing and writing part files, saving progress.
+    pub writer_busy: Duration,
+    /// Writer: waiting for rows.
+    pub writer_waiting: Duration,
 }
 
 pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<ExtractSummary> {
@@ -215,15 +265,27 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     // A few batches of rows at most wait for the writer (an all-token batch can be large).
     let (write_tx, write_rx) = sync_channel::<ToWriter>(4);
     let mut counts = Counts::default();
-    let (model_result, writer_result) = std::thread::scope(|s| {
-        s.spawn(|| inputs.produce(&pending, batch_tx, permit_rx, buffers));
+    let setup = t0.elapsed();
+    let (model_result, writer_result, loader_times) = std::thread::scope(|s| {
+        let loader = s.spawn(|| inputs.produce(&pending, batch_tx, permit_rx, buffers));
         let writer = s.spawn(|| write_parts(root, status, opts.format, write_rx));
         let r = stage.run(batch_rx, &write_tx, permit_tx, buffers_back, &mut counts);
         drop(write_tx);
-        (r, writer.join().expect("writer thread does not panic"))
+        let w = writer.join().expect("writer thread does not panic");
+        (r, w, loader.join().expect("loader thread does not panic"))
     });
-    let (status, parts_written) = writer_result?;
+    let (status, parts_written, writer_times) = writer_result?;
     model_result?;
+    let stages = StageTimes {
+        setup,
+        loader_busy: loader_times.busy,
+        loader_waiting: loader_times.waiting,
+        model_busy: counts.time.busy,
+        model_waiting_for_batches: counts.time.waiting,
+        model_waiting_for_writer: counts.to_writer.waiting,
+        writer_busy: writer_times.busy,
+        writer_waiting: writer_times.waiting,
+    };
 
     // Progress is saved; what belongs to the whole store is written one run at a time.
     let _store_lock = crate::lock::StoreLock::wait(root)?;
@@ -263,5 +325,6 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         texts_truncated: counts.truncated,
         files_skipped: dataset.skipped.clone(),
         notes,
+        stages,
     })
 }

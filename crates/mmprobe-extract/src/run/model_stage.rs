@@ -9,9 +9,9 @@ use mmprobe_store::logit_lens::LensRow;
 use mmprobe_store::{Selector, Site, Tower};
 use tch::{Device, Tensor};
 
-use super::ProgressSink;
 use super::inputs::Prepared;
 use super::writer::ToWriter;
+use super::{Busy, ProgressSink};
 use crate::capture::SiteRequest;
 use crate::error::{ExtractError, Result};
 use crate::family::{LoadedModel, TowerStates};
@@ -30,6 +30,10 @@ pub(super) struct Counts {
     pub rows_written: usize,
     pub failed: usize,
     pub truncated: usize,
+    /// At work, and waiting for batches.
+    pub time: Busy,
+    /// Waiting for the writer (its `waiting`).
+    pub to_writer: Busy,
 }
 
 /// The model stage of a run.
@@ -56,18 +60,22 @@ impl ModelStage<'_> {
         counts: &mut Counts,
     ) -> Result<()> {
         let requests = self.requests();
-        for prepared in rx {
+        while let Ok(prepared) = counts.time.wait(|| rx.recv()) {
             let b = prepared?;
             counts.failed += if b.chunk_end { b.failures.len() } else { 0 };
             counts.truncated += b.truncated;
             if !b.samples.is_empty() {
-                let (rows, mut lens_rows) =
-                    guarded(|| tch::no_grad(|| self.forward(&b, &requests))).map_err(|message| {
-                        ExtractError::Forward { first: b.samples[0], last: b.samples[b.samples.len() - 1], message }
+                let (rows, mut lens_rows) = counts
+                    .time
+                    .work(|| guarded(|| tch::no_grad(|| self.forward(&b, &requests))))
+                    .map_err(|message| ExtractError::Forward {
+                        first: b.samples[0],
+                        last: b.samples[b.samples.len() - 1],
+                        message,
                     })?;
                 if !lens_rows.is_empty() {
                     lens_rows.iter_mut().for_each(|r| r.sample = b.samples[r.sample as usize]);
-                    if tx.send(ToWriter::Lens(b.chunk, lens_rows)).is_err() {
+                    if counts.to_writer.wait(|| tx.send(ToWriter::Lens(b.chunk, lens_rows))).is_err() {
                         return Ok(());
                     }
                 }
@@ -77,7 +85,7 @@ impl ModelStage<'_> {
                     part.sample.iter_mut().for_each(|i| *i = b.samples[*i as usize]);
                     counts.rows_written += part.len();
                 }
-                if tx.send(ToWriter::Rows(b.chunk, rows)).is_err() {
+                if counts.to_writer.wait(|| tx.send(ToWriter::Rows(b.chunk, rows))).is_err() {
                     return Ok(()); // the writer stopped; its error is reported
                 }
             }
@@ -89,7 +97,7 @@ impl ModelStage<'_> {
                 let _ = tx.try_send(buf);
             }
             let _ = permits.try_send(());
-            if b.chunk_end && tx.send(ToWriter::ChunkDone(b.chunk, b.failures)).is_err() {
+            if b.chunk_end && counts.to_writer.wait(|| tx.send(ToWriter::ChunkDone(b.chunk, b.failures))).is_err() {
                 return Ok(());
             }
             self.progress.advance(b.seen);

@@ -12,6 +12,7 @@ use mmprobe_store::{PartFormat, PartRows, PartWriter};
 
 use rayon::prelude::*;
 
+use super::Busy;
 use crate::error::Result;
 
 /// What the model stage sends the writer.
@@ -24,17 +25,40 @@ pub(super) enum ToWriter {
 
 /// Writer thread: one part file per partition and chunk, streamed batch by
 /// batch; when a chunk is done its parts are renamed into place and the
-/// shard's progress is saved.
+/// shard's progress is saved. Returns the progress, the parts written, and
+/// the thread's time at work and waiting for rows.
 pub(super) fn write_parts(
     root: &Path,
-    mut status: ShardProgress,
+    status: ShardProgress,
     format: PartFormat,
     rx: Receiver<ToWriter>,
-) -> Result<(ShardProgress, usize)> {
-    let mut open: BTreeMap<Partition, PartWriter> = BTreeMap::new();
-    let mut lens: BTreeMap<usize, Vec<LensRow>> = BTreeMap::new();
-    let mut parts = 0usize;
-    for msg in rx {
+) -> Result<(ShardProgress, usize, Busy)> {
+    let mut writer = Writer { root, status, format, open: BTreeMap::new(), lens: BTreeMap::new(), parts: 0 };
+    let mut time = Busy::default();
+    while let Ok(msg) = time.wait(|| rx.recv()) {
+        if let Err(e) = time.work(|| writer.take(msg)) {
+            writer.abandon();
+            return Err(e);
+        }
+    }
+    writer.abandon();
+    Ok((writer.status, writer.parts, time))
+}
+
+/// The writer's state between messages.
+struct Writer<'a> {
+    root: &'a Path,
+    status: ShardProgress,
+    format: PartFormat,
+    open: BTreeMap<Partition, PartWriter>,
+    lens: BTreeMap<usize, Vec<LensRow>>,
+    parts: usize,
+}
+
+impl Writer<'_> {
+    fn take(&mut self, msg: ToWriter) -> Result<()> {
+        let (root, format) = (self.root, self.format);
+        let Writer { status, open, lens, parts, .. } = self;
         match msg {
             ToWriter::Rows(chunk, batch) => {
                 let mut jobs = Vec::with_capacity(batch.len());
@@ -55,10 +79,10 @@ pub(super) fn write_parts(
             ToWriter::ChunkDone(chunk, failures) => {
                 let finished = open.len();
                 let done: Vec<Result<std::path::PathBuf>> =
-                    std::mem::take(&mut open).into_par_iter().map(|(_, w)| w.finish().map_err(Into::into)).collect();
+                    std::mem::take(open).into_par_iter().map(|(_, w)| w.finish().map_err(Into::into)).collect();
                 for d in done {
                     d?;
-                    parts += 1;
+                    *parts += 1;
                 }
                 status.chunk_parts.insert(chunk, finished);
                 if let Some(rows) = lens.remove(&chunk) {
@@ -70,10 +94,13 @@ pub(super) fn write_parts(
                 status.save(root)?;
             }
         }
+        Ok(())
     }
-    // Unfinished parts (an error upstream) are discarded, never renamed.
-    for (_, w) in open {
-        w.abandon();
+
+    /// Unfinished parts (an error upstream, or here) are discarded, never renamed.
+    fn abandon(&mut self) {
+        for (_, w) in std::mem::take(&mut self.open) {
+            w.abandon();
+        }
     }
-    Ok((status, parts))
 }

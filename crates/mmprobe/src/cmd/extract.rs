@@ -170,6 +170,19 @@ pub fn print_summary(s: &mmprobe_extract::ExtractSummary) {
         if s.samples_resumed > 0 { format!(", {} already done before", s.samples_resumed) } else { String::new() }
     );
     println!("wrote {} rows in {} part files over {} partitions", s.rows_written, s.parts_written, s.partitions);
+    let t = &s.stages;
+    let secs = |d: std::time::Duration| format!("{:.1} s", d.as_secs_f64());
+    println!(
+        "time: setup {}; loader {} at work, {} waiting for the model; model {} at work, {} waiting for \
+         batches, {} for the writer; writer {} at work",
+        secs(t.setup),
+        secs(t.loader_busy),
+        secs(t.loader_waiting),
+        secs(t.model_busy),
+        secs(t.model_waiting_for_batches),
+        secs(t.model_waiting_for_writer),
+        secs(t.writer_busy),
+    );
     if s.failed > 0 {
         println!("{} inputs failed: see {}", s.failed, s.store.join("errors.parquet").display());
     }
