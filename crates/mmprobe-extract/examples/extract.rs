@@ -9,7 +9,7 @@
 
 use std::path::PathBuf;
 
-use mmprobe_extract::{ExtractOptions, LayerSpec, ProgressSink, RunOptions, Site};
+use mmprobe_extract::{ExtractOptions, ProgressSink};
 
 /// Prints progress every chunk; `mmprobe_extract::Quiet` prints nothing.
 struct Print;
@@ -27,22 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let usage = "usage: extract MODEL DATA STORE";
     let (model, data, out) = (args.next().ok_or(usage)?, args.next().ok_or(usage)?, args.next().ok_or(usage)?);
 
-    let opts = ExtractOptions {
-        model,
-        data,
-        out,
-        towers: None, // every tower the model has (`--towers vision,text` is Some(vec![..]))
-        sites: vec![Site::Resid, Site::Embeds],
-        layers: LayerSpec::All,
-        selectors: vec![],          // empty: the family's default selectors, as without `--select`
-        run: RunOptions::default(), // device auto, f32, libtorch's threads, batch size 32
-        shard: (0, 1),
-        skip_bad: false,
-        force: true,
-        chunk_size: 1024,
-        logit_lens: None,
-        format: Default::default(),
-    };
+    // `new` is `mmprobe extract`'s defaults: every tower the model has, resid and embeds,
+    // every layer, the family's selectors, device auto, f32, batch size 32.
+    let opts = ExtractOptions { force: true, ..ExtractOptions::new(model, data, out) };
     let summary = mmprobe_extract::extract(&opts, &Print)?;
     println!(
         "{} samples on {} -> {} partitions, {} rows in {} part files, {:.1} s: {}",

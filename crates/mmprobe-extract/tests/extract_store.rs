@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{assert_close, clip_dir, fixtures, reference};
 use mmprobe_extract::runtime::device_name;
 use mmprobe_extract::{
-    DType, DeviceChoice, ExtractError, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract,
+    DType, DeviceChoice, ExtractError, ExtractOptions, Quiet, RunOptions, Selector, Site, Tower, extract,
 };
 use mmprobe_store::{Partition, Store};
 use tch::Tensor;
@@ -43,12 +43,7 @@ fn dataset(dir: &Path, rows: usize) -> std::path::PathBuf {
 
 fn options(model: &str, data: &Path, out: &Path) -> ExtractOptions {
     ExtractOptions {
-        model: clip_dir(model),
-        data: data.to_path_buf(),
-        out: out.to_path_buf(),
-        towers: None,
         sites: vec![Site::Resid, Site::Attn, Site::Mlp, Site::Embeds],
-        layers: LayerSpec::All,
         selectors: vec![Selector::Cls, Selector::Eos, Selector::Last, Selector::Mean, Selector::All, Selector::Pooled],
         run: RunOptions {
             device: device_name(common::device()).parse::<DeviceChoice>().unwrap(),
@@ -58,12 +53,8 @@ fn options(model: &str, data: &Path, out: &Path) -> ExtractOptions {
             allow_tf32: false,
             max_image_pixels: mmprobe_extract::preprocess::decode::MAX_IMAGE_PIXELS,
         },
-        shard: (0, 1),
-        skip_bad: false,
-        force: false,
         chunk_size: 3,
-        logit_lens: None,
-        format: Default::default(),
+        ..ExtractOptions::new(clip_dir(model), data.to_path_buf(), out.to_path_buf())
     }
 }
 

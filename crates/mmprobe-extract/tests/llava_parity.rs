@@ -10,9 +10,7 @@ use common::{assert_close, device, device_choice, fixtures, max_abs_diff};
 use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::weights::Checkpoint;
-use mmprobe_extract::{
-    Capture, DType, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract,
-};
+use mmprobe_extract::{Capture, DType, ExtractOptions, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract};
 use mmprobe_store::{Partition, Store};
 use tch::{Kind, Tensor};
 
@@ -154,20 +152,13 @@ fn extraction_stores_tokens_states_and_logit_lens_like_transformers() {
         let tmp = tempfile::tempdir().unwrap();
         let store_dir = tmp.path().join("store");
         let opts = ExtractOptions {
-            model: dir(name),
-            data: write_dataset(tmp.path(), name),
-            out: store_dir.clone(),
             towers: Some(vec![Tower::Vision, Tower::Decoder]),
             sites: vec![Site::Resid],
-            layers: LayerSpec::All,
             selectors: vec![Selector::Cls, Selector::Last, Selector::MeanImage, Selector::MeanText, Selector::All],
             run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
-            shard: (0, 1),
-            skip_bad: false,
-            force: false,
             chunk_size: 2,
             logit_lens: Some(5),
-            format: Default::default(),
+            ..ExtractOptions::new(dir(name), write_dataset(tmp.path(), name), store_dir.clone())
         };
         extract(&opts, &Quiet).unwrap();
         let store = Store::open(&store_dir).unwrap();
@@ -275,20 +266,11 @@ fn a_default_tower_no_selector_fits_is_left_out_and_said() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("store");
     let opts = ExtractOptions {
-        model: dir(MODELS[0]),
-        data: write_dataset(tmp.path(), MODELS[0]),
-        out: out.clone(),
-        towers: None,
         sites: vec![Site::Resid],
-        layers: LayerSpec::All,
         selectors: vec![Selector::Last, Selector::MeanImage, Selector::MeanText],
         run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
-        shard: (0, 1),
-        skip_bad: false,
-        force: false,
         chunk_size: 2,
-        logit_lens: None,
-        format: Default::default(),
+        ..ExtractOptions::new(dir(MODELS[0]), write_dataset(tmp.path(), MODELS[0]), out.clone())
     };
     let s = extract(&opts, &Quiet).unwrap();
     let notes = s.notes.join("\n");

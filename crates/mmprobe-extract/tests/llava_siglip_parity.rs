@@ -14,8 +14,7 @@ use mmprobe_extract::llava::{FeatureSelect, LoadedLlava, PromptTokenizer, Vision
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::weights::Checkpoint;
 use mmprobe_extract::{
-    Capture, DType, ExtractOptions, LayerSpec, ModelInfo, Quiet, RunOptions, Selector, Site, SiteRequest, Tower,
-    extract,
+    Capture, DType, ExtractOptions, ModelInfo, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract,
 };
 use mmprobe_store::Store;
 use tch::{Kind, Tensor};
@@ -189,20 +188,10 @@ fn extraction_stores_vision_and_decoder_rows_like_transformers() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("store");
         let opts = ExtractOptions {
-            model: dir(name),
-            data: write_dataset(tmp.path(), name),
-            out: out.clone(),
-            towers: None,
             sites: vec![Site::Resid],
-            layers: LayerSpec::All,
-            selectors: Vec::new(),
             run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
-            shard: (0, 1),
-            skip_bad: false,
-            force: false,
             chunk_size: 2,
-            logit_lens: None,
-            format: Default::default(),
+            ..ExtractOptions::new(dir(name), write_dataset(tmp.path(), name), out.clone())
         };
         let s = extract(&opts, &Quiet).unwrap();
         assert!(s.store_complete && s.failed == 0, "{name}");
@@ -264,20 +253,12 @@ fn tokens_name_siglip_patches_and_the_cells_image_tokens_come_from() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("store");
         let opts = ExtractOptions {
-            model: dir(name),
-            data: write_dataset(tmp.path(), name),
-            out: out.clone(),
-            towers: None,
             sites: vec![Site::Resid],
             layers: "0".parse().unwrap(),
             selectors: vec![Selector::All],
             run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
-            shard: (0, 1),
-            skip_bad: false,
-            force: false,
             chunk_size: 2,
-            logit_lens: None,
-            format: Default::default(),
+            ..ExtractOptions::new(dir(name), write_dataset(tmp.path(), name), out.clone())
         };
         extract(&opts, &Quiet).unwrap();
         let t = mmprobe_store::store::read_parquet(&out.join("tokens.parquet")).unwrap();

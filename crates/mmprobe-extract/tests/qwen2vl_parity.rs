@@ -292,27 +292,20 @@ fn write_dataset(dir_: &std::path::Path, name: &str) -> PathBuf {
 /// of two that mix image sizes.
 #[test]
 fn extraction_stores_decoder_and_vision_states_like_transformers() {
-    use mmprobe_extract::{ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract};
+    use mmprobe_extract::{ExtractOptions, Quiet, RunOptions, Selector, Site, Tower, extract};
     use mmprobe_store::{Partition, Store};
     for name in MODELS {
         let r = reference(name);
         let tmp = tempfile::tempdir().unwrap();
         let store_dir = tmp.path().join("store");
         let opts = ExtractOptions {
-            model: dir(name),
-            data: write_dataset(tmp.path(), name),
-            out: store_dir.clone(),
             towers: Some(vec![Tower::Vision, Tower::Decoder]),
             sites: vec![Site::Resid, Site::Embeds],
-            layers: LayerSpec::All,
             selectors: vec![Selector::Mean, Selector::Last, Selector::All],
             run: RunOptions { device: common::device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
-            shard: (0, 1),
-            skip_bad: false,
-            force: false,
             chunk_size: 3,
             logit_lens: Some(5),
-            format: Default::default(),
+            ..ExtractOptions::new(dir(name), write_dataset(tmp.path(), name), store_dir.clone())
         };
         extract(&opts, &Quiet).unwrap();
         let store = Store::open(&store_dir).unwrap();
@@ -364,20 +357,13 @@ fn a_store_takes_the_merger_rows_later() {
     let tmp = tempfile::tempdir().unwrap();
     let store_dir = tmp.path().join("store");
     let mut opts = ExtractOptions {
-        model: dir(name),
-        data: write_dataset(tmp.path(), name),
-        out: store_dir.clone(),
         towers: Some(vec![Tower::Vision, Tower::Decoder]),
         sites: vec![Site::Resid],
         layers: LayerSpec::Indices(vec![0]),
         selectors: vec![Selector::Mean, Selector::All],
         run: RunOptions { device: common::device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
-        shard: (0, 1),
-        skip_bad: false,
-        force: false,
         chunk_size: 3,
-        logit_lens: None,
-        format: Default::default(),
+        ..ExtractOptions::new(dir(name), write_dataset(tmp.path(), name), store_dir.clone())
     };
     extract(&opts, &Quiet).unwrap();
     let store = mmprobe_store::Store::open(&store_dir).unwrap();
@@ -488,7 +474,7 @@ fn check_tokens(name: &str, path: &std::path::Path) {
 /// tokens.parquet separate the square's colour, rows at a far cell do not.
 #[test]
 fn tokens_parquet_grid_cells_find_a_coloured_square() {
-    use mmprobe_extract::{ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract};
+    use mmprobe_extract::{ExtractOptions, Quiet, RunOptions, Selector, Site, Tower, extract};
     use mmprobe_store::{Partition, Store};
     let tmp = tempfile::tempdir().unwrap();
     // 56 x 56 stays 56 x 56 under qwen2-vl's min_pixels: a 4 x 4 patch grid, no resampling.
@@ -508,20 +494,12 @@ fn tokens_parquet_grid_cells_find_a_coloured_square() {
     std::fs::write(&data, csv).unwrap();
     let out = tmp.path().join("store");
     let opts = ExtractOptions {
-        model: dir("qwen2-vl"),
-        data,
-        out: out.clone(),
         towers: Some(vec![Tower::Vision]),
         sites: vec![Site::Resid],
-        layers: LayerSpec::All,
         selectors: vec![Selector::All],
         run: RunOptions { device: common::device_choice(), dtype: DType::F32, batch_size: 3, ..Default::default() },
-        shard: (0, 1),
-        skip_bad: false,
-        force: false,
         chunk_size: 4,
-        logit_lens: None,
-        format: Default::default(),
+        ..ExtractOptions::new(dir("qwen2-vl"), data, out.clone())
     };
     extract(&opts, &Quiet).unwrap();
     let t = mmprobe_store::store::read_parquet(&out.join("tokens.parquet")).unwrap();

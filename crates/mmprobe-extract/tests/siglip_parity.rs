@@ -13,8 +13,7 @@ use mmprobe_extract::siglip::{LoadedSiglip, SiglipSpTokenizer};
 use mmprobe_extract::tokenize::TextTokenizer;
 use mmprobe_extract::weights::Checkpoint;
 use mmprobe_extract::{
-    Capture, DType, ExtractOptions, LayerSpec, ModelInfo, Quiet, RunOptions, Selector, Site, SiteRequest, Tower,
-    extract,
+    Capture, DType, ExtractOptions, ModelInfo, Quiet, RunOptions, Selector, Site, SiteRequest, Tower, extract,
 };
 use mmprobe_store::{Partition, Store};
 use tch::nn::Module;
@@ -294,20 +293,10 @@ fn extraction_stores_the_default_selectors_as_transformers_computes_them() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("store");
         let opts = ExtractOptions {
-            model: dir(name),
-            data: write_dataset(tmp.path(), name, n),
-            out: out.clone(),
-            towers: None,
             sites: vec![Site::Resid, Site::Embeds],
-            layers: LayerSpec::All,
-            selectors: Vec::new(),
             run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
-            shard: (0, 1),
-            skip_bad: false,
-            force: false,
             chunk_size: 3,
-            logit_lens: None,
-            format: Default::default(),
+            ..ExtractOptions::new(dir(name), write_dataset(tmp.path(), name, n), out.clone())
         };
         let s = extract(&opts, &Quiet).unwrap();
         assert!(s.store_complete && s.failed == 0, "{name}");
@@ -377,20 +366,12 @@ fn cls_on_a_vision_tower_without_one_is_refused_before_anything_runs() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("store");
     let opts = ExtractOptions {
-        model: dir(name),
-        data: write_dataset(tmp.path(), name, 3),
-        out: out.clone(),
         towers: Some(vec![Tower::Vision]),
         sites: vec![Site::Resid],
-        layers: LayerSpec::All,
         selectors: vec![Selector::Cls],
         run: RunOptions { device: device_choice(), dtype: DType::F32, batch_size: 2, ..Default::default() },
-        shard: (0, 1),
-        skip_bad: false,
-        force: false,
         chunk_size: 3,
-        logit_lens: None,
-        format: Default::default(),
+        ..ExtractOptions::new(dir(name), write_dataset(tmp.path(), name, 3), out.clone())
     };
     let e = extract(&opts, &Quiet).unwrap_err().to_string();
     assert!(e.contains("'cls'") && !e.contains('\n'), "{e}");

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use mmprobe_analysis::tables::InterventionRow;
-use mmprobe_extract::{DeviceChoice, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower};
+use mmprobe_extract::{DeviceChoice, ExtractOptions, Quiet, RunOptions, Selector, Site, Tower};
 use mmprobe_intervene::{DirectionMethod, InterveneParams, Method, Positions, intervene};
 
 fn repo(rel: &str) -> PathBuf {
@@ -25,20 +25,11 @@ fn store(model: &str, towers: &[Tower], selectors: &[Selector], out: &Path) -> P
 /// A store of every resid layer of `towers` of `model` over the dataset `data`.
 fn store_of(model: &str, data: &Path, towers: &[Tower], selectors: &[Selector], out: &Path) -> PathBuf {
     let opts = ExtractOptions {
-        model: repo(model),
-        data: data.to_path_buf(),
-        out: out.to_path_buf(),
         towers: Some(towers.to_vec()),
         sites: vec![Site::Resid],
-        layers: LayerSpec::All,
         selectors: selectors.to_vec(),
-        run: RunOptions::default(),
-        shard: (0, 1),
-        skip_bad: false,
         force: true,
-        chunk_size: 1024,
-        logit_lens: None,
-        format: Default::default(),
+        ..ExtractOptions::new(repo(model), data.to_path_buf(), out.to_path_buf())
     };
     mmprobe_extract::extract(&opts, &Quiet).unwrap();
     out.to_path_buf()

@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::tokenize::TextTokenizer;
 use mmprobe_extract::weights::Checkpoint;
-use mmprobe_extract::{
-    DType, DeviceChoice, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract,
-};
+use mmprobe_extract::{DType, DeviceChoice, ExtractOptions, Quiet, RunOptions, Selector, Site, Tower, extract};
 use mmprobe_store::{Partition, Store};
 use tch::Tensor;
 
@@ -86,20 +84,11 @@ fn extracted_embeds_match_transformers() {
     let r = reference();
     let out = tempfile::tempdir().unwrap();
     let opts = ExtractOptions {
-        model: model_dir(),
-        data: root().join("datasets/shapes/data.csv"),
-        out: out.path().join("store"),
         towers: Some(vec![Tower::Vision, Tower::Text]),
         sites: vec![Site::Embeds],
-        layers: LayerSpec::All,
         selectors: vec![Selector::Pooled],
         run: RunOptions { device: test_device(), dtype: DType::F32, batch_size: 64, ..Default::default() },
-        shard: (0, 1),
-        skip_bad: false,
-        force: false,
-        chunk_size: 1024,
-        logit_lens: None,
-        format: Default::default(),
+        ..ExtractOptions::new(model_dir(), root().join("datasets/shapes/data.csv"), out.path().join("store"))
     };
     extract(&opts, &Quiet).unwrap();
     let store = Store::open(&out.path().join("store")).unwrap();

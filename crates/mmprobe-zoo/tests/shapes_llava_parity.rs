@@ -9,7 +9,7 @@ use mmprobe_extract::llava::{LoadedLlava, PromptTokenizer};
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::weights::Checkpoint;
 use mmprobe_extract::{
-    Capture, DType, DeviceChoice, ExtractOptions, LayerSpec, Quiet, RunOptions, Selector, Site, Tower, extract,
+    Capture, DType, DeviceChoice, ExtractOptions, Quiet, RunOptions, Selector, Site, Tower, extract,
 };
 use mmprobe_store::dataset::Dataset;
 use mmprobe_store::{Partition, Store};
@@ -87,20 +87,12 @@ fn extracted_decoder_states_and_next_tokens_match_transformers() {
     let tmp = tempfile::tempdir().unwrap();
     let store_dir = tmp.path().join("store");
     let opts = ExtractOptions {
-        model: model_dir(),
-        data: data(),
-        out: store_dir.clone(),
         towers: Some(vec![Tower::Decoder]),
         sites: vec![Site::Resid],
-        layers: LayerSpec::All,
         selectors: vec![Selector::Last, Selector::MeanImage, Selector::MeanText],
         run: RunOptions { device: test_device(), dtype: DType::F32, batch_size: 64, ..Default::default() },
-        shard: (0, 1),
-        skip_bad: false,
-        force: false,
-        chunk_size: 1024,
         logit_lens: Some(1),
-        format: Default::default(),
+        ..ExtractOptions::new(model_dir(), data(), store_dir.clone())
     };
     extract(&opts, &Quiet).unwrap();
     let store = Store::open(&store_dir).unwrap();

@@ -62,6 +62,30 @@ pub struct ExtractOptions {
     pub format: PartFormat,
 }
 
+impl ExtractOptions {
+    /// `mmprobe extract --model MODEL --data DATA --out OUT` with every other
+    /// flag at its default: every tower, `resid` and `embeds`, every layer, the
+    /// family's selectors, one shard, chunks of 1024, f32 + zstd parts.
+    pub fn new(model: impl Into<PathBuf>, data: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
+        ExtractOptions {
+            model: model.into(),
+            data: data.into(),
+            out: out.into(),
+            towers: None,
+            sites: vec![Site::Resid, Site::Embeds],
+            layers: LayerSpec::All,
+            selectors: Vec::new(),
+            run: RunOptions::default(),
+            shard: (0, 1),
+            skip_bad: false,
+            force: false,
+            chunk_size: 1024,
+            logit_lens: None,
+            format: PartFormat::default(),
+        }
+    }
+}
+
 /// Told about progress as batches finish (the binary draws a bar).
 pub trait ProgressSink: Sync {
     fn start(&self, total: usize, done_before: usize);

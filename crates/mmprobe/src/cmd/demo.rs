@@ -13,7 +13,7 @@ use mmprobe_analysis::logistic::LogisticParams;
 use mmprobe_analysis::sweep::{self, ControlBy, GeometryParams, GroupBy, ProbeSweep};
 use mmprobe_analysis::tables::{self, GeometryReport, ProbeRow};
 use mmprobe_analysis::{Filters, ProbeParams};
-use mmprobe_extract::{ExtractOptions, LayerSpec, RunOptions, Selector, Site, Tower};
+use mmprobe_extract::{ExtractOptions, RunOptions, Selector, Site, Tower};
 use mmprobe_store::Store;
 
 use mmprobe_analysis::tables::InterventionRow;
@@ -95,20 +95,11 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
 
     step(&format!("extract {} on {}", job.model.display(), job.data.display()));
     let opts = ExtractOptions {
-        model: job.model.clone(),
-        data: job.data.to_path_buf(),
-        out: store_dir.clone(),
         towers: Some(job.towers.clone()),
         sites: job.sites.clone(),
-        layers: LayerSpec::All,
         selectors: job.selectors.clone(),
-        run: RunOptions::default(),
-        shard: (0, 1),
-        skip_bad: false,
         force: true,
-        chunk_size: 1024,
-        logit_lens: None,
-        format: Default::default(),
+        ..ExtractOptions::new(job.model.clone(), job.data.to_path_buf(), store_dir.clone())
     };
     let progress = SampleBar::new();
     let summary = mmprobe_extract::extract(&opts, &progress);
