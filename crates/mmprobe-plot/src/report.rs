@@ -202,7 +202,8 @@ fn layer_curves(c: &str, rows: &[&ProbeRow]) -> Option<Fig> {
     );
     let metric = first.probe.metric();
     let embeds = if panels.iter().any(|p| p.embeds.is_some()) {
-        "black square after the last layer: the pooled embeds (bar: its interval; hollow: its control); "
+        "black square after the last layer: the embeds (pooled; Qwen2-VL: the mean of the merger's tokens) (bar: \
+         its interval; hollow: its control); "
     } else {
         ""
     };

@@ -38,10 +38,11 @@ impl LoadedClip {
     pub fn from_config(md: &ModelDir, config: &ClipConfig, device: Device, dtype: DType) -> Result<Self> {
         let weights = Checkpoint::open(&md.dir)?;
         let mut vs = VarStore::new(device);
+        // Parameters are made in the run's dtype: a 16-bit model never exists in f32,
+        // and each checkpoint tensor is converted once, on the way in.
+        vs.set_kind(dtype.kind());
         let mut model = ClipModel::new(vs.root(), config);
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
-        // Cast before loading so each tensor is converted once, on the way in.
-        vs.set_kind(dtype.kind());
         let report = weights.load_into(&vs, str::to_string)?;
         vs.freeze();
         Ok(LoadedClip { model, vs, device, dtype, unused: report.unexpected() })

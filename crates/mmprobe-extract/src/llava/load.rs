@@ -60,9 +60,11 @@ impl LoadedLlava {
         let weights = Checkpoint::open(&md.dir)?;
         let layout = weights.key_layout(LAYOUTS);
         let mut vs = VarStore::new(device);
+        // Parameters are made in the run's dtype: a 16-bit model never exists in f32,
+        // and each checkpoint tensor is converted once, on the way in.
+        vs.set_kind(dtype.kind());
         let mut model = LlavaModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
         model.vision_tower.set_patch_compute(PatchCompute::for_run(dtype, false));
-        vs.set_kind(dtype.kind());
         let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();
         Ok(LoadedLlava { model, vs, device, dtype, unused: report.unexpected() })

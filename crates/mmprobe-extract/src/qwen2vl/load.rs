@@ -58,8 +58,10 @@ impl LoadedQwen2Vl {
         let weights = Checkpoint::open(&md.dir)?;
         let layout = weights.key_layout(LAYOUTS);
         let mut vs = VarStore::new(device);
-        let model = Qwen2VlModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
+        // Parameters are made in the run's dtype: a 16-bit model never exists in f32,
+        // and each checkpoint tensor is converted once, on the way in.
         vs.set_kind(dtype.kind());
+        let model = Qwen2VlModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
         let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();
         // A tied head ignores a saved lm_head, as transformers does.

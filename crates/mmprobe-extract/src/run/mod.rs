@@ -269,10 +269,10 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         progress,
     };
     let (batch_tx, batch_rx) = sync_channel::<Result<Prepared>>(2);
-    // Permits pace the loader. On a GPU it runs ahead (decoding overlaps the
-    // model); on the CPU both compete for the same cores, and oversubscribing
-    // them slows libtorch's kernels more than overlap gains, so each batch is
-    // prepared only once the previous one has been through the model.
+    // Permits pace the loader: it prepares up to two batches ahead of the model
+    // on every device. On a GPU that overlaps decoding with the model; on the
+    // CPU the two share the cores, but the loader's share is small (about 1 ms
+    // of a core per 224 px image against tens of ms of model).
     let ahead = 2;
     let (permit_tx, permit_rx) = sync_channel::<()>(ahead + 1);
     for _ in 0..=ahead {

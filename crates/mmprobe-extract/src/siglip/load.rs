@@ -73,10 +73,11 @@ impl LoadedSiglip {
         let weights = Checkpoint::open(&md.dir)?;
         let layout = weights.key_layout(LAYOUTS);
         let mut vs = VarStore::new(device);
+        // Parameters are made in the run's dtype: a 16-bit model never exists in f32,
+        // and each checkpoint tensor is converted once, on the way in.
+        vs.set_kind(dtype.kind());
         let mut model = SiglipModel::new(vs.root(), config);
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
-        // Cast before loading so each tensor is converted once, on the way in.
-        vs.set_kind(dtype.kind());
         let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();
         Ok(LoadedSiglip { model, vs, device, dtype, text_mask: true, unused: report.unexpected() })
