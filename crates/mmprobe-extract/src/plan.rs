@@ -119,11 +119,15 @@ impl ExtractionPlan {
             }
             plan.insert(tower, per_site);
         }
+        let per_token_embeds: BTreeSet<Tower> = info
+            .per_token_embeds()
+            .into_iter()
+            .filter(|t| plan.get(t).is_some_and(|s| s.contains_key(&Site::Embeds)))
+            .collect();
         for &sel in selectors {
             let fits = plan.iter().any(|(t, s)| s.keys().any(|site| info.fits(sel, *t, *site)));
             if !fits {
-                let tokens = info.per_token_embeds().into_iter().find(|t| plan.contains_key(t));
-                let hint = match tokens {
+                let hint = match per_token_embeds.first() {
                     Some(t) if sel == Selector::Pooled => {
                         format!(" (this model's {t} embeds are one row per token: `mean` or `all` select them)")
                     }
@@ -134,11 +138,6 @@ impl ExtractionPlan {
                 )));
             }
         }
-        let per_token_embeds = info
-            .per_token_embeds()
-            .into_iter()
-            .filter(|t| plan.get(t).is_some_and(|s: &BTreeMap<Site, Vec<usize>>| s.contains_key(&Site::Embeds)))
-            .collect();
         Ok(ExtractionPlan { sites: plan, selectors: selectors.to_vec(), per_token_embeds })
     }
 

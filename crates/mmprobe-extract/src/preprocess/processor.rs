@@ -184,14 +184,7 @@ impl ImageProcessor {
     /// The resized and cropped image's bytes into `out` (3 x height x width,
     /// CHW): [`ImageProcessor::table`] maps them to what `process_into` writes.
     pub fn bytes_into(&self, img: &Rgb8, out: &mut [u8]) {
-        let img = self.resize_and_crop(img);
-        let plane = img.width * img.height;
-        assert_eq!(out.len(), 3 * plane, "the output holds one image");
-        let (r, gb) = out.split_at_mut(plane);
-        let (g, b) = gb.split_at_mut(plane);
-        for (((px, r), g), b) in img.data.chunks_exact(3).zip(r).zip(g).zip(b) {
-            (*r, *g, *b) = (px[0], px[1], px[2]);
-        }
+        to_planes(&self.resize_and_crop(img), out, |_, v| v);
     }
 
     /// Each channel's byte -> the model's value: [3][256], what `process` computes per pixel.
@@ -228,15 +221,19 @@ fn chw_table(scale: f64, norm: Option<(&[f32], &[f32])>) -> [[f32; 256]; 3] {
 
 /// An 8-bit image into CHW floats `out` (3 x height x width), through [`chw_table`].
 pub(crate) fn to_chw(img: &Rgb8, out: &mut [f32], scale: f64, norm: Option<(&[f32], &[f32])>) {
+    let table = chw_table(scale, norm);
+    to_planes(img, out, |c, v| table[c][v as usize]);
+}
+
+/// An interleaved RGB image into three planes `out` (3 x height x width):
+/// each channel `c`'s byte `v` becomes `value(c, v)`.
+fn to_planes<T>(img: &Rgb8, out: &mut [T], value: impl Fn(usize, u8) -> T) {
     let plane = img.width * img.height;
     assert_eq!(out.len(), 3 * plane, "the output holds one image");
-    let table = chw_table(scale, norm);
     let (r, gb) = out.split_at_mut(plane);
     let (g, b) = gb.split_at_mut(plane);
     for (((px, r), g), b) in img.data.chunks_exact(3).zip(r).zip(g).zip(b) {
-        *r = table[0][px[0] as usize];
-        *g = table[1][px[1] as usize];
-        *b = table[2][px[2] as usize];
+        (*r, *g, *b) = (value(0, px[0]), value(1, px[1]), value(2, px[2]));
     }
 }
 

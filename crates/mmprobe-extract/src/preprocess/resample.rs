@@ -58,6 +58,8 @@ struct Coefficients {
     k: usize,
     start: Vec<usize>,
     weights: Vec<i32>,
+    /// Each weight 4 times: the lanes one pixel's R, G, B (and a spare) take in a vector register.
+    lanes: Vec<i32>,
 }
 
 impl Coefficients {
@@ -94,7 +96,19 @@ impl Coefficients {
             start.push(s);
             weights[i * k + xmin - s..i * k + xmin - s + w.len()].copy_from_slice(w);
         }
-        Coefficients { k, start, weights }
+        let lanes = weights.iter().flat_map(|&w| [w; 4]).collect();
+        Coefficients { k, start, weights, lanes }
+    }
+
+    /// The taps of outputs `cols`.
+    fn window(&self, cols: std::ops::Range<usize>) -> kernels::Taps<'_> {
+        let k = self.k;
+        kernels::Taps {
+            k,
+            start: &self.start[cols.clone()],
+            weights: &self.weights[cols.start * k..cols.end * k],
+            lanes: &self.lanes[cols.start * k * 4..cols.end * k * 4],
+        }
     }
 
     /// The (shared) coefficients for one size pair: a loader meets few sizes,
@@ -210,10 +224,8 @@ impl Rgb8 {
         if out.is_empty() {
             return Rgb8::new(out_w, rows.len(), out);
         }
-        let start = &c.start[cols.clone()];
-        let weights = &c.weights[cols.start * c.k..cols.end * c.k];
         let src = &self.data[rows.start * self.width * 3..rows.end * self.width * 3];
-        kernels::horizontal(src, self.width * 3, &mut out, start, weights, c.k);
+        kernels::horizontal(src, self.width * 3, &mut out, &c.window(cols));
         Rgb8::new(out_w, rows.len(), out)
     }
 
@@ -238,15 +250,25 @@ mod kernels {
 
     const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
+    /// Some outputs' taps (see `Coefficients`): output `i` reads `k` inputs
+    /// from `start[i]` with `weights[i * k..(i + 1) * k]`; `lanes` holds each
+    /// weight 4 times.
+    pub struct Taps<'a> {
+        pub k: usize,
+        pub start: &'a [usize],
+        pub weights: &'a [i32],
+        pub lanes: &'a [i32],
+    }
+
     /// Rows of interleaved RGB `src` (`stride` bytes each) into rows of
     /// `dst`: output pixel `i` sums input pixels `start[i]..start[i] + k`.
-    pub fn horizontal(src: &[u8], stride: usize, dst: &mut [u8], start: &[usize], weights: &[i32], k: usize) {
+    pub fn horizontal(src: &[u8], stride: usize, dst: &mut [u8], taps: &Taps) {
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
-            return unsafe { horizontal_avx2(src, stride, dst, start, weights, k) };
+            return unsafe { horizontal_avx2(src, stride, dst, taps) };
         }
-        horizontal_any(src, stride, dst, start, weights, k)
+        horizontal_any(src, stride, dst, taps)
     }
 
     /// Two output pixels at a time: one 256-bit register holds both pixels'
@@ -254,19 +276,11 @@ mod kernels {
     /// next pixel's R, whose sum is dropped) times the tap's weight.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn horizontal_avx2(src: &[u8], stride: usize, dst: &mut [u8], start: &[usize], weights: &[i32], k: usize) {
+    fn horizontal_avx2(src: &[u8], stride: usize, dst: &mut [u8], taps: &Taps) {
         use std::arch::x86_64::*;
+        let Taps { k, start, weights, lanes } = *taps;
         let out_w = start.len();
         let pairs = out_w / 2;
-        // Each pair's taps' weights as the 8 lanes they multiply.
-        let mut lanes = vec![0i32; pairs * k * 8];
-        for p in 0..pairs {
-            for t in 0..k {
-                let l = &mut lanes[(p * k + t) * 8..(p * k + t + 1) * 8];
-                l[..4].fill(weights[2 * p * k + t]);
-                l[4..].fill(weights[(2 * p + 1) * k + t]);
-            }
-        }
         for (r, out) in dst.chunks_exact_mut(out_w * 3).enumerate() {
             // From this row to the end of `src`: a tap's 4-byte read may take the next row's first byte.
             let rest = &src[r * stride..];
@@ -280,15 +294,20 @@ mod kernels {
                     continue;
                 }
                 let (pa, pb) = (&rest[a * 3..(a + k) * 3 + 1], &rest[b * 3..(b + k) * 3 + 1]);
-                let w = &lanes[p * k * 8..(p + 1) * k * 8];
-                // SAFETY: AVX2 is enabled; every read lies inside `pa`, `pb` and `w` (4 bytes at 3t for t < k).
+                let (wa, wb) =
+                    (&lanes[2 * p * k * 4..(2 * p + 1) * k * 4], &lanes[(2 * p + 1) * k * 4..(2 * p + 2) * k * 4]);
+                // SAFETY: AVX2 is enabled; every read lies inside `pa`, `pb` (4 bytes at 3t for t < k)
+                // and `wa`, `wb` (4 lanes at 4t).
                 let (ra, rb) = unsafe {
                     let mut acc = _mm256_set1_epi32(HALF);
                     for t in 0..k {
                         let xa = std::ptr::read_unaligned(pa.as_ptr().add(3 * t) as *const i32);
                         let xb = std::ptr::read_unaligned(pb.as_ptr().add(3 * t) as *const i32);
                         let px = _mm256_cvtepu8_epi32(_mm_set_epi32(0, 0, xb, xa));
-                        let wt = _mm256_loadu_si256(w.as_ptr().add(8 * t) as *const __m256i);
+                        let wt = _mm256_set_m128i(
+                            _mm_loadu_si128(wb.as_ptr().add(4 * t) as *const __m128i),
+                            _mm_loadu_si128(wa.as_ptr().add(4 * t) as *const __m128i),
+                        );
                         acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(px, wt));
                     }
                     // clip8 on all lanes: shift, then saturate to i16 and to u8 (0..=255).
@@ -319,14 +338,8 @@ mod kernels {
 
     /// The plain loops (what CPUs without AVX2 run; tests compare both).
     #[inline(always)]
-    pub(super) fn horizontal_any(
-        src: &[u8],
-        stride: usize,
-        dst: &mut [u8],
-        start: &[usize],
-        weights: &[i32],
-        k: usize,
-    ) {
+    pub(super) fn horizontal_any(src: &[u8], stride: usize, dst: &mut [u8], taps: &Taps) {
+        let Taps { k, start, weights, .. } = *taps;
         // The common tap counts as constants, so their loops unroll.
         match k {
             4 => horizontal_k::<4>(src, stride, dst, start, weights),
@@ -432,6 +445,14 @@ mod tests {
         assert_ne!(img.resize(32, 32, Filter::Bicubic), first_h);
     }
 
+    /// Seeded numbers below `n` (a linear congruential generator): test images and sizes.
+    fn numbers(mut seed: u64) -> impl FnMut(usize) -> usize {
+        move |n| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        }
+    }
+
     /// Pillow's loops as written: each output pixel summing its own taps
     /// (only the non-zero ones, where Pillow's tap counts differ).
     fn plain_resize(img: &Rgb8, w: usize, h: usize, filter: Filter) -> Rgb8 {
@@ -465,11 +486,7 @@ mod tests {
 
     #[test]
     fn the_fast_passes_equal_pillows_plain_loops() {
-        let mut seed = 7u64;
-        let mut next = move |n: usize| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut next = numbers(7);
         // Shrinking a little (4..8 taps, unrolled), a lot (the general loop), growing, one pixel wide.
         let sizes = [(320, 240, 299, 224), (320, 240, 224, 168), (1000, 700, 224, 157), (5, 9, 17, 3), (1, 7, 3, 2)];
         let random: Vec<_> = (0..40).map(|_| (1 + next(90), 1 + next(90), 1 + next(60), 1 + next(60))).collect();
@@ -484,18 +501,14 @@ mod tests {
     #[test]
     fn the_plain_loops_equal_the_chosen_kernels() {
         // Where the CPU has AVX2 the dispatchers run the vector kernels; the plain loops must agree.
-        let mut seed = 11u64;
-        let mut next = move |n: usize| {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 33) as usize % n
-        };
+        let mut next = numbers(11);
         for (w, h, ow) in [(320, 7, 299), (320, 3, 224), (1000, 2, 224), (9, 4, 5), (1, 3, 2), (40, 5, 40)] {
             let img: Vec<u8> = (0..w * h * 3).map(|_| next(256) as u8).collect();
             for filter in [Filter::Bicubic, Filter::Bilinear] {
                 let c = Coefficients::new(w, ow, filter);
                 let (mut fast, mut plain) = (vec![0u8; ow * h * 3], vec![0u8; ow * h * 3]);
-                kernels::horizontal(&img, w * 3, &mut fast, &c.start, &c.weights, c.k);
-                kernels::horizontal_any(&img, w * 3, &mut plain, &c.start, &c.weights, c.k);
+                kernels::horizontal(&img, w * 3, &mut fast, &c.window(0..ow));
+                kernels::horizontal_any(&img, w * 3, &mut plain, &c.window(0..ow));
                 assert_eq!(fast, plain, "horizontal {w} -> {ow}, k {}", c.k);
                 let wts: Vec<i32> = (0..h).map(|i| c.weights[i % c.weights.len()]).collect();
                 let (mut fast, mut plain) = (vec![0u8; w * 3], vec![0u8; w * 3]);
