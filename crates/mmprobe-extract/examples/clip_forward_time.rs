@@ -1,5 +1,6 @@
 //! Times the CLIP vision forward pass with every hidden state kept, as
-//! transformers' `output_hidden_states=True` does (bench/README.md).
+//! transformers' `output_hidden_states=True` does, and with the last layer
+//! at the CLS position alone, as a store of `cls` rows runs it (bench/README.md).
 //!
 //!     cargo run --release --example clip_forward_time -- MODEL_DIR [BATCH] [REPEATS]
 
@@ -19,20 +20,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("load {:.2} s", t_load.elapsed().as_secs_f64());
     let v = &clip.model.config.vision_config;
     let pixels = tch::Tensor::randn([batch, 3, v.image_size, v.image_size], (tch::Kind::Float, device));
-    let req = SiteRequest { resid: (0..=v.num_hidden_layers).collect(), embeds: true, ..Default::default() };
-    tch::no_grad(|| clip.model.encode_image(&pixels, &mut Capture::new(req.clone()))); // warm-up
-    let t0 = Instant::now();
+    let every = SiteRequest { resid: (0..=v.num_hidden_layers).collect(), embeds: true, ..Default::default() };
+    // What a store of `cls` rows asks for: the last layer is computed at CLS alone.
+    let cls = SiteRequest { first_token_only: true, ..every.clone() };
+    tch::no_grad(|| clip.model.encode_image(&pixels, &mut Capture::new(every.clone()))); // warm-up
+    let mut per_image = [0.0; 2];
+    // The two take turns, so that a shared machine's drift falls on both.
     for _ in 0..repeats {
-        let mut out = Capture::new(req.clone());
-        tch::no_grad(|| clip.model.encode_image(&pixels, &mut out));
-        // Force completion (CUDA is asynchronous).
-        let _ = out.embeds.map(|e| e.sum(tch::Kind::Float).double_value(&[]));
+        for (i, req) in [&every, &cls].into_iter().enumerate() {
+            let t0 = Instant::now();
+            let mut out = Capture::new(req.clone());
+            tch::no_grad(|| clip.model.encode_image(&pixels, &mut out));
+            // Force completion (CUDA is asynchronous).
+            let _ = out.embeds.map(|e| e.sum(tch::Kind::Float).double_value(&[]));
+            per_image[i] += t0.elapsed().as_secs_f64() / (repeats as f64 * batch as f64);
+        }
     }
-    let per_image = t0.elapsed().as_secs_f64() / (repeats as f64 * batch as f64);
-    println!(
-        "mmprobe vision forward {:.2} ms/image (batch {batch}, {} threads, {device:?})",
-        per_image * 1e3,
-        tch::get_num_threads()
-    );
+    let threads = tch::get_num_threads();
+    for (what, t) in [("every position", per_image[0]), ("last layer at CLS alone", per_image[1])] {
+        println!(
+            "mmprobe vision forward, {what}: {:.2} ms/image (batch {batch}, {threads} threads, {device:?})",
+            t * 1e3
+        );
+    }
     Ok(())
 }

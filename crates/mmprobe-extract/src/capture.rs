@@ -16,6 +16,10 @@ pub struct SiteRequest {
     pub embeds: bool,
     /// Residual streams wanted as they are, before any final norm (the logit lens reads them).
     pub raw: BTreeSet<usize>,
+    /// Every kept state is read at position 0 alone (the `cls` selector), so a
+    /// tower whose own outputs read no other position there may compute its
+    /// last layer for position 0 only: nothing after that layer reads the rest.
+    pub first_token_only: bool,
 }
 
 impl SiteRequest {
@@ -27,6 +31,7 @@ impl SiteRequest {
             mlp: (1..=n).collect(),
             embeds: true,
             raw: BTreeSet::new(),
+            first_token_only: false,
         }
     }
 
@@ -138,6 +143,18 @@ impl Capture {
 
     pub fn wants_embeds(&self) -> bool {
         self.request.embeds
+    }
+
+    /// Whether layer `l`'s states may be computed at position 0 alone, when
+    /// `l` is the tower's last layer and its outputs read only that position:
+    /// nothing kept reads another position, no intervention edits the stream
+    /// (its position mask is the full sequence's), and the model itself keeps
+    /// no stream there.
+    pub(crate) fn first_token_suffices(&self, l: usize) -> bool {
+        self.request.first_token_only
+            && self.edit.is_none()
+            && !self.internal.contains(&l)
+            && !self.request.raw.contains(&l)
     }
 
     /// Also keeps these residual layers in [`Capture::internal_resid`], for the model itself.

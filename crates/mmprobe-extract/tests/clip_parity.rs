@@ -67,6 +67,50 @@ fn tiny_b_bf16_sharded_legacy_eos_matches_transformers() {
 }
 
 #[test]
+fn the_last_layer_at_cls_alone_matches_transformers() {
+    for name in ["tiny-a", "tiny-b"] {
+        let dir = clip_dir(name);
+        let r = reference(&dir);
+        let clip = LoadedClip::load(&dir, device(), DType::F32).unwrap();
+        let pixels = r.tensor("pixel_values").unwrap().to_device(device());
+        let n = clip.model.config.vision_config.num_hidden_layers;
+        let req = SiteRequest { first_token_only: true, ..SiteRequest::everything(n) };
+        let mut got = Capture::new(req);
+        tch::no_grad(|| clip.model.encode_image(&pixels, &mut got));
+        let tokens = clip.model.config.vision_config.num_patches() + 1;
+        for l in 0..=n {
+            // Only the last layer is cut to its first position: every other one feeds the next.
+            let want = r.tensor(&format!("vision.resid.{l}")).unwrap();
+            let width = if l == n { 1 } else { tokens };
+            assert_eq!(got.resid[&l].size()[1], width, "{name} resid {l}");
+            assert_close(&format!("{name} resid {l}"), &got.resid[&l], &want.narrow(1, 0, width), TOL);
+        }
+        for site in ["attn", "mlp"] {
+            let h = if site == "attn" { &got.attn[&n] } else { &got.mlp[&n] };
+            assert_eq!(h.size()[1], 1, "{name} {site} {n}");
+            let want = r.tensor(&format!("vision.{site}.{n}")).unwrap().narrow(1, 0, 1);
+            assert_close(&format!("{name} {site} {n}"), h, &want, TOL);
+        }
+        assert_close(&format!("{name} pooled"), got.pooled.as_ref().unwrap(), &r.tensor("vision.pooled").unwrap(), TOL);
+        assert_close(&format!("{name} embeds"), got.embeds.as_ref().unwrap(), &r.tensor("vision.embeds").unwrap(), TOL);
+
+        // The text tower pools at its EOS token: the flag never cuts it.
+        let ids = r.tensor("input_ids").unwrap().to_device(device());
+        let mask = r.tensor("attention_mask").unwrap().to_device(device());
+        let nt = clip.model.config.text_config.num_hidden_layers;
+        let mut text = Capture::new(SiteRequest { first_token_only: true, ..SiteRequest::everything(nt) });
+        tch::no_grad(|| clip.model.encode_text(&ids, &mask, &mut text));
+        assert_eq!(text.resid[&nt].size(), r.tensor(&format!("text.resid.{nt}")).unwrap().size(), "{name} text");
+        assert_close(
+            &format!("{name} text pooled"),
+            text.pooled.as_ref().unwrap(),
+            &r.tensor("text.pooled").unwrap(),
+            TOL,
+        );
+    }
+}
+
+#[test]
 fn every_patch_computation_matches_transformers() {
     let dir = clip_dir("tiny-a");
     let r = reference(&dir);

@@ -151,6 +151,36 @@ fn every_site_and_selector_matches_transformers() {
 }
 
 #[test]
+fn a_vision_store_read_at_cls_alone_matches_transformers() {
+    // Every vision partition is `cls` or the pooled embeds, so the last layer runs at CLS alone.
+    for model in ["tiny-a", "tiny-b"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = dataset(tmp.path(), 5);
+        let out = tmp.path().join("store");
+        let mut o = options(model, &data, &out);
+        (o.towers, o.selectors) = (Some(vec![Tower::Vision]), vec![Selector::Cls, Selector::Pooled]);
+        assert!(extract(&o, &Quiet).unwrap().store_complete);
+        let store = Store::open(&out).unwrap();
+        let r = reference(&clip_dir(model));
+        let parts = store.partitions().unwrap();
+        let n = mmprobe_extract::ModelInfo::from_dir(&clip_dir(model)).unwrap().towers[0].layers;
+        assert_eq!(parts.len(), 3 * n + 2, "{model}: resid 0..=N, attn and mlp 1..=N, embeds");
+        for p in &parts {
+            let (sample, pos, got) = matrix(&store, *p);
+            let want = match p.site {
+                Site::Embeds => r.tensor("vision.embeds").unwrap(),
+                site => r.tensor(&format!("vision.{site}.{}", p.layer)).unwrap().select(1, 0),
+            };
+            assert_close(&format!("{model} {p}"), &got, &want.narrow(0, 0, 5), TOL);
+            assert_eq!(sample, [0, 1, 2, 3, 4], "{model} {p}");
+            if p.site != Site::Embeds {
+                assert_eq!(pos, [0; 5], "{model} {p}: the CLS position");
+            }
+        }
+    }
+}
+
+#[test]
 fn all_rows_carry_token_texts_and_positions() {
     let tmp = tempfile::tempdir().unwrap();
     let data = dataset(tmp.path(), 5);

@@ -32,14 +32,23 @@ impl ClipAttention {
 
     /// `allowed`: boolean [B, 1, T, T] (true = may attend), or none for full attention.
     fn forward(&self, x: &Tensor, allowed: Option<&Tensor>) -> Tensor {
-        let (b, t, d) = x.size3().expect("hidden states are [batch, tokens, width]");
-        let heads = |y: Tensor| y.view([b, t, self.num_heads, self.head_dim]).transpose(1, 2);
-        let q = heads(self.q_proj.forward(x));
-        let k = heads(self.k_proj.forward(x));
-        let v = heads(self.v_proj.forward(x));
+        self.attend(x, x, allowed)
+    }
+
+    /// Queries from `queries` [B, Tq, D] attending over `keys` [B, T, D] (the
+    /// same tensor, or its first Tq positions); `allowed` is [B, 1, Tq, T].
+    fn attend(&self, queries: &Tensor, keys: &Tensor, allowed: Option<&Tensor>) -> Tensor {
+        let (b, tq, d) = queries.size3().expect("hidden states are [batch, tokens, width]");
+        let heads = |y: Tensor| {
+            let t = y.size()[1];
+            y.view([b, t, self.num_heads, self.head_dim]).transpose(1, 2)
+        };
+        let q = heads(self.q_proj.forward(queries));
+        let k = heads(self.k_proj.forward(keys));
+        let v = heads(self.v_proj.forward(keys));
         let scale = (self.head_dim as f64).powf(-0.5);
         let y = Tensor::scaled_dot_product_attention(&q, &k, &v, allowed, 0.0, false, scale, false);
-        self.out_proj.forward(&y.transpose(1, 2).reshape([b, t, d]))
+        self.out_proj.forward(&y.transpose(1, 2).reshape([b, tq, d]))
     }
 }
 
@@ -85,6 +94,20 @@ impl ClipEncoderLayer {
 
     fn forward(&self, x: &Tensor, allowed: Option<&Tensor>) -> LayerOut {
         let attn = self.self_attn.forward(&self.layer_norm1.forward(x), allowed);
+        self.finish(x, attn)
+    }
+
+    /// The layer's outputs at position 0 alone, [B, 1, D]: that query attends
+    /// over every position, whose keys and values are all the rest needs.
+    fn forward_first(&self, x: &Tensor, allowed: Option<&Tensor>) -> LayerOut {
+        let normed = self.layer_norm1.forward(x);
+        let allowed = allowed.map(|a| a.narrow(2, 0, 1));
+        let attn = self.self_attn.attend(&normed.narrow(1, 0, 1), &normed, allowed.as_ref());
+        self.finish(&x.narrow(1, 0, 1), attn)
+    }
+
+    /// The residual add, the MLP and its add, after the attention output `attn`.
+    fn finish(&self, x: &Tensor, attn: Tensor) -> LayerOut {
         let h = x + &attn;
         let mlp = self.mlp.forward(&self.layer_norm2.forward(&h));
         LayerOut { resid: &h + &mlp, attn, mlp }
@@ -104,10 +127,26 @@ impl ClipEncoder {
 
     /// Runs every layer, reporting each site to `cap`; returns the last hidden state.
     pub(crate) fn forward(&self, x: Tensor, allowed: Option<&Tensor>, cap: &mut Capture) -> Tensor {
+        self.run(x, allowed, cap, false)
+    }
+
+    /// [`ClipEncoder::forward`] for a tower whose own output reads the last
+    /// state at position 0 alone (CLIP's vision tower pools its CLS token):
+    /// when `cap` too reads only that position, the last layer is computed
+    /// there alone ([B, 1, D] states). A layer costs 12 d^2 multiply-adds a
+    /// position; the keys and values, all the other positions are still
+    /// needed for, are 2 of them.
+    pub(crate) fn forward_pooling_first(&self, x: Tensor, allowed: Option<&Tensor>, cap: &mut Capture) -> Tensor {
+        self.run(x, allowed, cap, true)
+    }
+
+    fn run(&self, x: Tensor, allowed: Option<&Tensor>, cap: &mut Capture, pools_first: bool) -> Tensor {
+        let n = self.layers.len();
+        let first_last = pools_first && cap.first_token_suffices(n);
         let mut h = cap.stream(0, x);
         for (i, layer) in self.layers.iter().enumerate() {
             let l = i + 1;
-            let o = layer.forward(&h, allowed);
+            let o = if first_last && l == n { layer.forward_first(&h, allowed) } else { layer.forward(&h, allowed) };
             cap.sublayers(l, &o.attn, &o.mlp);
             h = cap.stream(l, o.resid);
         }
@@ -247,7 +286,7 @@ impl ClipVisionTransformer {
         let cls = self.embeddings.class_embedding.view([1, 1, d]).expand([b, 1, d], false);
         let x = Tensor::cat(&[cls, patches], 1) + self.embeddings.position_embedding.ws.unsqueeze(0);
         let x = self.pre_layrnorm.forward(&x);
-        let last = self.encoder.forward(x, None, cap);
+        let last = self.encoder.forward_pooling_first(x, None, cap);
         self.post_layernorm.forward(&last.select(1, 0))
     }
 }

@@ -105,22 +105,8 @@ impl ModelStage<'_> {
         Ok(())
     }
 
-    /// The sites each filled tower keeps, and the decoder's raw streams the logit lens reads.
     fn requests(&self) -> BTreeMap<Tower, SiteRequest> {
-        let mut out: BTreeMap<Tower, SiteRequest> = BTreeMap::new();
-        for p in self.partitions {
-            let req = out.entry(p.tower).or_default();
-            match p.site {
-                Site::Resid => _ = req.resid.insert(p.layer),
-                Site::Attn => _ = req.attn.insert(p.layer),
-                Site::Mlp => _ = req.mlp.insert(p.layer),
-                Site::Embeds => req.embeds = true,
-            }
-        }
-        if let (Some(_), Some(req)) = (&self.lens, out.get_mut(&Tower::Decoder)) {
-            req.raw = req.resid.clone();
-        }
-        out
+        site_requests(self.partitions, self.lens.is_some())
     }
 
     fn forward(&self, b: &Prepared, requests: &BTreeMap<Tower, SiteRequest>) -> (Vec<(Partition, Rows)>, Vec<LensRow>) {
@@ -185,6 +171,31 @@ impl ModelStage<'_> {
     }
 }
 
+/// The sites each filled tower keeps, and with the logit lens the decoder's
+/// raw streams; a tower whose every partition is `cls` (or the pooled embeds)
+/// reads its states at position 0 alone.
+fn site_requests(partitions: &[Partition], lens: bool) -> BTreeMap<Tower, SiteRequest> {
+    let mut out: BTreeMap<Tower, SiteRequest> = BTreeMap::new();
+    for p in partitions {
+        let req = out.entry(p.tower).or_insert_with(|| SiteRequest { first_token_only: true, ..Default::default() });
+        match p.site {
+            Site::Resid => _ = req.resid.insert(p.layer),
+            Site::Attn => _ = req.attn.insert(p.layer),
+            Site::Mlp => _ = req.mlp.insert(p.layer),
+            Site::Embeds => req.embeds = true,
+        }
+        let at_first = match p.site {
+            Site::Embeds => p.selector == Selector::Pooled,
+            _ => p.selector == Selector::Cls,
+        };
+        req.first_token_only &= at_first;
+    }
+    if let (true, Some(req)) = (lens, out.get_mut(&Tower::Decoder)) {
+        req.raw = req.resid.clone();
+    }
+    out
+}
+
 thread_local! {
     static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -218,6 +229,29 @@ fn guarded<T>(f: impl FnOnce() -> T) -> std::result::Result<T, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tower_read_at_cls_alone_says_so() {
+        let part = |tower, site, layer, selector| Partition { tower, site, layer, selector };
+        let cls = |layer| part(Tower::Vision, Site::Resid, layer, Selector::Cls);
+        let embeds = part(Tower::Vision, Site::Embeds, 0, Selector::Pooled);
+        let eos = part(Tower::Text, Site::Resid, 2, Selector::Eos);
+        let reqs = site_requests(&[cls(0), cls(12), embeds, eos], false);
+        assert!(reqs[&Tower::Vision].first_token_only);
+        assert_eq!(reqs[&Tower::Vision].resid, [0, 12].into());
+        assert!(reqs[&Tower::Vision].embeds);
+        assert!(!reqs[&Tower::Text].first_token_only, "eos is not position 0");
+        for other in [
+            part(Tower::Vision, Site::Resid, 3, Selector::Mean),
+            part(Tower::Vision, Site::Mlp, 12, Selector::All),
+            part(Tower::Vision, Site::Embeds, 0, Selector::Mean),
+        ] {
+            let reqs = site_requests(&[cls(12), embeds, other], false);
+            assert!(!reqs[&Tower::Vision].first_token_only, "{other}");
+        }
+        let lens = site_requests(&[part(Tower::Decoder, Site::Resid, 4, Selector::Last)], true);
+        assert_eq!(lens[&Tower::Decoder].raw, [4].into());
+    }
 
     #[test]
     fn a_libtorch_panic_becomes_its_first_line() {
