@@ -16,9 +16,11 @@ pub struct SiteRequest {
     pub embeds: bool,
     /// Residual streams wanted as they are, before any final norm (the logit lens reads them).
     pub raw: BTreeSet<usize>,
-    /// Every kept state is read at position 0 alone (the `cls` selector), so a
-    /// tower whose own outputs read no other position there may compute its
-    /// last layer for position 0 only: nothing after that layer reads the rest.
+    /// Every kept residual, attention and MLP state is read at position 0 alone
+    /// (the `cls` selector). The pooled embeds are not counted: the tower
+    /// knows what its pooling reads. So a tower whose own outputs read no other
+    /// position of its last layer (CLIP's vision tower) may compute that layer
+    /// at position 0 only; the flag never cuts any other tower.
     pub first_token_only: bool,
 }
 

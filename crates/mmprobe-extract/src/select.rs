@@ -138,7 +138,14 @@ fn gather(h: &Tensor, pos: &Tensor, layout: &SequenceLayout) -> Picked {
 /// device. `None` when the selector does not apply to this layout (e.g. `eos`
 /// on a vision tower).
 pub fn pick(h: &Tensor, selector: Selector, layout: &SequenceLayout) -> Option<Picked> {
-    let b = h.size()[0];
+    let (b, t) = (h.size()[0], h.size()[1]);
+    // A state cut to its first position (a last layer run at CLS alone) is read by `cls` only;
+    // `mean` would broadcast over it and store the CLS vector as a mean.
+    let positions_in_layout = layout.valid.size()[1];
+    assert!(
+        selector == Selector::Cls || t == positions_in_layout,
+        "the {selector} selector got a state of {t} positions where the sequence has {positions_in_layout}"
+    );
     match selector {
         Selector::Cls if layout.has_cls => Some(gather(h, &Tensor::zeros([b], (Kind::Int64, h.device())), layout)),
         Selector::Eos => layout.eos.as_ref().map(|e| gather(h, e, layout)),
@@ -150,7 +157,6 @@ pub fn pick(h: &Tensor, selector: Selector, layout: &SequenceLayout) -> Option<P
             Some(Picked { rows, sample: (0..b as u32).collect(), pos: vec![-1; b as usize] })
         }
         Selector::All => {
-            let t = h.size()[1];
             let flat = layout.valid.reshape([-1]).nonzero().squeeze_dim(1);
             let rows = h.reshape([b * t, -1]).index_select(0, &flat);
             let idx = positions(&flat);
@@ -267,6 +273,18 @@ mod tests {
         assert_eq!(select(&h, Selector::Mean, &layout).unwrap().data, vec![1.5, 1.5, 11.5, 11.5]);
         assert_eq!(select(&h, Selector::All, &layout).unwrap().len(), 6);
         assert!(select(&h, Selector::Eos, &layout).is_none());
+    }
+
+    #[test]
+    fn a_state_cut_to_cls_is_read_by_cls_alone() {
+        let layout = SequenceLayout::vision(2, 3, Device::Cpu);
+        let cut = hidden().narrow(1, 0, 1);
+        let cls = select(&cut, Selector::Cls, &layout).unwrap();
+        assert_eq!((cls.pos, cls.data), (vec![0, 0], vec![0., 0., 10., 10.]));
+        for other in [Selector::Mean, Selector::All] {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| select(&cut, other, &layout)));
+            assert!(r.is_err(), "{other} on a cut state is refused, not a mean of CLS alone");
+        }
     }
 
     #[test]

@@ -132,6 +132,37 @@ fn the_other_padding_side_gives_the_same_states() {
     }
 }
 
+#[test]
+fn a_vision_tower_read_at_cls_alone_gives_the_decoder_the_same_features() {
+    // llava-gqa's feature layer is -2: its last vision layer may run at CLS alone.
+    // llava-hub reads layer -1 itself, so its last layer stays whole.
+    for (name, cut) in [("llava-gqa", true), ("llava-hub", false)] {
+        let r = reference(name);
+        let l = LoadedLlava::load(&dir(name), device(), DType::F32).unwrap();
+        let model = &l.model;
+        let n = prompts(&meta(name)).len();
+        let px: Vec<Tensor> = (0..n).map(|i| r.tensor(&format!("p{i}.pixel_values")).unwrap()).collect();
+        let px = Tensor::cat(&px, 0).to_device(device());
+        let nv = model.config.vision_config.num_hidden_layers();
+        let whole = SiteRequest { resid: (0..=nv).collect(), ..Default::default() };
+        let mut at_cls = Capture::new(SiteRequest { first_token_only: true, ..whole.clone() });
+        let mut every = Capture::new(whole);
+        let (a, b) = tch::no_grad(|| (model.encode_image(&px, &mut at_cls), model.encode_image(&px, &mut every)));
+        assert!(a.equal(&b), "{name}: the projected features are the same");
+        let tokens = every.resid[&nv].size()[1];
+        assert_eq!(at_cls.resid[&nv].size()[1], if cut { 1 } else { tokens }, "{name}: last layer's width");
+        for i in 0..n as i64 {
+            let want = r.tensor(&format!("p{i}.vision.resid.{nv}")).unwrap().get(0);
+            assert_close(
+                &format!("{name} p{i} CLS of vision resid {nv}"),
+                &at_cls.resid[&nv].get(i).get(0),
+                &want,
+                TOL,
+            );
+        }
+    }
+}
+
 fn write_dataset(dir_: &Path, name: &str) -> PathBuf {
     let m = meta(name);
     let mut csv = String::from("id,image,prompt,colour\n");

@@ -35,8 +35,8 @@ impl ClipAttention {
         self.attend(x, x, allowed)
     }
 
-    /// Queries from `queries` [B, Tq, D] attending over `keys` [B, T, D] (the
-    /// same tensor, or its first Tq positions); `allowed` is [B, 1, Tq, T].
+    /// Queries from `queries` [B, Tq, D] attending over `keys` [B, T, D]
+    /// (`queries` is `keys` itself, or its first Tq positions); `allowed` is [B, 1, Tq, T].
     fn attend(&self, queries: &Tensor, keys: &Tensor, allowed: Option<&Tensor>) -> Tensor {
         let (b, tq, d) = queries.size3().expect("hidden states are [batch, tokens, width]");
         let heads = |y: Tensor| {

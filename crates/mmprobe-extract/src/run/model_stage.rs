@@ -172,8 +172,8 @@ impl ModelStage<'_> {
 }
 
 /// The sites each filled tower keeps, and with the logit lens the decoder's
-/// raw streams; a tower whose every partition is `cls` (or the pooled embeds)
-/// reads its states at position 0 alone.
+/// raw streams; a tower whose every partition is `cls` (or the pooled embeds,
+/// which the tower itself pools) reads its states at position 0 alone.
 fn site_requests(partitions: &[Partition], lens: bool) -> BTreeMap<Tower, SiteRequest> {
     let mut out: BTreeMap<Tower, SiteRequest> = BTreeMap::new();
     for p in partitions {
