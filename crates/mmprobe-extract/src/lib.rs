@@ -34,5 +34,5 @@ pub use error::{ExtractError, Result};
 pub use family::{Batch, Family, InputTools, LoadedModel, ModelDir, Pixels, TowerStates};
 pub use mmprobe_store::{Selector, Site, Tower};
 pub use plan::{ExtractionPlan, LayerSpec};
-pub use run::{ExtractOptions, ExtractSummary, ProgressSink, Quiet, StageTimes, extract};
-pub use runtime::{DType, DeviceChoice, LibtorchInfo, RunOptions};
+pub use run::{DEFAULT_CHUNK_SIZE, ExtractOptions, ExtractSummary, ProgressSink, Quiet, StageTimes, extract};
+pub use runtime::{DEFAULT_BATCH_SIZE, DType, DeviceChoice, LibtorchInfo, RunOptions};

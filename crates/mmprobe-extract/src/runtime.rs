@@ -127,12 +127,15 @@ pub struct RunOptions {
     pub max_image_pixels: u64,
 }
 
+/// Inputs per forward pass unless a run says otherwise (`--batch-size`).
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             device: DeviceChoice::Auto,
             dtype: DType::F32,
-            batch_size: 32,
+            batch_size: DEFAULT_BATCH_SIZE,
             threads: None,
             allow_tf32: false,
             max_image_pixels: crate::preprocess::decode::MAX_IMAGE_PIXELS,

@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
-use tch::{Kind, Tensor, nn::VarStore};
+use tch::{Device, Kind, Tensor, nn::VarStore};
 
 use crate::error::{ExtractError, Result, read_file};
+use crate::runtime::DType;
 
 /// The weight files of one checkpoint folder.
 pub struct Checkpoint {
@@ -176,6 +177,15 @@ impl Checkpoint {
         let unused = self.index.keys().filter(|k| !used.contains(*k)).cloned().collect();
         Ok(LoadReport { loaded: vars.len(), unused })
     }
+}
+
+/// The variable store a model is declared in before [`Checkpoint::load_into`]
+/// fills it. Its parameters are made in the run's dtype: a 16-bit model never
+/// exists in f32, and each checkpoint tensor is converted once, on the way in.
+pub fn var_store(device: Device, dtype: DType) -> VarStore {
+    let mut vs = VarStore::new(device);
+    vs.set_kind(dtype.kind());
+    vs
 }
 
 /// What a load did: unused names are normal for buffers such as `position_ids`.

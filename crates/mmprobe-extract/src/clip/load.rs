@@ -8,7 +8,7 @@ use super::{ClipConfig, ClipModel, PatchCompute};
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
 use crate::runtime::DType;
-use crate::weights::Checkpoint;
+use crate::weights::{Checkpoint, var_store};
 
 /// A CLIP model with the store that owns its parameters.
 pub struct LoadedClip {
@@ -37,10 +37,7 @@ impl LoadedClip {
     /// Loads the weights of `md` for an already parsed config.
     pub fn from_config(md: &ModelDir, config: &ClipConfig, device: Device, dtype: DType) -> Result<Self> {
         let weights = Checkpoint::open(&md.dir)?;
-        let mut vs = VarStore::new(device);
-        // Parameters are made in the run's dtype: a 16-bit model never exists in f32,
-        // and each checkpoint tensor is converted once, on the way in.
-        vs.set_kind(dtype.kind());
+        let mut vs = var_store(device, dtype);
         let mut model = ClipModel::new(vs.root(), config);
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
         let report = weights.load_into(&vs, str::to_string)?;

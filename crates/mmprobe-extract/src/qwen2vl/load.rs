@@ -11,7 +11,7 @@ use super::model::Qwen2VlModel;
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
 use crate::runtime::DType;
-use crate::weights::{Checkpoint, Component};
+use crate::weights::{Checkpoint, Component, var_store};
 
 /// Per canonical component: the checkpoint prefixes transformers accepts, and
 /// a key under it that every layout has.
@@ -57,10 +57,7 @@ impl LoadedQwen2Vl {
     pub fn from_config(md: &ModelDir, config: &Qwen2VlConfig, device: Device, dtype: DType) -> Result<Self> {
         let weights = Checkpoint::open(&md.dir)?;
         let layout = weights.key_layout(LAYOUTS);
-        let mut vs = VarStore::new(device);
-        // Parameters are made in the run's dtype: a 16-bit model never exists in f32,
-        // and each checkpoint tensor is converted once, on the way in.
-        vs.set_kind(dtype.kind());
+        let mut vs = var_store(device, dtype);
         let model = Qwen2VlModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
         let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();

@@ -62,10 +62,13 @@ pub struct ExtractOptions {
     pub format: PartFormat,
 }
 
+/// Samples per chunk unless a run says otherwise (`--chunk-size`).
+pub const DEFAULT_CHUNK_SIZE: usize = 1024;
+
 impl ExtractOptions {
     /// `mmprobe extract --model MODEL --data DATA --out OUT` with every other
     /// flag at its default: every tower, `resid` and `embeds`, every layer, the
-    /// family's selectors, one shard, chunks of 1024, f32 + zstd parts.
+    /// family's selectors, one shard, chunks of [`DEFAULT_CHUNK_SIZE`], f32 + zstd parts.
     pub fn new(model: impl Into<PathBuf>, data: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
         ExtractOptions {
             model: model.into(),
@@ -79,7 +82,7 @@ impl ExtractOptions {
             shard: (0, 1),
             skip_bad: false,
             force: false,
-            chunk_size: 1024,
+            chunk_size: DEFAULT_CHUNK_SIZE,
             logit_lens: None,
             format: PartFormat::default(),
         }

@@ -14,7 +14,7 @@ use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
 use crate::layers::PatchCompute;
 use crate::runtime::DType;
-use crate::weights::{Checkpoint, Component};
+use crate::weights::{Checkpoint, Component, var_store};
 
 /// Per canonical component: the checkpoint prefixes transformers accepts,
 /// and a key under it that every layout has.
@@ -72,10 +72,7 @@ impl LoadedSiglip {
     pub fn from_config(md: &ModelDir, config: &SiglipConfig, device: Device, dtype: DType) -> Result<Self> {
         let weights = Checkpoint::open(&md.dir)?;
         let layout = weights.key_layout(LAYOUTS);
-        let mut vs = VarStore::new(device);
-        // Parameters are made in the run's dtype: a 16-bit model never exists in f32,
-        // and each checkpoint tensor is converted once, on the way in.
-        vs.set_kind(dtype.kind());
+        let mut vs = var_store(device, dtype);
         let mut model = SiglipModel::new(vs.root(), config);
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
         let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;

@@ -31,7 +31,7 @@ pub struct ExtractArgs {
     #[arg(long = "select", value_delimiter = ',')]
     select: Option<Vec<Selector>>,
     /// Inputs per forward pass.
-    #[arg(long, default_value_t = 32, value_parser = parse_batch_size)]
+    #[arg(long, default_value_t = mmprobe_extract::DEFAULT_BATCH_SIZE, value_parser = parse_batch_size)]
     batch_size: usize,
     /// auto, cpu or cuda:N.
     #[arg(long, default_value = "auto")]
@@ -63,7 +63,7 @@ pub struct ExtractArgs {
     #[arg(long)]
     force: bool,
     /// Samples per chunk: the unit of part files and of resumption (fixed per store).
-    #[arg(long, default_value_t = 1024, hide_short_help = true)]
+    #[arg(long, default_value_t = mmprobe_extract::DEFAULT_CHUNK_SIZE, hide_short_help = true)]
     chunk_size: usize,
     /// Decoder models (LLaVA): also write the top-K next tokens that each extracted
     /// resid layer and selector reads as (final norm + LM head) to logit_lens.parquet.
