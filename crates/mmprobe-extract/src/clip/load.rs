@@ -7,6 +7,7 @@ use tch::{Device, nn::VarStore};
 use super::{ClipConfig, ClipModel, PatchCompute};
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
+use crate::layers::declare_for_checkpoint;
 use crate::runtime::DType;
 use crate::weights::{Checkpoint, var_store};
 
@@ -38,7 +39,7 @@ impl LoadedClip {
     pub fn from_config(md: &ModelDir, config: &ClipConfig, device: Device, dtype: DType) -> Result<Self> {
         let weights = Checkpoint::open(&md.dir)?;
         let mut vs = var_store(device, dtype);
-        let mut model = ClipModel::new(vs.root(), config);
+        let mut model = declare_for_checkpoint(|| ClipModel::new(vs.root(), config));
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
         let report = weights.load_into(&vs, str::to_string)?;
         vs.freeze();

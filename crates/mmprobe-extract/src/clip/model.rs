@@ -7,7 +7,7 @@ use tch::{Kind, Tensor};
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 use crate::capture::Capture;
 pub use crate::layers::PatchCompute;
-use crate::layers::{Activation, layer_norm, linear, patch_embedding};
+use crate::layers::{Activation, conv2d, embedding, layer_norm, linear, patch_embedding};
 
 pub struct ClipAttention {
     pub q_proj: nn::Linear,
@@ -171,13 +171,8 @@ impl ClipTextTransformer {
         let e = &p / "embeddings";
         ClipTextTransformer {
             embeddings: ClipTextEmbeddings {
-                token_embedding: nn::embedding(&e / "token_embedding", c.vocab_size, c.hidden_size, Default::default()),
-                position_embedding: nn::embedding(
-                    &e / "position_embedding",
-                    c.max_position_embeddings,
-                    c.hidden_size,
-                    Default::default(),
-                ),
+                token_embedding: embedding(&e / "token_embedding", c.vocab_size, c.hidden_size),
+                position_embedding: embedding(&e / "position_embedding", c.max_position_embeddings, c.hidden_size),
             },
             encoder: ClipEncoder::new(
                 &p / "encoder",
@@ -254,13 +249,8 @@ impl ClipVisionTransformer {
         ClipVisionTransformer {
             embeddings: ClipVisionEmbeddings {
                 class_embedding: e.var("class_embedding", &[c.hidden_size], nn::Init::Randn { mean: 0., stdev: 1. }),
-                patch_embedding: nn::conv2d(&e / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
-                position_embedding: nn::embedding(
-                    &e / "position_embedding",
-                    c.num_patches() + 1,
-                    c.hidden_size,
-                    Default::default(),
-                ),
+                patch_embedding: conv2d(&e / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size, conv),
+                position_embedding: embedding(&e / "position_embedding", c.num_patches() + 1, c.hidden_size),
             },
             pre_layrnorm: layer_norm(&p / "pre_layrnorm", c.hidden_size, c.layer_norm_eps),
             encoder: ClipEncoder::new(
@@ -346,8 +336,8 @@ mod tests {
         let conv = nn::ConvConfig { stride: p, bias: false, ..Default::default() };
         let e = ClipVisionEmbeddings {
             class_embedding: root.zeros("class_embedding", &[d]),
-            patch_embedding: nn::conv2d(&root / "patch_embedding", c, d, p, conv),
-            position_embedding: nn::embedding(&root / "position_embedding", 1, d, Default::default()),
+            patch_embedding: conv2d(&root / "patch_embedding", c, d, p, conv),
+            position_embedding: embedding(&root / "position_embedding", 1, d),
         };
         vs.set_kind(Kind::Double);
         (vs, e)

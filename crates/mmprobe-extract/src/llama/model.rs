@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 
 use super::config::LlamaConfig;
 use crate::capture::Capture;
-use crate::layers::{Activation, RmsNorm, linear, rotate_half};
+use crate::layers::{Activation, RmsNorm, embedding, linear, rotate_half};
 
 /// Rotary embeddings: cos and sin [B, T, head_dim] for each row's positions.
 pub struct Rotary {
@@ -152,7 +152,7 @@ impl LlamaModel {
         }
         let lp = &p / "layers";
         Ok(LlamaModel {
-            embed_tokens: nn::embedding(&p / "embed_tokens", c.vocab_size, c.hidden_size, Default::default()),
+            embed_tokens: embedding(&p / "embed_tokens", c.vocab_size, c.hidden_size),
             layers: (0..c.num_hidden_layers).map(|i| LlamaDecoderLayer::new(&lp / i, c)).collect(),
             norm: RmsNorm::new(&p / "norm", c.hidden_size, c.rms_norm_eps),
             rotary: Rotary::new(c, p.device())?,

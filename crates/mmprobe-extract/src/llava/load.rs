@@ -11,6 +11,7 @@ use super::{LlavaConfig, LlavaModel};
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
 use crate::layers::PatchCompute;
+use crate::layers::declare_for_checkpoint;
 use crate::runtime::DType;
 use crate::weights::{Checkpoint, Component, var_store};
 
@@ -60,7 +61,8 @@ impl LoadedLlava {
         let weights = Checkpoint::open(&md.dir)?;
         let layout = weights.key_layout(LAYOUTS);
         let mut vs = var_store(device, dtype);
-        let mut model = LlavaModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
+        let mut model =
+            declare_for_checkpoint(|| LlavaModel::new(vs.root(), config)).map_err(|message| md.bad_config(message))?;
         model.vision_tower.set_patch_compute(PatchCompute::for_run(dtype, false));
         let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();

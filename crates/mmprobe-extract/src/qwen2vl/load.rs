@@ -10,6 +10,7 @@ use super::config::Qwen2VlConfig;
 use super::model::Qwen2VlModel;
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
+use crate::layers::declare_for_checkpoint;
 use crate::runtime::DType;
 use crate::weights::{Checkpoint, Component, var_store};
 
@@ -58,7 +59,8 @@ impl LoadedQwen2Vl {
         let weights = Checkpoint::open(&md.dir)?;
         let layout = weights.key_layout(LAYOUTS);
         let mut vs = var_store(device, dtype);
-        let model = Qwen2VlModel::new(vs.root(), config).map_err(|message| md.bad_config(message))?;
+        let model = declare_for_checkpoint(|| Qwen2VlModel::new(vs.root(), config))
+            .map_err(|message| md.bad_config(message))?;
         let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();
         // A tied head ignores a saved lm_head, as transformers does.

@@ -13,6 +13,7 @@ use super::{SiglipConfig, SiglipModel};
 use crate::error::{ExtractError, Result};
 use crate::family::ModelDir;
 use crate::layers::PatchCompute;
+use crate::layers::declare_for_checkpoint;
 use crate::runtime::DType;
 use crate::weights::{Checkpoint, Component, var_store};
 
@@ -73,7 +74,7 @@ impl LoadedSiglip {
         let weights = Checkpoint::open(&md.dir)?;
         let layout = weights.key_layout(LAYOUTS);
         let mut vs = var_store(device, dtype);
-        let mut model = SiglipModel::new(vs.root(), config);
+        let mut model = declare_for_checkpoint(|| SiglipModel::new(vs.root(), config));
         model.vision_model.patch_compute = PatchCompute::for_run(dtype, false);
         let report = weights.load_into(&vs, |name| layout.checkpoint_name(name))?;
         vs.freeze();

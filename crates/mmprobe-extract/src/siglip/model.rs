@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use super::config::{SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 use crate::capture::Capture;
 use crate::clip::model::{ClipEncoder, ClipMlp};
-use crate::layers::{PatchCompute, layer_norm, linear, patch_embedding};
+use crate::layers::{PatchCompute, conv2d, embedding, layer_norm, linear, patch_embedding};
 
 pub struct SiglipVisionEmbeddings {
     /// Conv2d with bias, stride = kernel = patch size.
@@ -107,19 +107,8 @@ impl SiglipVisionTransformer {
         let conv = nn::ConvConfig { stride: c.patch_size.0, bias: true, ..Default::default() };
         SiglipVisionTransformer {
             embeddings: SiglipVisionEmbeddings {
-                patch_embedding: nn::conv2d(
-                    &e / "patch_embedding",
-                    c.num_channels,
-                    c.hidden_size,
-                    c.patch_size.0,
-                    conv,
-                ),
-                position_embedding: nn::embedding(
-                    &e / "position_embedding",
-                    c.num_patches(),
-                    c.hidden_size,
-                    Default::default(),
-                ),
+                patch_embedding: conv2d(&e / "patch_embedding", c.num_channels, c.hidden_size, c.patch_size.0, conv),
+                position_embedding: embedding(&e / "position_embedding", c.num_patches(), c.hidden_size),
             },
             encoder: ClipEncoder::new(
                 &p / "encoder",
@@ -175,13 +164,8 @@ impl SiglipTextTransformer {
         let e = &p / "embeddings";
         SiglipTextTransformer {
             embeddings: SiglipTextEmbeddings {
-                token_embedding: nn::embedding(&e / "token_embedding", c.vocab_size, c.hidden_size, Default::default()),
-                position_embedding: nn::embedding(
-                    &e / "position_embedding",
-                    c.max_position_embeddings,
-                    c.hidden_size,
-                    Default::default(),
-                ),
+                token_embedding: embedding(&e / "token_embedding", c.vocab_size, c.hidden_size),
+                position_embedding: embedding(&e / "position_embedding", c.max_position_embeddings, c.hidden_size),
             },
             encoder: ClipEncoder::new(
                 &p / "encoder",
