@@ -58,7 +58,7 @@ if [ ! -x "$vpy" ]; then
 fi
 "$vpy" -m pip --version >/dev/null 2>&1 || die "the venv at $venv has no pip (delete it and rerun, or install python3-pip)"
 
-install() { # $1 = requirements file, $2 = stamp file
+install() { # $1 = requirements file, $2 = stamp file, $3 = the stamp written there once installed
   # --no-cache-dir: the wheels (3 GB for torch and its CUDA libraries) would stay in pip's cache beside the venv.
   echo "setup: pip install -r ${1#$repo/} into $venv (first time: a few minutes, ~5 GB)"
   if ! "$vpy" -m pip install --disable-pip-version-check --no-cache-dir -q -r "$1"; then

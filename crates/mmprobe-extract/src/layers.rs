@@ -18,11 +18,13 @@ thread_local! {
 
 /// Declares a model with `declare` whose every parameter a checkpoint
 /// overwrites next ([`crate::weights::Checkpoint::load_into`] refuses a
-/// variable the checkpoint lacks): its weights are made as zeros, not drawn at
-/// random. On a CPU, drawing costs about 5 s a billion parameters (35 s before
-/// a 7B decoder loads), zeroing a tenth of that. Models built outside (the
-/// zoo's, which train) are drawn as tch draws them.
-pub fn declare_for_checkpoint<T>(declare: impl FnOnce() -> T) -> T {
+/// variable the checkpoint lacks): the [`linear`], [`embedding`] and
+/// [`conv2d`] helpers make their parameters as zeros instead of drawing them
+/// (norms are ones and zeros either way; CLIP's one-row class embedding is
+/// still drawn). On a CPU, drawing costs about 5 s a billion parameters (35 s
+/// before a 7B decoder loads), zeroing a tenth of that. Models built outside
+/// (the zoo's, which train) are drawn as tch draws them.
+pub(crate) fn declare_for_checkpoint<T>(declare: impl FnOnce() -> T) -> T {
     struct Reset(bool);
     impl Drop for Reset {
         fn drop(&mut self) {
