@@ -10,8 +10,16 @@ CLIPConfig sizes), N JPEGs of 320x240 made here:
   transformers + torch DataLoader(num_workers = cores - 1, pin_memory) + pyarrow zstd;
 - the bare forward (random pixels already on the GPU), f32 and bf16, with and
   without copying the 13 CLS rows to the CPU: the ceiling;
-- every token of every layer (`--select all --sites resid`, bf16) against the
-  disk's raw write rate (dd, O_DIRECT) measured here;
+- every token of every layer (`--select all --sites resid`, batch 64): mmprobe in
+  bf16 and f32 (zstd parts, the default) and in bf16 kept as f16 in uncompressed
+  parts (`--store-dtype f16 --compression none`, the fastest to write), against
+  the same transformers pipeline writing the same rows (bf16, zstd), and against
+  the disk's raw write rate (dd, O_DIRECT) measured here;
+- a random LLaVA with a 0.5B-class decoder (make_llava.py's `--half-b`: a
+  ViT-B/16 tower, 196 image tokens, Qwen2-0.5B's shapes as a Llama), bf16, every
+  decoder layer at the last token and the mean of the image tokens
+  (`--towers decoder --sites resid --select last,mean_image`), against
+  transformers' LlavaModel + DataLoader + pyarrow doing the same;
 - the loader alone (examples/loader_bench) on every core.
 Prints one table; writes it as JSON to $OUT/gpu_bench.json.
 """
@@ -20,6 +28,7 @@ import csv
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +45,10 @@ WORK = Path(os.environ.get("BENCH_WORK", "/tmp/mmprobe-gpu-bench"))
 OUT = Path(os.environ.get("OUT", WORK))
 N = int(os.environ.get("BENCH_N", "20000"))
 N_ALL = int(os.environ.get("BENCH_N_ALL", "2000"))
+N_LLAVA = int(os.environ.get("BENCH_N_LLAVA", "2000"))
+BATCH_ALL = int(os.environ.get("BENCH_BATCH_ALL", "64"))
+BATCH_LLAVA = int(os.environ.get("BENCH_BATCH_LLAVA", "32"))
+PROMPT = "USER: <image>\nWhat colour is the shape? ASSISTANT:"
 BATCH = int(os.environ.get("BENCH_BATCH", "256"))
 REPS = int(os.environ.get("BENCH_REPS", "20"))
 # BENCH_DEVICE=cpu (with small BENCH_N, BENCH_BATCH, BENCH_REPS) checks the script where there is no GPU.
@@ -62,13 +75,13 @@ def make_image(i):
     Image.fromarray(img).save(WORK / "images" / f"{i:05d}.jpg", quality=90)
 
 
-def dataset(n):
-    path = WORK / f"data-{n}.csv"
+def dataset(n, prompt=None):
+    path = WORK / (f"data-{n}.csv" if prompt is None else f"data-{n}-prompt.csv")
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["id", "image", "label"])
+        w.writerow(["id", "image", "label"] + ([] if prompt is None else ["prompt"]))
         for i in range(n):
-            w.writerow([i, f"images/{i:05d}.jpg", i % 4])
+            w.writerow([i, f"images/{i:05d}.jpg", i % 4] + ([] if prompt is None else [prompt]))
     return path
 
 
@@ -81,6 +94,16 @@ def make_model():
     torch.manual_seed(0)
     CLIPModel(CLIPConfig()).eval().save_pretrained(d)
     CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}).save_pretrained(d)
+    return d
+
+
+def make_llava():
+    sys.path.insert(0, str(ROOT / "scripts" / "fixtures"))
+    from make_llava import make_half_b
+
+    d = WORK / "llava-half-b"
+    if not (d / "config.json").exists():
+        make_half_b(d)
     return d
 
 
@@ -134,7 +157,33 @@ class Images(torch.utils.data.Dataset):
         return i, self.proc(load_image(str(self.paths[i])), return_tensors="pt")["pixel_values"][0]
 
 
-def baseline(model_dir, data, dtype, out):
+class Parts:
+    """pyarrow writers, one file per partition: sample (u32), pos (i32), emb (fixed-size list of f32), zstd."""
+
+    def __init__(self, out):
+        self.out, self.writers = out, {}
+        out.mkdir(parents=True, exist_ok=True)
+
+    def write(self, name, sample, pos, emb):
+        emb = emb.float().numpy()
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
+        table = pa.table({"sample": pa.array(sample, pa.uint32()), "pos": pa.array(pos, pa.int32()), "emb": arr})
+        if name not in self.writers:
+            self.writers[name] = pq.ParquetWriter(self.out / f"{name}.parquet", table.schema, compression="zstd")
+        self.writers[name].write_table(table)
+
+    def close(self):
+        for w in self.writers.values():
+            w.close()
+
+
+def free(model):
+    del model
+    if DEVICE.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def baseline(model_dir, data, dtype, out, all_tokens=False):
     from transformers import CLIPImageProcessorPil, CLIPModel
 
     t0 = time.perf_counter()
@@ -142,39 +191,98 @@ def baseline(model_dir, data, dtype, out):
     paths = [data.parent / r["image"] for r in rows]
     proc = CLIPImageProcessorPil.from_pretrained(model_dir)
     model = CLIPModel.from_pretrained(model_dir, torch_dtype=dtype).to(DEVICE).eval()
-    loader = torch.utils.data.DataLoader(Images(paths, proc), batch_size=BATCH, num_workers=CORES - 1,
+    batch = BATCH_ALL if all_tokens else BATCH
+    loader = torch.utils.data.DataLoader(Images(paths, proc), batch_size=batch, num_workers=CORES - 1,
                                          pin_memory=DEVICE.startswith("cuda"), prefetch_factor=4)
-    writers = {}
-    out.mkdir(parents=True, exist_ok=True)
-
-    def write(name, ids, emb):
-        emb = emb.float().numpy()
-        arr = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
-        table = pa.table({"sample": pa.array(ids, pa.uint32()), "emb": arr})
-        if name not in writers:
-            writers[name] = pq.ParquetWriter(out / f"{name}.parquet", table.schema, compression="zstd")
-        writers[name].write_table(table)
-
+    parts = Parts(out)
     t1 = time.perf_counter()
     with torch.no_grad():
         for ids, px in loader:
             px = px.to(DEVICE, non_blocking=True).to(dtype)
             res = model.vision_model(pixel_values=px, output_hidden_states=True)
+            ids = ids.tolist()
+            if all_tokens:
+                # Every token of every layer, one partition per layer: rows (sample, pos).
+                hs = torch.stack(res.hidden_states, 0).float().cpu()  # [13, B, T, D]
+                t = hs.shape[2]
+                sample = [i for i in ids for _ in range(t)]
+                pos = list(range(t)) * len(ids)
+                for layer in range(hs.shape[0]):
+                    parts.write(f"layer={layer}", sample, pos, hs[layer].reshape(-1, hs.shape[3]))
+                continue
             cls = torch.stack([h[:, 0] for h in res.hidden_states], 1).float().cpu()
             emb = model.visual_projection(res.pooler_output).float().cpu()
-            ids = ids.tolist()
             for layer in range(cls.shape[1]):
-                write(f"layer={layer}", ids, cls[:, layer])
-            write("embeds", ids, emb)
-    for w in writers.values():
-        w.close()
+                parts.write(f"layer={layer}", ids, [0] * len(ids), cls[:, layer])
+            parts.write("embeds", ids, [-1] * len(ids), emb)
+    parts.close()
     t2 = time.perf_counter()
     name = "f32" if dtype == torch.float32 else "bf16"
-    note(f"transformers + DataLoader({CORES - 1}) + pyarrow, CLS x13 {name}", len(paths) / (t2 - t1), "img/s",
+    what = "all tokens x13" if all_tokens else "CLS x13"
+    note(f"transformers + DataLoader({CORES - 1}) + pyarrow, {what} {name}", len(paths) / (t2 - t1), "img/s",
          f"(loop; {len(paths) / (t2 - t0):.1f} img/s with start-up)")
-    del model
-    if DEVICE.startswith("cuda"):
-        torch.cuda.empty_cache()
+    free(model)
+    return len(paths) / (t2 - t1)
+
+
+class Prompted(torch.utils.data.Dataset):
+    def __init__(self, paths, proc):
+        self.paths, self.proc = paths, proc
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from transformers.image_utils import load_image
+
+        x = self.proc(images=load_image(str(self.paths[i])), text=PROMPT, return_tensors="pt")
+        return i, x["input_ids"][0], x["pixel_values"][0]
+
+
+def left_padded(pad_id):
+    def collate(items):
+        n = max(len(s) for _, s, _ in items)
+        ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), n), dtype=torch.long)
+        for r, (_, s, _) in enumerate(items):
+            ids[r, n - len(s):], mask[r, n - len(s):] = s, 1
+        return [i for i, _, _ in items], ids, mask, torch.stack([p for _, _, p in items])
+    return collate
+
+
+def baseline_llava(model_dir, data, dtype, out):
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    t0 = time.perf_counter()
+    rows = list(csv.DictReader(open(data)))
+    paths = [data.parent / r["image"] for r in rows]
+    proc = LlavaProcessor.from_pretrained(model_dir)
+    model = LlavaForConditionalGeneration.from_pretrained(model_dir, torch_dtype=dtype).to(DEVICE).eval()
+    image_id = model.config.image_token_index
+    loader = torch.utils.data.DataLoader(Prompted(paths, proc), batch_size=BATCH_LLAVA, num_workers=CORES - 1,
+                                         pin_memory=DEVICE.startswith("cuda"), prefetch_factor=4,
+                                         collate_fn=left_padded(proc.tokenizer.pad_token_id))
+    parts = Parts(out)
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        for ids, input_ids, mask, px in loader:
+            input_ids, mask = input_ids.to(DEVICE, non_blocking=True), mask.to(DEVICE, non_blocking=True)
+            px = px.to(DEVICE, non_blocking=True).to(dtype)
+            # LlavaModel: the decoder's hidden states without the vocabulary head.
+            res = model.model(input_ids=input_ids, attention_mask=mask, pixel_values=px, output_hidden_states=True)
+            hs = torch.stack(res.hidden_states, 0)  # [L+1, B, T, D]
+            image = (input_ids == image_id).to(hs.dtype)[None, :, :, None]
+            last = hs[:, :, -1].float().cpu()
+            mean_image = ((hs * image).float().sum(2) / image.float().sum(2)).cpu()
+            for layer in range(hs.shape[0]):
+                parts.write(f"last-{layer}", ids, [-1] * len(ids), last[layer])
+                parts.write(f"mean_image-{layer}", ids, [-1] * len(ids), mean_image[layer])
+    parts.close()
+    t2 = time.perf_counter()
+    name = "f32" if dtype == torch.float32 else "bf16"
+    note(f"transformers LlavaModel + DataLoader({CORES - 1}) + pyarrow, {name}", len(paths) / (t2 - t1), "img/s",
+         f"(loop; {len(paths) / (t2 - t0):.1f} img/s with start-up)")
+    free(model)
     return len(paths) / (t2 - t1)
 
 
@@ -230,15 +338,34 @@ def main():
                                              "--out", str(WORK / f"store-{dt}")], N)
     for dtype in (torch.bfloat16, torch.float32):
         baseline(model, data, dtype, WORK / f"baseline-{dtype}")
+    every = ["--model", str(model), "--towers", "vision", "--sites", "resid", "--select", "all",
+             "--batch-size", str(BATCH_ALL), "--device", DEVICE, "--force", "--data", str(data_all)]
+    for label, args in (("bf16", ["--dtype", "bf16"]), ("f32", ["--dtype", "f32"]),
+                        ("bf16 as f16, uncompressed", ["--dtype", "bf16", "--store-dtype", "f16",
+                                                       "--compression", "none"])):
+        store = WORK / f"store-all-{label.split()[0]}-{len(args)}"
+        t0 = time.perf_counter()
+        mmprobe(f"all tokens x13 {label}", [*every, *args, "--out", str(store)], N_ALL)
+        wall = time.perf_counter() - t0
+        b = store_bytes(store)
+        note(f"mmprobe all tokens {label}: store bytes / process wall", b / 2**20 / wall, "MiB/s",
+             f"({b / 2**30:.2f} GiB; disk raw {disk:.0f} MiB/s: {b / 2**20 / wall / disk:.2f}x)")
+        shutil.rmtree(store, ignore_errors=True)
+    out = WORK / "baseline-all"
     t0 = time.perf_counter()
-    rate = mmprobe("all tokens x13 bf16", ["--model", str(model), "--towers", "vision", "--sites", "resid",
-                                             "--select", "all", "--batch-size", "64", "--device", DEVICE,
-                                             "--dtype", "bf16", "--force", "--data", str(data_all),
-                                             "--out", str(WORK / "store-all")], N_ALL)
-    wall = time.perf_counter() - t0
-    b = store_bytes(WORK / "store-all")
-    note("mmprobe all tokens: store bytes / process wall", b / 2**20 / wall, "MiB/s",
-         f"({b / 2**30:.2f} GiB; disk raw {disk:.0f} MiB/s)")
+    baseline(model, data_all, torch.bfloat16, out, all_tokens=True)
+    b = store_bytes(out)
+    note("transformers all tokens bf16: store bytes / wall", b / 2**20 / (time.perf_counter() - t0), "MiB/s",
+         f"({b / 2**30:.2f} GiB)")
+    shutil.rmtree(out, ignore_errors=True)
+
+    llava = make_llava()
+    data_llava = dataset(N_LLAVA, PROMPT)
+    mmprobe("LLaVA 0.5B decoder x25 last,mean_image bf16",
+            ["--model", str(llava), "--towers", "decoder", "--sites", "resid", "--select", "last,mean_image",
+             "--batch-size", str(BATCH_LLAVA), "--device", DEVICE, "--dtype", "bf16", "--force",
+             "--data", str(data_llava), "--out", str(WORK / "store-llava")], N_LLAVA)
+    baseline_llava(llava, data_llava, torch.bfloat16, WORK / "baseline-llava")
     json.dump(RESULTS, open(OUT / "gpu_bench.json", "w"), indent=1)
 
 

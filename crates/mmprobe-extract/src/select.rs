@@ -179,36 +179,27 @@ pub fn to_cpu_rows(picked: Vec<Picked>) -> Vec<Rows> {
     one_transfer(picked)
 }
 
-/// [`to_cpu_rows`] through one buffer, wherever the rows are.
+/// [`to_cpu_rows`] through one buffer, wherever the rows are: one transfer
+/// to the host, then each partition's rows copied once into its own vector.
 fn one_transfer(picked: Vec<Picked>) -> Vec<Rows> {
     if picked.is_empty() {
         return Vec::new();
     }
-    let widths: Vec<usize> = picked.iter().map(|p| p.rows.size().last().copied().unwrap_or(0) as usize).collect();
     let flat: Vec<Tensor> = picked.iter().map(|p| p.rows.to_kind(Kind::Float).reshape([-1])).collect();
     let all = Tensor::cat(&flat, 0).to_device(Device::Cpu).contiguous();
-    let n = all.numel();
-    let mut data = vec![0f32; n];
-    all.copy_data(&mut data, n);
-    // Split from the end, so each partition's rows move out without a copy.
-    let starts: Vec<usize> = picked
-        .iter()
-        .zip(&widths)
-        .scan(0, |at, (p, w)| {
-            let start = *at;
-            *at += p.sample.len() * w;
-            Some(start)
-        })
-        .collect();
-    let mut out: Vec<Rows> = picked
+    let mut start = 0;
+    picked
         .into_iter()
-        .zip(widths)
-        .zip(starts)
-        .rev()
-        .map(|((p, width), start)| PartRows { width, sample: p.sample, pos: p.pos, data: data.split_off(start) })
-        .collect();
-    out.reverse();
-    out
+        .zip(flat)
+        .map(|(p, f)| {
+            let width = p.rows.size().last().copied().unwrap_or(0) as usize;
+            let n = f.numel();
+            let mut data = vec![0f32; n];
+            all.narrow(0, start as i64, n as i64).copy_data(&mut data, n);
+            start += n;
+            PartRows { width, sample: p.sample, pos: p.pos, data }
+        })
+        .collect()
 }
 
 /// [`pick`], copied to the CPU as store rows.
