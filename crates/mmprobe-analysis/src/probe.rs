@@ -182,6 +182,14 @@ impl FoldPlan {
                 "the given folds put rows of one group in different folds: a group must share a fold".into(),
             ));
         }
+        // A fold without rows would score nothing, and with one fold left the others train on nothing.
+        if let Some(empty) = (0..n_folds).find(|f| !fold.contains(f)) {
+            return Err(AnalysisError::TooSmall(format!(
+                "given fold {} of {n_folds} holds none of these {} rows: a fold would test or train on nothing",
+                empty + 1,
+                fold.len()
+            )));
+        }
         Ok(FoldPlan { n_folds, repeats: vec![fold] })
     }
 

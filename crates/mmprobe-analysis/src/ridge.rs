@@ -52,6 +52,9 @@ impl RidgeModel {
 }
 
 pub fn fit(x: ArrayView2<f64>, y: &[f64], alpha: f64) -> Result<RidgeModel> {
+    if x.nrows() == 0 || x.nrows() != y.len() {
+        return Err(AnalysisError::TooSmall(format!("a ridge fit on {} rows and {} targets", x.nrows(), y.len())));
+    }
     let n = y.len() as f64;
     let ym = y.iter().sum::<f64>() / n;
     let yc = Array1::from_iter(y.iter().map(|v| v - ym));
@@ -83,4 +86,19 @@ pub fn choose_alpha(x: ArrayView2<f64>, y: &[f64], groups: &folds::Groups, p: &C
         }
     }
     Ok(best.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fit_on_no_rows_is_too_small_not_a_panic() {
+        let e = fit(Array2::<f64>::zeros((0, 3)).view(), &[], 1.0).err().unwrap();
+        assert!(matches!(e, AnalysisError::TooSmall(_)), "{e}");
+        let e = fit(Array2::<f64>::zeros((2, 3)).view(), &[1.0], 1.0).err().unwrap();
+        assert!(matches!(e, AnalysisError::TooSmall(_)), "{e}");
+        let m = fit(ndarray::array![[0.0], [1.0], [2.0]].view(), &[1.0, 3.0, 5.0], 0.0).unwrap();
+        assert!((m.w[0] - 2.0).abs() < 1e-6 && (m.b - 1.0).abs() < 1e-6);
+    }
 }

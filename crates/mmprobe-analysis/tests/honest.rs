@@ -1,6 +1,7 @@
 //! Honest numbers on every store: token rows never leak across folds, groups
 //! stay whole, another tool's partial manifest works, duplicate rows and
-//! incomplete stores are said, a too-small partition is named and skipped,
+//! incomplete stores are said, a too-small partition (or a given fold left
+//! empty) is named and skipped,
 //! bad geometry parameters are refused, and intervals hold under the null.
 
 use std::path::Path;
@@ -350,4 +351,60 @@ fn intervals_and_p_values_hold_under_the_null() {
     );
     assert!(r.accuracy_ci_low.unwrap() > 0.5, "{r:?}");
     assert!(r.p_value_bh.unwrap() < 0.05 && r.p_value_holm.unwrap() < 0.05, "{r:?}");
+}
+
+/// 40 samples in two given folds (`split`): `label` is set on both folds,
+/// `score` (a number) and `tag` (classes) only on fold `f0`, so cross-validating
+/// them by `split` leaves a fold with no training rows.
+fn split_store(root: &Path) {
+    let n = 40;
+    let mut rng = Rng::new(5);
+    let data = (0..n)
+        .flat_map(|i| (0..4).map(move |j| (i, j)))
+        .map(|(i, j)| rng.gaussian() as f32 + if j == 0 && i % 2 == 0 { 3.0 } else { 0.0 });
+    let rows = PartRows { width: 4, sample: (0..n as u32).collect(), pos: vec![0; n], data: data.collect() };
+    write_part(part(1, Selector::Cls).part(root, 0, 0), &rows).unwrap();
+    let on_f0 = |i: usize| i < n / 2;
+    let mut df = DataFrame::new(
+        n,
+        vec![
+            Column::new("sample".into(), (0..n as u32).collect::<Vec<_>>()),
+            Column::new("text".into(), (0..n).map(|i| format!("prompt {i}")).collect::<Vec<_>>()),
+            Column::new("label".into(), (0..n).map(|i| if i % 2 == 0 { "a" } else { "b" }).collect::<Vec<_>>()),
+            Column::new("split".into(), (0..n).map(|i| if on_f0(i) { "f0" } else { "f1" }).collect::<Vec<_>>()),
+            Column::new("score".into(), (0..n).map(|i| on_f0(i).then_some(i as f64)).collect::<Vec<_>>()),
+            Column::new(
+                "tag".into(),
+                (0..n).map(|i| on_f0(i).then_some(if i % 2 == 0 { "x" } else { "y" })).collect::<Vec<_>>(),
+            ),
+        ],
+    )
+    .unwrap();
+    write_parquet(&root.join("samples.parquet"), &mut df).unwrap();
+}
+
+#[test]
+fn a_given_fold_without_training_rows_is_named_and_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    split_store(tmp.path());
+    let store = Store::open(tmp.path()).unwrap();
+    let mut p = ProbeParams { folds: 2, ..Default::default() };
+    p.ridge.alpha = Some(1.0);
+    let s = ProbeSweep {
+        concepts: vec!["label".into(), "score".into(), "tag".into()],
+        filters: Filters::default(),
+        params: p.check().unwrap(),
+        control_by: ControlBy::Off,
+        fold_column: Some("split".into()),
+        group_by: GroupBy::Sample,
+        probing: Default::default(),
+    };
+    let rows = sweep::probe_store(&store, &s, &|| {}).unwrap();
+    let label = rows.iter().find(|r| r.concept == "label").unwrap();
+    assert!(label.skipped.is_none() && label.accuracy.unwrap() > 0.8, "{label:?}");
+    for concept in ["score", "tag"] {
+        let r = rows.iter().find(|r| r.concept == concept).unwrap();
+        let why = r.skipped.as_deref().unwrap_or_default();
+        assert!(why.contains("--fold-column split") && why.contains("fold 2 of 2 holds none"), "{concept}: {why:?}");
+    }
 }

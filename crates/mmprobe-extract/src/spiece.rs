@@ -403,7 +403,8 @@ impl<'a> Fields<'a> {
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let s = self.b.get(self.at..self.at + n).ok_or("the model file is truncated")?;
+        let end = self.at.checked_add(n).ok_or("the model file is truncated")?;
+        let s = self.b.get(self.at..end).ok_or("the model file is truncated")?;
         self.at += n;
         Ok(s)
     }

@@ -122,14 +122,20 @@ struct Case<'a> {
     groups: Groups,
     /// Control types per concept row.
     types: Option<Vec<String>>,
-    given: Option<Vec<usize>>,
+    /// Fold ids per concept row from `--fold-column`, and that column's name.
+    given: Option<(Vec<usize>, &'a str)>,
 }
 
 impl Case<'_> {
     /// The given folds, or `make`'s.
     fn plan(&self, p: &CheckedProbe, make: impl FnOnce() -> Result<FoldPlan>) -> Result<FoldPlan> {
         match &self.given {
-            Some(f) => FoldPlan::given(f.clone(), p.folds, &self.groups),
+            Some((f, column)) => FoldPlan::given(f.clone(), p.folds, &self.groups).map_err(|e| match e {
+                AnalysisError::TooSmall(m) => {
+                    AnalysisError::TooSmall(format!("--fold-column {column}, rows with a '{}': {m}", self.concept.name))
+                }
+                e => e,
+            }),
             None => make(),
         }
     }
@@ -256,7 +262,7 @@ fn probe_concept(
         x: l.x.select(Axis(0), &concept.rows),
         groups: groups.subset(&concept.rows),
         types: types.map(|(t, _)| concept.rows.iter().map(|&i| t[i].clone()).collect()),
-        given: given.map(|f| concept.rows.iter().map(|&i| f[i]).collect()),
+        given: given.zip(s.fold_column.as_deref()).map(|(f, c)| (concept.rows.iter().map(|&i| f[i]).collect(), c)),
     };
     row.n_groups = case.groups.count;
     let outcome = match &s.probing {

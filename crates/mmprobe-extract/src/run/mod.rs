@@ -202,7 +202,7 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
     let (model, weights) = std::thread::scope(|s| {
         let hashes = s.spawn(|| hash_weights(&opts.model));
         let model = family.load(&md, device, &opts.run);
-        (model, hashes.join().expect("hashing does not panic"))
+        (model, hashes.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     });
     let (model, weights) = (model?, weights?);
     let towers: Vec<Tower> = plan.towers().collect();
@@ -298,8 +298,8 @@ pub fn extract(opts: &ExtractOptions, progress: &dyn ProgressSink) -> Result<Ext
         let writer = s.spawn(|| write_parts(root, status, opts.format, write_rx));
         let r = stage.run(batch_rx, &write_tx, permit_tx, buffers_back, &mut counts);
         drop(write_tx);
-        let w = writer.join().expect("writer thread does not panic");
-        (r, w, loader.join().expect("loader thread does not panic"))
+        let w = writer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (r, w, loader.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
     });
     let (status, parts_written, writer_times) = writer_result?;
     model_result?;
