@@ -15,13 +15,15 @@ CLIPConfig sizes), N JPEGs of 320x240 made here:
   parts (`--store-dtype f16 --compression none`, the fastest to write), against
   the same transformers pipeline writing the same rows (bf16, zstd), and against
   the disk's raw write rate (dd, O_DIRECT) measured here;
-- a random LLaVA with a 0.5B-class decoder (make_llava.py's `--half-b`: a
+- a random LLaVA with a 0.5B-class decoder (make_llava.py's `make_half_b`: a
   ViT-B/16 tower, 196 image tokens, Qwen2-0.5B's shapes as a Llama), bf16, every
   decoder layer at the last token and the mean of the image tokens
   (`--towers decoder --sites resid --select last,mean_image`), against
   transformers' LlavaModel + DataLoader + pyarrow doing the same;
 - the loader alone (examples/loader_bench) on every core.
-Prints one table; writes it as JSON to $OUT/gpu_bench.json.
+Prints one table; writes it as JSON to $OUT/gpu_bench.json after every line, and
+goes on to the next measurement when one fails. Rates of bytes on disk include
+an `os.sync()` after the run, so the page cache does not stand in for the disk.
 """
 
 import csv
@@ -65,6 +67,17 @@ def sync():
 def note(what, value, unit, extra=""):
     RESULTS.append({"what": what, "value": value, "unit": unit, "extra": extra})
     print(f"{what:<58} {value:>10.1f} {unit} {extra}", flush=True)
+    # Written each time: a later step that fails leaves what ran before it.
+    json.dump(RESULTS, open(OUT / "gpu_bench.json", "w"), indent=1)
+
+
+def attempt(what, f, *args, **kw):
+    """Runs one measurement; a failure is noted and the script goes on (the GPU time is not spent twice)."""
+    try:
+        return f(*args, **kw)
+    except Exception as e:  # noqa: BLE001 -- any failure of one step
+        note(f"{what} FAILED: {type(e).__name__}: {str(e)[:200]}", 0.0, "-")
+        return None
 
 
 def make_image(i):
@@ -169,7 +182,9 @@ class Parts:
         arr = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1])
         table = pa.table({"sample": pa.array(sample, pa.uint32()), "pos": pa.array(pos, pa.int32()), "emb": arr})
         if name not in self.writers:
-            self.writers[name] = pq.ParquetWriter(self.out / f"{name}.parquet", table.schema, compression="zstd")
+            # Level 3, as mmprobe's writer (polars' default); pyarrow's own default is 1.
+            self.writers[name] = pq.ParquetWriter(self.out / f"{name}.parquet", table.schema, compression="zstd",
+                                                  compression_level=3)
         self.writers[name].write_table(table)
 
     def close(self):
@@ -177,8 +192,7 @@ class Parts:
             w.close()
 
 
-def free(model):
-    del model
+def empty_cache():
     if DEVICE.startswith("cuda"):
         torch.cuda.empty_cache()
 
@@ -221,7 +235,8 @@ def baseline(model_dir, data, dtype, out, all_tokens=False):
     what = "all tokens x13" if all_tokens else "CLS x13"
     note(f"transformers + DataLoader({CORES - 1}) + pyarrow, {what} {name}", len(paths) / (t2 - t1), "img/s",
          f"(loop; {len(paths) / (t2 - t0):.1f} img/s with start-up)")
-    free(model)
+    del model
+    empty_cache()
     return len(paths) / (t2 - t1)
 
 
@@ -239,15 +254,19 @@ class Prompted(torch.utils.data.Dataset):
         return i, x["input_ids"][0], x["pixel_values"][0]
 
 
-def left_padded(pad_id):
-    def collate(items):
+class LeftPadded:
+    """Collates prompts padded on the left (a class, so that spawned workers can pickle it)."""
+
+    def __init__(self, pad_id):
+        self.pad_id = pad_id
+
+    def __call__(self, items):
         n = max(len(s) for _, s, _ in items)
-        ids = torch.full((len(items), n), pad_id, dtype=torch.long)
+        ids = torch.full((len(items), n), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), n), dtype=torch.long)
         for r, (_, s, _) in enumerate(items):
             ids[r, n - len(s):], mask[r, n - len(s):] = s, 1
         return [i for i, _, _ in items], ids, mask, torch.stack([p for _, _, p in items])
-    return collate
 
 
 def baseline_llava(model_dir, data, dtype, out):
@@ -261,7 +280,7 @@ def baseline_llava(model_dir, data, dtype, out):
     image_id = model.config.image_token_index
     loader = torch.utils.data.DataLoader(Prompted(paths, proc), batch_size=BATCH_LLAVA, num_workers=CORES - 1,
                                          pin_memory=DEVICE.startswith("cuda"), prefetch_factor=4,
-                                         collate_fn=left_padded(proc.tokenizer.pad_token_id))
+                                         collate_fn=LeftPadded(proc.tokenizer.pad_token_id))
     parts = Parts(out)
     t1 = time.perf_counter()
     with torch.no_grad():
@@ -269,7 +288,8 @@ def baseline_llava(model_dir, data, dtype, out):
             input_ids, mask = input_ids.to(DEVICE, non_blocking=True), mask.to(DEVICE, non_blocking=True)
             px = px.to(DEVICE, non_blocking=True).to(dtype)
             # LlavaModel: the decoder's hidden states without the vocabulary head.
-            res = model.model(input_ids=input_ids, attention_mask=mask, pixel_values=px, output_hidden_states=True)
+            res = model.model(input_ids=input_ids, attention_mask=mask, pixel_values=px, output_hidden_states=True,
+                              use_cache=False)
             hs = torch.stack(res.hidden_states, 0)  # [L+1, B, T, D]
             image = (input_ids == image_id).to(hs.dtype)[None, :, :, None]
             last = hs[:, :, -1].float().cpu()
@@ -282,7 +302,8 @@ def baseline_llava(model_dir, data, dtype, out):
     name = "f32" if dtype == torch.float32 else "bf16"
     note(f"transformers LlavaModel + DataLoader({CORES - 1}) + pyarrow, {name}", len(paths) / (t2 - t1), "img/s",
          f"(loop; {len(paths) / (t2 - t0):.1f} img/s with start-up)")
-    free(model)
+    del model
+    empty_cache()
     return len(paths) / (t2 - t1)
 
 
@@ -330,43 +351,48 @@ def main():
     print(lb.stdout, lb.stderr[-500:], flush=True)
 
     for dtype in (torch.float32, torch.bfloat16):
-        bare_forward(model, dtype)
+        attempt(f"bare forward {dtype}", bare_forward, model, dtype)
     common = ["--model", str(model), "--towers", "vision", "--sites", "resid,embeds", "--select", "cls,pooled",
               "--batch-size", str(BATCH), "--device", DEVICE, "--force"]
     for dt in ("bf16", "f32"):
         mmprobe(f"CLS x13 + embeds {dt}", [*common, "--data", str(data), "--dtype", dt,
                                              "--out", str(WORK / f"store-{dt}")], N)
     for dtype in (torch.bfloat16, torch.float32):
-        baseline(model, data, dtype, WORK / f"baseline-{dtype}")
+        attempt(f"baseline CLS {dtype}", baseline, model, data, dtype, WORK / f"baseline-{dtype}")
+
+    def on_disk(what, path, t0):
+        """Bytes of the parts under `path` over the wall time since t0, the flush to disk included."""
+        os.sync()
+        wall = time.perf_counter() - t0
+        b = store_bytes(path)
+        note(f"{what}: store bytes / wall (synced)", b / 2**20 / wall, "MiB/s",
+             f"({b / 2**30:.2f} GiB; disk raw {disk:.0f} MiB/s: {b / 2**20 / wall / disk:.2f}x)")
+        shutil.rmtree(path, ignore_errors=True)
+
     every = ["--model", str(model), "--towers", "vision", "--sites", "resid", "--select", "all",
              "--batch-size", str(BATCH_ALL), "--device", DEVICE, "--force", "--data", str(data_all)]
     for label, args in (("bf16", ["--dtype", "bf16"]), ("f32", ["--dtype", "f32"]),
                         ("bf16 as f16, uncompressed", ["--dtype", "bf16", "--store-dtype", "f16",
                                                        "--compression", "none"])):
         store = WORK / f"store-all-{label.split()[0]}-{len(args)}"
+        os.sync()
         t0 = time.perf_counter()
         mmprobe(f"all tokens x13 {label}", [*every, *args, "--out", str(store)], N_ALL)
-        wall = time.perf_counter() - t0
-        b = store_bytes(store)
-        note(f"mmprobe all tokens {label}: store bytes / process wall", b / 2**20 / wall, "MiB/s",
-             f"({b / 2**30:.2f} GiB; disk raw {disk:.0f} MiB/s: {b / 2**20 / wall / disk:.2f}x)")
-        shutil.rmtree(store, ignore_errors=True)
+        on_disk(f"mmprobe all tokens {label}", store, t0)
     out = WORK / "baseline-all"
+    os.sync()
     t0 = time.perf_counter()
-    baseline(model, data_all, torch.bfloat16, out, all_tokens=True)
-    b = store_bytes(out)
-    note("transformers all tokens bf16: store bytes / wall", b / 2**20 / (time.perf_counter() - t0), "MiB/s",
-         f"({b / 2**30:.2f} GiB)")
-    shutil.rmtree(out, ignore_errors=True)
+    if attempt("baseline all tokens", baseline, model, data_all, torch.bfloat16, out, all_tokens=True):
+        on_disk("transformers all tokens bf16", out, t0)
 
-    llava = make_llava()
-    data_llava = dataset(N_LLAVA, PROMPT)
-    mmprobe("LLaVA 0.5B decoder x25 last,mean_image bf16",
-            ["--model", str(llava), "--towers", "decoder", "--sites", "resid", "--select", "last,mean_image",
-             "--batch-size", str(BATCH_LLAVA), "--device", DEVICE, "--dtype", "bf16", "--force",
-             "--data", str(data_llava), "--out", str(WORK / "store-llava")], N_LLAVA)
-    baseline_llava(llava, data_llava, torch.bfloat16, WORK / "baseline-llava")
-    json.dump(RESULTS, open(OUT / "gpu_bench.json", "w"), indent=1)
+    llava = attempt("make the 0.5B-class LLaVA", make_llava)
+    if llava:
+        data_llava = dataset(N_LLAVA, PROMPT)
+        mmprobe("LLaVA 0.5B decoder x25 last,mean_image bf16",
+                ["--model", str(llava), "--towers", "decoder", "--sites", "resid", "--select", "last,mean_image",
+                 "--batch-size", str(BATCH_LLAVA), "--device", DEVICE, "--dtype", "bf16", "--force",
+                 "--data", str(data_llava), "--out", str(WORK / "store-llava")], N_LLAVA)
+        attempt("baseline LLaVA", baseline_llava, llava, data_llava, torch.bfloat16, WORK / "baseline-llava")
 
 
 if __name__ == "__main__":
