@@ -52,8 +52,11 @@ impl RidgeModel {
 }
 
 pub fn fit(x: ArrayView2<f64>, y: &[f64], alpha: f64) -> Result<RidgeModel> {
-    if x.nrows() == 0 || x.nrows() != y.len() {
-        return Err(AnalysisError::TooSmall(format!("a ridge fit on {} rows and {} targets", x.nrows(), y.len())));
+    if x.nrows() != y.len() {
+        return Err(AnalysisError::Input(format!("a ridge fit on {} rows and {} targets", x.nrows(), y.len())));
+    }
+    if x.nrows() == 0 {
+        return Err(AnalysisError::TooSmall("a ridge fit on no rows".into()));
     }
     let n = y.len() as f64;
     let ym = y.iter().sum::<f64>() / n;
@@ -97,7 +100,7 @@ mod tests {
         let e = fit(Array2::<f64>::zeros((0, 3)).view(), &[], 1.0).err().unwrap();
         assert!(matches!(e, AnalysisError::TooSmall(_)), "{e}");
         let e = fit(Array2::<f64>::zeros((2, 3)).view(), &[1.0], 1.0).err().unwrap();
-        assert!(matches!(e, AnalysisError::TooSmall(_)), "{e}");
+        assert!(matches!(e, AnalysisError::Input(_)), "{e}");
         let m = fit(ndarray::array![[0.0], [1.0], [2.0]].view(), &[1.0, 3.0, 5.0], 0.0).unwrap();
         assert!((m.w[0] - 2.0).abs() < 1e-6 && (m.b - 1.0).abs() < 1e-6);
     }

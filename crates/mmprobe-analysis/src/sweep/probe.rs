@@ -92,8 +92,16 @@ fn control_types(store: &Store, l: &Loaded, by: &ControlBy) -> Result<Option<(Ve
     }
 }
 
+/// Folds given by `--fold-column`: the fold of each row of a partition, and the
+/// column's value that names each fold.
+struct GivenFolds<'a> {
+    column: &'a str,
+    fold: Vec<usize>,
+    names: Vec<String>,
+}
+
 /// Fold ids per row from a samples column: its distinct values, sorted, are folds 0..k.
-fn fold_ids(store: &Store, l: &Loaded, column: &str, folds: usize) -> Result<Vec<usize>> {
+fn fold_ids<'a>(store: &Store, l: &Loaded, column: &'a str, folds: usize) -> Result<GivenFolds<'a>> {
     let df = store.labels_for(&l.sample, &[column])?;
     let s =
         df.column(column).and_then(|c| c.cast(&DataType::String)).map_err(|e| AnalysisError::Input(e.to_string()))?;
@@ -112,7 +120,8 @@ fn fold_ids(store: &Store, l: &Loaded, column: &str, folds: usize) -> Result<Vec
             distinct.len()
         )));
     }
-    Ok(values.iter().map(|v| distinct.binary_search(v).expect("a known value")).collect())
+    let fold = values.iter().map(|v| distinct.binary_search(v).expect("a known value")).collect();
+    Ok(GivenFolds { column, fold, names: distinct })
 }
 
 /// The rows of one concept on one loaded partition, and what they are grouped by.
@@ -122,20 +131,24 @@ struct Case<'a> {
     groups: Groups,
     /// Control types per concept row.
     types: Option<Vec<String>>,
-    /// Fold ids per concept row from `--fold-column`, and that column's name.
-    given: Option<(Vec<usize>, &'a str)>,
+    /// Fold ids per concept row from `--fold-column`, and the folds they index.
+    given: Option<(Vec<usize>, &'a GivenFolds<'a>)>,
 }
 
 impl Case<'_> {
     /// The given folds, or `make`'s.
     fn plan(&self, p: &CheckedProbe, make: impl FnOnce() -> Result<FoldPlan>) -> Result<FoldPlan> {
         match &self.given {
-            Some((f, column)) => FoldPlan::given(f.clone(), p.folds, &self.groups).map_err(|e| match e {
-                AnalysisError::TooSmall(m) => {
-                    AnalysisError::TooSmall(format!("--fold-column {column}, rows with a '{}': {m}", self.concept.name))
+            Some((fold, by)) => {
+                // A fold without rows would test nothing, and with two folds the other would train on nothing.
+                if let Some(empty) = (0..by.names.len()).find(|f| !fold.contains(f)) {
+                    return Err(AnalysisError::TooSmall(format!(
+                        "--fold-column {}: no row where '{}' is set has {} = '{}', so that fold would test nothing",
+                        by.column, self.concept.name, by.column, by.names[empty]
+                    )));
                 }
-                e => e,
-            }),
+                FoldPlan::given(fold.clone(), p.folds, &self.groups)
+            }
             None => make(),
         }
     }
@@ -237,7 +250,7 @@ fn probe_concept(
     l: &Loaded,
     groups: &Groups,
     types: Option<&(Vec<String>, String)>,
-    given: Option<&[usize]>,
+    given: Option<&GivenFolds>,
 ) -> Result<Vec<ProbeRow>> {
     let kind = match concept.target {
         Target::Classes { .. } => s.params.classifier().kind(),
@@ -262,7 +275,7 @@ fn probe_concept(
         x: l.x.select(Axis(0), &concept.rows),
         groups: groups.subset(&concept.rows),
         types: types.map(|(t, _)| concept.rows.iter().map(|&i| t[i].clone()).collect()),
-        given: given.zip(s.fold_column.as_deref()).map(|(f, c)| (concept.rows.iter().map(|&i| f[i]).collect(), c)),
+        given: given.map(|g| (concept.rows.iter().map(|&i| g.fold[i]).collect(), g)),
     };
     row.n_groups = case.groups.count;
     let outcome = match &s.probing {
@@ -325,9 +338,7 @@ pub fn probe_store(store: &Store, s: &ProbeSweep, progress: &(dyn Fn() + Sync)) 
             let mut out = Vec::new();
             for c in &s.concepts {
                 match l.concept(c) {
-                    Ok(concept) => {
-                        out.extend(probe_concept(s, &concept, &l, &groups, types.as_ref(), given.as_deref())?)
-                    }
+                    Ok(concept) => out.extend(probe_concept(s, &concept, &l, &groups, types.as_ref(), given.as_ref())?),
                     // Valid on the whole table but not here (one class on this
                     // partition, say): recorded and skipped.
                     Err(AnalysisError::Concept { message, .. }) => {
