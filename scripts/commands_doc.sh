@@ -30,7 +30,9 @@ walk() {
 Every command and flag, as `mmprobe <command> --help` prints them (this page
 is generated from the binary by `scripts/commands_doc.sh`, and a test checks
 that it still matches). Errors are one line on stderr with exit code 1; bad
-usage exits 2. What the analysis commands compute is in
+usage exits 2. Long commands show progress on stderr: a bar on a terminal, and
+elsewhere (a log, a notebook) a plain line every few seconds, with a last line
+that ends `done`, or `stopped` when an error follows. What the analysis commands compute is in
 [methods.md](methods.md); what `extract` writes is in
 [store-format.md](store-format.md).
 

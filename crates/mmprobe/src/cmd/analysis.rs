@@ -258,7 +258,7 @@ pub fn probe(a: ProbeCmd) -> anyhow::Result<()> {
     let n = partitions(&store, &filters)?;
     let b = bar(n, "partitions");
     let rows = sweep::probe_store(&store, &sweep, &|| b.inc(1));
-    b.finish_and_clear();
+    b.end(&rows);
     let rows = rows?;
     // Other probes' rows already in the folder stay, so runs of several models
     // and methods end up side by side in one table and one report.
@@ -291,7 +291,7 @@ pub fn directions(a: DirectionsCmd) -> anyhow::Result<()> {
     let b = bar(n, "partitions");
     let res =
         sweep::directions_store(&store, &a.concept, &filters, &a.method, &logistic, &a.probe.group_by(), &|| b.inc(1));
-    b.finish_and_clear();
+    b.end(&res);
     let res = res?;
     for s in &res.skipped {
         eprintln!("skipped {s}");
@@ -317,7 +317,7 @@ pub fn geometry(a: GeometryCmd) -> anyhow::Result<()> {
     let n = partitions(&store, &filters)?;
     let b = bar(n, "partitions");
     let res = sweep::geometry_store(&store, &filters, &params, &logistic, &|| b.inc(1));
-    b.finish_and_clear();
+    b.end(&res);
     let (report, cka, sep) = res?;
     tables::geometry::write(&a.out, &report, &cka, &sep)?;
     match report.modality_gap {
@@ -344,7 +344,7 @@ pub fn erase(a: EraseCmd) -> anyhow::Result<()> {
     let n = partitions(&store, &filters)?;
     let b = bar(n, "partitions");
     let rows = sweep::erase_store(&store, &a.concept, &filters, &params, &a.probe.group_by(), &|| b.inc(1));
-    b.finish_and_clear();
+    b.end(&rows);
     let (rows, skipped) = rows?;
     for s in &skipped {
         eprintln!("skipped {s}");

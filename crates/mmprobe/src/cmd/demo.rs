@@ -103,7 +103,7 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
     };
     let progress = SampleBar::new();
     let summary = mmprobe_extract::extract(&opts, &progress);
-    progress.0.finish_and_clear();
+    progress.0.end(&summary);
     super::extract::print_summary(&summary?);
 
     let store = Store::open(&store_dir)?;
@@ -125,7 +125,7 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
     };
     let b = bar(partitions, "partitions");
     let rows = sweep::probe_store(&store, &sweep, &|| b.inc(1));
-    b.finish_and_clear();
+    b.end(&rows);
     let rows = rows?;
     tables::probes::write(&results_dir, &rows)?;
 
@@ -134,7 +134,7 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
     let b = bar(partitions, "partitions");
     let methods = [Method::DiffMeans, Method::Lda];
     let dirs = sweep::directions_store(&store, &concepts, &all, &methods, &logistic, &GroupBy::Sample, &|| b.inc(1));
-    b.finish_and_clear();
+    b.end(&dirs);
     let dirs = dirs?;
     for s in &dirs.skipped {
         eprintln!("skipped {s}");
@@ -145,7 +145,7 @@ fn analyse(job: &Job, repeats: usize) -> anyhow::Result<Done> {
     let gp = GeometryParams { concepts: concepts.clone(), ..Default::default() }.check()?;
     let b = bar(partitions, "partitions");
     let geo = sweep::geometry_store(&store, &all, &gp, &logistic, &|| b.inc(1));
-    b.finish_and_clear();
+    b.end(&geo);
     let (geometry, cka, sep) = geo?;
     tables::geometry::write(&results_dir, &geometry, &cka, &sep)?;
 

@@ -123,7 +123,7 @@ pub fn run(a: ExtractArgs) -> anyhow::Result<()> {
     };
     let bar = SampleBar::new();
     let result = mmprobe_extract::extract(&opts, &bar);
-    bar.0.finish_and_clear();
+    bar.0.end(&result);
     let s = result?;
     print_summary(&s);
     Ok(())

@@ -103,17 +103,21 @@ impl Plain {
         Plain { stop, thread: Mutex::new(Some(thread)), out, what: what.to_string(), started }
     }
 
-    /// Stops the thread; with `last`, prints the count the bar had reached.
-    fn finish(&self, pb: &ProgressBar, last: bool) {
+    /// Stops the thread; with `last`, prints the count the bar had reached
+    /// followed by `last` ("done", or "stopped" after an error).
+    fn finish(&self, pb: &ProgressBar, last: Option<&str>) {
         let (pos, len) = (pb.position(), pb.length());
         self.stop.store(true, Ordering::Relaxed);
         let handle = self.thread.lock().ok().and_then(|mut t| t.take());
         let Some(handle) = handle else { return };
         let _ = handle.join();
-        if last && (pos > 0 || len.is_some_and(|l| l > 0)) {
+        if let Some(word) = last
+            && (pos > 0 || len.is_some_and(|l| l > 0))
+        {
             let elapsed = self.started.elapsed();
             let mut line = plain_line(&self.what, pos, len, pb.per_sec(), elapsed, "");
-            line.push_str("  done");
+            line.push_str("  ");
+            line.push_str(word);
             if let Ok(mut o) = self.out.lock() {
                 let _ = writeln!(o, "{line}");
                 let _ = o.flush();
@@ -149,9 +153,19 @@ impl Bar {
 
     /// Ends the display: the bar is cleared; plain output gets a last line.
     pub fn finish_and_clear(&self) {
+        self.finish_with("done");
+    }
+
+    /// Ends the display after the work it counted: plain output's last line
+    /// says `done`, or `stopped` when `result` is an error (the error follows).
+    pub fn end<T, E>(&self, result: &Result<T, E>) {
+        self.finish_with(if result.is_ok() { "done" } else { "stopped" });
+    }
+
+    fn finish_with(&self, word: &str) {
         // Before the bar is finished: finishing moves it to its length.
         if let Some(p) = &self.plain {
-            p.finish(&self.pb, true);
+            p.finish(&self.pb, Some(word));
         }
         self.pb.finish_and_clear();
     }
@@ -167,7 +181,7 @@ impl Deref for Bar {
 impl Drop for Bar {
     fn drop(&mut self) {
         if let Some(p) = &self.plain {
-            p.finish(&self.pb, false);
+            p.finish(&self.pb, None);
         }
     }
 }
@@ -258,5 +272,17 @@ mod tests {
         assert!(lines.iter().all(|l| l.starts_with("samples ") && l.contains("/300 (")), "{text}");
         assert!(!text.contains("0/0"), "{text}");
         assert!(lines.last().unwrap().starts_with("samples 120/300 (40%)") && text.ends_with("done\n"), "{text}");
+    }
+
+    #[test]
+    fn off_a_terminal_a_failed_run_ends_stopped_not_done() {
+        for (result, word) in [(Ok(()), "done"), (Err("no such image"), "stopped")] {
+            let out = Shared::default();
+            let b = Bar::plain(2, "samples", Duration::from_secs(60), Box::new(out.clone()));
+            b.inc(1);
+            b.end(&result);
+            let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            assert!(text.starts_with("samples 1/2 (50%)") && text.ends_with(&format!("  {word}\n")), "{text}");
+        }
     }
 }
