@@ -153,13 +153,14 @@ def bare_forward(model_dir, dtype):
             rate = reps * BATCH / (time.perf_counter() - t0)
             note(f"bare forward {name}" + (" + CLS x13 to CPU" if copy else ""), rate, "img/s")
     del model
-    if DEVICE.startswith("cuda"):
-        torch.cuda.empty_cache()
+    empty_cache()
 
 
 class Images(torch.utils.data.Dataset):
-    def __init__(self, paths, proc):
-        self.paths, self.proc = paths, proc
+    """Images through a processor in the DataLoader's workers; with `prompt`, the prompt's token ids too."""
+
+    def __init__(self, paths, proc, prompt=None):
+        self.paths, self.proc, self.prompt = paths, proc, prompt
 
     def __len__(self):
         return len(self.paths)
@@ -167,7 +168,11 @@ class Images(torch.utils.data.Dataset):
     def __getitem__(self, i):
         from transformers.image_utils import load_image
 
-        return i, self.proc(load_image(str(self.paths[i])), return_tensors="pt")["pixel_values"][0]
+        image = load_image(str(self.paths[i]))
+        if self.prompt is None:
+            return i, self.proc(image, return_tensors="pt")["pixel_values"][0]
+        x = self.proc(images=image, text=self.prompt, return_tensors="pt")
+        return i, x["input_ids"][0], x["pixel_values"][0]
 
 
 class Parts:
@@ -240,20 +245,6 @@ def baseline(model_dir, data, dtype, out, all_tokens=False):
     return len(paths) / (t2 - t1)
 
 
-class Prompted(torch.utils.data.Dataset):
-    def __init__(self, paths, proc):
-        self.paths, self.proc = paths, proc
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        from transformers.image_utils import load_image
-
-        x = self.proc(images=load_image(str(self.paths[i])), text=PROMPT, return_tensors="pt")
-        return i, x["input_ids"][0], x["pixel_values"][0]
-
-
 class LeftPadded:
     """Collates prompts padded on the left (a class, so that spawned workers can pickle it)."""
 
@@ -278,7 +269,7 @@ def baseline_llava(model_dir, data, dtype, out):
     proc = LlavaProcessor.from_pretrained(model_dir)
     model = LlavaForConditionalGeneration.from_pretrained(model_dir, torch_dtype=dtype).to(DEVICE).eval()
     image_id = model.config.image_token_index
-    loader = torch.utils.data.DataLoader(Prompted(paths, proc), batch_size=BATCH_LLAVA, num_workers=CORES - 1,
+    loader = torch.utils.data.DataLoader(Images(paths, proc, PROMPT), batch_size=BATCH_LLAVA, num_workers=CORES - 1,
                                          pin_memory=DEVICE.startswith("cuda"), prefetch_factor=4,
                                          collate_fn=LeftPadded(proc.tokenizer.pad_token_id))
     parts = Parts(out)
