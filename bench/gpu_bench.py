@@ -362,10 +362,10 @@ def main():
 
     every = ["--model", str(model), "--towers", "vision", "--sites", "resid", "--select", "all",
              "--batch-size", str(BATCH_ALL), "--device", DEVICE, "--force", "--data", str(data_all)]
-    for label, args in (("bf16", ["--dtype", "bf16"]), ("f32", ["--dtype", "f32"]),
-                        ("bf16 as f16, uncompressed", ["--dtype", "bf16", "--store-dtype", "f16",
-                                                       "--compression", "none"])):
-        store = WORK / f"store-all-{label.split()[0]}-{len(args)}"
+    for i, (label, args) in enumerate((("bf16", ["--dtype", "bf16"]), ("f32", ["--dtype", "f32"]),
+                                       ("bf16 as f16, uncompressed", ["--dtype", "bf16", "--store-dtype", "f16",
+                                                                      "--compression", "none"]))):
+        store = WORK / f"store-all-{i}"
         os.sync()
         t0 = time.perf_counter()
         mmprobe(f"all tokens x13 {label}", [*every, *args, "--out", str(store)], N_ALL)

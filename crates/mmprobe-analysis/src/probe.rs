@@ -182,8 +182,7 @@ impl FoldPlan {
                 "the given folds put rows of one group in different folds: a group must share a fold".into(),
             ));
         }
-        // A fold without rows would score nothing, and with one fold left the others train on nothing.
-        if let Some(empty) = (0..n_folds).find(|f| !fold.contains(f)) {
+        if let Some(empty) = Self::first_empty(&fold, n_folds) {
             return Err(AnalysisError::TooSmall(format!(
                 "given fold {} of {n_folds} holds none of these {} rows: a fold would test or train on nothing",
                 empty + 1,
@@ -191,6 +190,18 @@ impl FoldPlan {
             )));
         }
         Ok(FoldPlan { n_folds, repeats: vec![fold] })
+    }
+
+    /// The first of folds 0..n_folds that no row is in: such a fold would score
+    /// nothing, and with two folds the other would train on nothing.
+    pub fn first_empty(fold: &[usize], n_folds: usize) -> Option<usize> {
+        let mut seen = vec![false; n_folds];
+        for &f in fold {
+            if let Some(s) = seen.get_mut(f) {
+                *s = true;
+            }
+        }
+        seen.iter().position(|s| !s)
     }
 
     /// n_test / n_train of one fold, averaged over every fold of every repeat.
@@ -543,4 +554,19 @@ pub fn probe_numeric_on_folds(
         alpha: alphas,
         fold_scores,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_split_with_an_empty_fold_is_too_small() {
+        assert_eq!(FoldPlan::first_empty(&[0, 1, 1, 0], 2), None);
+        assert_eq!(FoldPlan::first_empty(&[0, 0, 2], 3), Some(1));
+        assert_eq!(FoldPlan::first_empty(&[], 2), Some(0));
+        let e = FoldPlan::given(vec![0, 0, 0], 2, &Groups::singletons(3)).err().unwrap();
+        assert!(matches!(&e, AnalysisError::TooSmall(m) if m.starts_with("given fold 2 of 2")), "{e}");
+        assert!(FoldPlan::given(vec![0, 1, 0], 2, &Groups::singletons(3)).is_ok());
+    }
 }

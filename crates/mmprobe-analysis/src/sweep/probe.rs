@@ -140,8 +140,8 @@ impl Case<'_> {
     fn plan(&self, p: &CheckedProbe, make: impl FnOnce() -> Result<FoldPlan>) -> Result<FoldPlan> {
         match &self.given {
             Some((fold, by)) => {
-                // A fold without rows would test nothing, and with two folds the other would train on nothing.
-                if let Some(empty) = (0..by.names.len()).find(|f| !fold.contains(f)) {
+                // Said here, where the fold's value is known; FoldPlan::given refuses it too.
+                if let Some(empty) = FoldPlan::first_empty(fold, by.names.len()) {
                     return Err(AnalysisError::TooSmall(format!(
                         "--fold-column {}: no row where '{}' is set has {} = '{}', so that fold would test nothing",
                         by.column, self.concept.name, by.column, by.names[empty]
