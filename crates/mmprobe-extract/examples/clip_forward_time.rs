@@ -1,12 +1,15 @@
 //! Times the CLIP vision forward pass with every hidden state kept, as
 //! transformers' `output_hidden_states=True` does, and with the last layer
-//! at the CLS position alone, as a store of `cls` rows runs it (bench/README.md).
+//! at the CLS position alone, as a store of `cls` rows runs it; on a CPU, the
+//! latter also with every f32 linear layer on libtorch's BLAS `linear`
+//! instead of oneDNN (bench/README.md).
 //!
 //!     cargo run --release --example clip_forward_time -- MODEL_DIR [BATCH] [REPEATS]
 
 use std::time::Instant;
 
 use mmprobe_extract::clip::LoadedClip;
+use mmprobe_extract::layers::{CpuLinear, with_cpu_linear};
 use mmprobe_extract::{Capture, DType, SiteRequest};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -24,20 +27,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // What a store of `cls` rows asks for: the last layer is computed at CLS alone.
     let cls = SiteRequest { first_token_only: true, ..every.clone() };
     tch::no_grad(|| clip.model.encode_image(&pixels, &mut Capture::new(every.clone()))); // warm-up
-    let mut per_image = [0.0; 2];
-    // The two take turns, so that a shared machine's drift falls on both.
+    let ways = [
+        ("every position", &every, CpuLinear::Auto),
+        ("last layer at CLS alone", &cls, CpuLinear::Auto),
+        ("last layer at CLS alone, BLAS linear", &cls, CpuLinear::Blas),
+    ];
+    let mut per_image = [0.0; 3];
+    // The ways take turns, so that a shared machine's drift falls on each.
     for _ in 0..repeats {
-        for (i, req) in [&every, &cls].into_iter().enumerate() {
+        for (i, (_, req, how)) in ways.iter().enumerate() {
             let t0 = Instant::now();
-            let mut out = Capture::new(req.clone());
-            tch::no_grad(|| clip.model.encode_image(&pixels, &mut out));
+            let mut out = Capture::new((*req).clone());
+            with_cpu_linear(*how, || tch::no_grad(|| clip.model.encode_image(&pixels, &mut out)));
             // Force completion (CUDA is asynchronous).
             let _ = out.embeds.map(|e| e.sum(tch::Kind::Float).double_value(&[]));
             per_image[i] += t0.elapsed().as_secs_f64() / (repeats as f64 * batch as f64);
         }
     }
     let threads = tch::get_num_threads();
-    for (what, t) in [("every position", per_image[0]), ("last layer at CLS alone", per_image[1])] {
+    for ((what, _, _), t) in ways.iter().zip(per_image) {
         println!(
             "mmprobe vision forward, {what}: {:.2} ms/image (batch {batch}, {threads} threads, {device:?})",
             t * 1e3

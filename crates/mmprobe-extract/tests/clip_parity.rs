@@ -4,6 +4,7 @@ mod common;
 
 use common::{assert_close, clip_dir, device, reference};
 use mmprobe_extract::clip::{LoadedClip, PatchCompute};
+use mmprobe_extract::layers::{CpuLinear, with_cpu_linear};
 use mmprobe_extract::{Capture, DType, SiteRequest};
 use tch::Device;
 
@@ -64,6 +65,15 @@ fn tiny_a_matches_transformers() {
 #[test]
 fn tiny_b_bf16_sharded_legacy_eos_matches_transformers() {
     check_model("tiny-b");
+}
+
+/// The tiny models have fewer rows than oneDNN's threshold: forced here, so
+/// that the path a large batch takes on a CPU is checked against transformers.
+#[test]
+fn every_linear_through_onednn_matches_transformers() {
+    for name in ["tiny-a", "tiny-b"] {
+        with_cpu_linear(CpuLinear::OneDnn, || check_model(name));
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{assert_close, device, device_choice, fixtures, max_abs_diff};
+use mmprobe_extract::layers::{CpuLinear, with_cpu_linear};
 use mmprobe_extract::llava::{FeatureSelect, LoadedLlava, PromptTokenizer, VisionConfig};
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::weights::Checkpoint;
@@ -165,6 +166,14 @@ fn a_padded_batch_gives_each_prompt_alone() {
     for name in MODELS {
         check_states(name, false);
         check_states(name, true);
+    }
+}
+
+/// oneDNN's linear, which a CPU batch of 1,024 rows or more takes, forced on the tiny models.
+#[test]
+fn every_linear_through_onednn_matches_transformers() {
+    for name in MODELS {
+        with_cpu_linear(CpuLinear::OneDnn, || check_states(name, false));
     }
 }
 

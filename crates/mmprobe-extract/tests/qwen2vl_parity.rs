@@ -8,6 +8,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{assert_close, device, fixtures, max_abs_diff};
+use mmprobe_extract::layers::{CpuLinear, with_cpu_linear};
 use mmprobe_extract::qwen2vl::{
     LoadedQwen2Vl, Qwen2VlImageProcessor, Qwen2VlTokenizer, VisionPlan, chat_prompt, processor::open_rgb_on_white,
     rope_index,
@@ -243,6 +244,14 @@ fn padded_batch_of_mixed_sizes_matches_transformers_and_each_prompt_alone() {
 fn the_other_padding_side_gives_the_same_states() {
     for name in MODELS {
         check_states(name, true);
+    }
+}
+
+/// oneDNN's linear, which a CPU batch of 1,024 rows or more takes, forced on the tiny models.
+#[test]
+fn every_linear_through_onednn_matches_transformers() {
+    for name in MODELS {
+        with_cpu_linear(CpuLinear::OneDnn, || check_states(name, false));
     }
 }
 

@@ -8,6 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{assert_close, device, device_choice, fixtures, max_abs_diff};
+use mmprobe_extract::layers::{CpuLinear, with_cpu_linear};
 use mmprobe_extract::preprocess::{ImageProcessor, open_rgb};
 use mmprobe_extract::siglip::{LoadedSiglip, SiglipSpTokenizer};
 use mmprobe_extract::tokenize::TextTokenizer;
@@ -105,6 +106,14 @@ fn check_states(name: &str, model_dir: &Path) {
 fn both_towers_match_transformers() {
     for name in MODELS {
         check_states(name, &dir(name));
+    }
+}
+
+/// oneDNN's linear, which a CPU batch of 1,024 rows or more takes, forced on the tiny models.
+#[test]
+fn every_linear_through_onednn_matches_transformers() {
+    for name in MODELS {
+        with_cpu_linear(CpuLinear::OneDnn, || check_states(name, &dir(name)));
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
+use mmprobe_extract::layers::{CpuLinear, with_cpu_linear};
 use tch::Tensor;
 use tch::nn::{self, OptimizerConfig, VarStore};
 
@@ -64,12 +65,27 @@ impl Schedule {
     /// Runs every step: `batch_loss(step)` returns the loss and the batch
     /// accuracy, AdamW updates `vs`'s trainable variables (gradients clipped
     /// at norm 1), then `after_update` runs. Returns each step's loss.
+    ///
+    /// Every linear layer, a frozen tower's under `no_grad` too, runs on
+    /// libtorch's own `linear`, as when the committed zoo models were trained,
+    /// so that a recipe reproduces them (extraction's CPU default moves large
+    /// frozen batches to oneDNN).
     pub fn optimise(
         &self,
         vs: &VarStore,
         on_step: &mut dyn FnMut(StepReport),
         mut batch_loss: impl FnMut(usize) -> Result<(Tensor, Tensor), ZooError>,
         mut after_update: impl FnMut(),
+    ) -> Result<Vec<f64>, ZooError> {
+        with_cpu_linear(CpuLinear::Blas, || self.run_steps(vs, on_step, &mut batch_loss, &mut after_update))
+    }
+
+    fn run_steps(
+        &self,
+        vs: &VarStore,
+        on_step: &mut dyn FnMut(StepReport),
+        batch_loss: &mut impl FnMut(usize) -> Result<(Tensor, Tensor), ZooError>,
+        after_update: &mut impl FnMut(),
     ) -> Result<Vec<f64>, ZooError> {
         let mut opt = nn::AdamW { wd: self.weight_decay, ..Default::default() }.build(vs, self.learning_rate)?;
         let mut losses = Vec::with_capacity(self.steps);

@@ -7,13 +7,13 @@ use tch::{Kind, Tensor};
 use super::config::{ClipConfig, ClipTextConfig, ClipVisionConfig};
 use crate::capture::Capture;
 pub use crate::layers::PatchCompute;
-use crate::layers::{Activation, conv2d, embedding, layer_norm, linear, patch_embedding};
+use crate::layers::{Activation, Linear, conv2d, embedding, layer_norm, linear, patch_embedding};
 
 pub struct ClipAttention {
-    pub q_proj: nn::Linear,
-    pub k_proj: nn::Linear,
-    pub v_proj: nn::Linear,
-    pub out_proj: nn::Linear,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
     num_heads: i64,
     head_dim: i64,
 }
@@ -53,8 +53,8 @@ impl ClipAttention {
 }
 
 pub struct ClipMlp {
-    pub fc1: nn::Linear,
-    pub fc2: nn::Linear,
+    pub fc1: Linear,
+    pub fc2: Linear,
     activation: Activation,
 }
 
@@ -285,8 +285,8 @@ impl ClipVisionTransformer {
 pub struct ClipModel {
     pub text_model: ClipTextTransformer,
     pub vision_model: ClipVisionTransformer,
-    pub visual_projection: nn::Linear,
-    pub text_projection: nn::Linear,
+    pub visual_projection: Linear,
+    pub text_projection: Linear,
     pub logit_scale: Tensor,
     pub config: ClipConfig,
 }

@@ -6,7 +6,7 @@ use tch::{Kind, Tensor};
 
 use super::config::LlamaConfig;
 use crate::capture::Capture;
-use crate::layers::{Activation, RmsNorm, embedding, linear, rotate_half};
+use crate::layers::{Activation, Linear, RmsNorm, embedding, linear, rotate_half};
 
 /// Rotary embeddings: cos and sin [B, T, head_dim] for each row's positions.
 pub struct Rotary {
@@ -37,10 +37,10 @@ impl Rotary {
 }
 
 pub struct LlamaAttention {
-    pub q_proj: nn::Linear,
-    pub k_proj: nn::Linear,
-    pub v_proj: nn::Linear,
-    pub o_proj: nn::Linear,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -85,9 +85,9 @@ impl LlamaAttention {
 }
 
 pub struct LlamaMlp {
-    pub gate_proj: nn::Linear,
-    pub up_proj: nn::Linear,
-    pub down_proj: nn::Linear,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
     act: Activation,
 }
 

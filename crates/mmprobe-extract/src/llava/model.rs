@@ -9,7 +9,7 @@ use tch::nn::{self, Module};
 use super::config::{FeatureSelect, LlavaConfig, VisionConfig};
 use crate::capture::Capture;
 use crate::clip::model::ClipVisionTransformer;
-use crate::layers::{Activation, PatchCompute, linear};
+use crate::layers::{Activation, Linear, PatchCompute, linear};
 use crate::llama::LlamaModel;
 use crate::siglip::SiglipVisionTransformer;
 
@@ -54,8 +54,8 @@ impl VisionTower {
 }
 
 pub struct LlavaMultiModalProjector {
-    pub linear_1: nn::Linear,
-    pub linear_2: nn::Linear,
+    pub linear_1: Linear,
+    pub linear_2: Linear,
     act: Activation,
 }
 
@@ -71,7 +71,7 @@ pub struct LlavaModel {
     pub multi_modal_projector: LlavaMultiModalProjector,
     pub language_model: LlamaModel,
     /// `None` when tied to the input embeddings.
-    pub lm_head: Option<nn::Linear>,
+    pub lm_head: Option<Linear>,
     pub config: LlavaConfig,
     feature_layers: Vec<usize>,
 }

@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 use super::config::{Qwen2VlConfig, Version, VisionConfig};
 use super::processor::patch_cells;
 use crate::capture::Capture;
-use crate::layers::{Activation, RmsNorm, layer_norm, linear, rotate_half};
+use crate::layers::{Activation, Linear, RmsNorm, layer_norm, linear, rotate_half};
 use crate::llama::{LlamaModel, Rotary};
 
 /// A block's normalisation: LayerNorm (2-VL) or RMSNorm (2.5-VL), eps 1e-6.
@@ -57,8 +57,8 @@ impl PatchEmbed {
 }
 
 pub struct VisionAttention {
-    pub qkv: nn::Linear,
-    pub proj: nn::Linear,
+    pub qkv: Linear,
+    pub proj: Linear,
     heads: i64,
     head_dim: i64,
 }
@@ -101,8 +101,8 @@ impl VisionAttention {
 
 /// 2-VL: `fc2(act(fc1 x))`; 2.5-VL: `down_proj(act(gate_proj x) * up_proj x)`; all with bias.
 pub enum VisionMlp {
-    Plain { fc1: nn::Linear, fc2: nn::Linear, act: Activation },
-    Gated { gate_proj: nn::Linear, up_proj: nn::Linear, down_proj: nn::Linear, act: Activation },
+    Plain { fc1: Linear, fc2: Linear, act: Activation },
+    Gated { gate_proj: Linear, up_proj: Linear, down_proj: Linear, act: Activation },
 }
 
 impl VisionMlp {
@@ -166,8 +166,8 @@ impl VisionBlock {
 /// `merger`: norm, four consecutive rows (one 2x2 block) concatenated, MLP with exact GELU.
 pub struct PatchMerger {
     pub ln_q: Norm,
-    pub mlp_0: nn::Linear,
-    pub mlp_2: nn::Linear,
+    pub mlp_0: Linear,
+    pub mlp_2: Linear,
     width: i64,
 }
 
@@ -430,7 +430,7 @@ pub struct Qwen2VlModel {
     pub visual: VisionTransformer,
     pub language_model: LlamaModel,
     /// `None` when tied to the input embeddings.
-    pub lm_head: Option<nn::Linear>,
+    pub lm_head: Option<Linear>,
     pub config: Qwen2VlConfig,
     mrope: MultimodalRotary,
 }

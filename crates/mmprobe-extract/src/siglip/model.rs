@@ -11,7 +11,7 @@ use tch::{Kind, Tensor};
 use super::config::{SiglipConfig, SiglipTextConfig, SiglipVisionConfig};
 use crate::capture::Capture;
 use crate::clip::model::{ClipEncoder, ClipMlp};
-use crate::layers::{PatchCompute, conv2d, embedding, layer_norm, linear, patch_embedding};
+use crate::layers::{Linear, PatchCompute, conv2d, embedding, layer_norm, linear, linear_forward, patch_embedding};
 
 pub struct SiglipVisionEmbeddings {
     /// Conv2d with bias, stride = kernel = patch size.
@@ -27,7 +27,7 @@ pub struct HeadAttention {
     pub in_proj_weight: Tensor,
     /// [3D].
     pub in_proj_bias: Tensor,
-    pub out_proj: nn::Linear,
+    pub out_proj: Linear,
     num_heads: i64,
 }
 
@@ -48,7 +48,7 @@ impl HeadAttention {
         let b = self.in_proj_bias.split(d, 0);
         let heads = |x: &Tensor, i: usize| {
             let (bsz, t, _) = x.size3().expect("[batch, tokens, width]");
-            x.linear(&w[i], Some(&b[i])).view([bsz, t, self.num_heads, d / self.num_heads]).transpose(1, 2)
+            linear_forward(x, &w[i], Some(&b[i])).view([bsz, t, self.num_heads, d / self.num_heads]).transpose(1, 2)
         };
         let (q, k, v) = (heads(query, 0), heads(kv, 1), heads(kv, 2));
         let scale = ((d / self.num_heads) as f64).powf(-0.5);
@@ -156,7 +156,7 @@ pub struct SiglipTextTransformer {
     pub encoder: ClipEncoder,
     pub final_layer_norm: nn::LayerNorm,
     /// Linear D -> projection_size with bias: the text embedding.
-    pub head: nn::Linear,
+    pub head: Linear,
 }
 
 impl SiglipTextTransformer {
