@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::sync::OnceLock;
+use std::thread::LocalKey;
 
 use serde::Deserialize;
 use tch::nn::{self, Module};
@@ -29,14 +30,20 @@ thread_local! {
 /// before a 7B decoder loads), zeroing a tenth of that. Models built outside
 /// (the zoo's, which train) are drawn as tch draws them.
 pub(crate) fn declare_for_checkpoint<T>(declare: impl FnOnce() -> T) -> T {
-    struct Reset(bool);
-    impl Drop for Reset {
+    with_thread_local(&CHECKPOINT_FILLS, true, declare)
+}
+
+/// Runs `f` with this thread's `cell` set to `value`, and puts the old value
+/// back after it, also when `f` panics.
+fn with_thread_local<T: Copy + 'static, R>(cell: &'static LocalKey<Cell<T>>, value: T, f: impl FnOnce() -> R) -> R {
+    struct Reset<T: Copy + 'static>(&'static LocalKey<Cell<T>>, T);
+    impl<T: Copy + 'static> Drop for Reset<T> {
         fn drop(&mut self) {
-            CHECKPOINT_FILLS.with(|f| f.set(self.0));
+            self.0.with(|c| c.set(self.1));
         }
     }
-    let _reset = Reset(CHECKPOINT_FILLS.with(|f| f.replace(true)));
-    declare()
+    let _reset = Reset(cell, cell.with(|c| c.replace(value)));
+    f()
 }
 
 /// `init`, or zeros inside [`declare_for_checkpoint`].
@@ -65,14 +72,7 @@ pub const ONEDNN_MIN_ROWS: i64 = 1024;
 
 /// Runs `f` with f32 linear layers on this thread's CPU computed as `how` says.
 pub fn with_cpu_linear<T>(how: CpuLinear, f: impl FnOnce() -> T) -> T {
-    struct Reset(CpuLinear);
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            CPU_LINEAR.with(|c| c.set(self.0));
-        }
-    }
-    let _reset = Reset(CPU_LINEAR.with(|c| c.replace(how)));
-    f()
+    with_thread_local(&CPU_LINEAR, how, f)
 }
 
 /// A linear layer as the checkpoint holds it: `weight` [o, i] (tch's `ws`)
