@@ -77,31 +77,24 @@ impl Schedule {
         mut batch_loss: impl FnMut(usize) -> Result<(Tensor, Tensor), ZooError>,
         mut after_update: impl FnMut(),
     ) -> Result<Vec<f64>, ZooError> {
-        with_cpu_linear(CpuLinear::Blas, || self.run_steps(vs, on_step, &mut batch_loss, &mut after_update))
-    }
-
-    fn run_steps(
-        &self,
-        vs: &VarStore,
-        on_step: &mut dyn FnMut(StepReport),
-        batch_loss: &mut impl FnMut(usize) -> Result<(Tensor, Tensor), ZooError>,
-        after_update: &mut impl FnMut(),
-    ) -> Result<Vec<f64>, ZooError> {
-        let mut opt = nn::AdamW { wd: self.weight_decay, ..Default::default() }.build(vs, self.learning_rate)?;
-        let mut losses = Vec::with_capacity(self.steps);
-        for step in 0..self.steps {
-            opt.set_lr(self.learning_rate_at(step));
-            let (loss, accuracy) = batch_loss(step)?;
-            opt.backward_step_clip_norm(&loss, 1.0);
-            after_update();
-            let loss = loss.double_value(&[]);
-            if !loss.is_finite() {
-                return Err(ZooError::Model(format!("training diverged at step {step} (loss {loss})")));
+        with_cpu_linear(CpuLinear::Blas, || {
+            let mut opt = nn::AdamW { wd: self.weight_decay, ..Default::default() }.build(vs, self.learning_rate)?;
+            let mut losses = Vec::with_capacity(self.steps);
+            for step in 0..self.steps {
+                opt.set_lr(self.learning_rate_at(step));
+                let (loss, accuracy) = batch_loss(step)?;
+                opt.backward_step_clip_norm(&loss, 1.0);
+                after_update();
+                let loss = loss.double_value(&[]);
+                if !loss.is_finite() {
+                    return Err(ZooError::Model(format!("training diverged at step {step} (loss {loss})")));
+                }
+                losses.push(loss);
+                let batch_accuracy = accuracy.double_value(&[]);
+                on_step(StepReport { step: step + 1, steps: self.steps, loss, batch_accuracy });
             }
-            losses.push(loss);
-            on_step(StepReport { step: step + 1, steps: self.steps, loss, batch_accuracy: accuracy.double_value(&[]) });
-        }
-        Ok(losses)
+            Ok(losses)
+        })
     }
 }
 
